@@ -1,0 +1,230 @@
+"""Relaydesk settings: everything lives here and is switched by environment variables.
+
+The thin ``local``, ``test`` and ``production`` modules only change defaults; nothing
+exists only in production (HackSoft). Every setting named in DESIGN.md is read from
+the environment variable of the same name, lists comma-separated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(environ.Env().str("RELAYDESK_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+
+# ---------------------------------------------------------------------------
+# Core
+# ---------------------------------------------------------------------------
+# https://docs.djangoproject.com/en/5.2/ref/settings/#debug
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="insecure-dev-key-change-me")
+# https://docs.djangoproject.com/en/5.2/ref/settings/#allowed-hosts
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+# https://docs.djangoproject.com/en/5.2/ref/settings/#csrf-trusted-origins
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+TIME_ZONE = "UTC"
+USE_TZ = True
+LANGUAGE_CODE = "en"
+USE_I18N = True
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "requests_app.apps.RequestsAppConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "onboarding.urls"
+WSGI_APPLICATION = "onboarding.wsgi.application"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "requests_app.context_processors.roles",
+            ],
+        },
+    },
+]
+
+# ---------------------------------------------------------------------------
+# Database: SQLite embedded by default, PostgreSQL with DATABASE_URL
+# ---------------------------------------------------------------------------
+# https://django-environ.readthedocs.io/en/latest/types.html#environ-env-db-url
+DATABASES = {
+    "default": env.db_url(
+        "DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'relaydesk.sqlite3'}"
+    ),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Wait for the worker's write lock instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # A file (not :memory:) so a real Celery worker process can share the test DB.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-relaydesk.sqlite3")}
+# Transactions are explicit in services (STYLE 15), so ATOMIC_REQUESTS stays off.
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+
+# ---------------------------------------------------------------------------
+# Auth
+# ---------------------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "requests:list"
+LOGOUT_REDIRECT_URL = "login"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+# ---------------------------------------------------------------------------
+# Static files (served by the app through WhiteNoise: no CDN)
+# ---------------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = env.str("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+
+# ---------------------------------------------------------------------------
+# E-mail: a local outbox folder by default, SMTP in production
+# ---------------------------------------------------------------------------
+# https://docs.djangoproject.com/en/5.2/topics/email/#email-backends
+EMAIL_BACKEND = env.str(
+    "DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.filebased.EmailBackend"
+)
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(VAR_DIR / "outbox"))
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="relaydesk@example.org")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+RELAYDESK_RETURN_PATH = env.str("RELAYDESK_RETURN_PATH", default="bounces@example.org")
+RELAYDESK_HELPDESK_EMAIL = env.str("RELAYDESK_HELPDESK_EMAIL", default="helpdesk@example.org")
+RELAYDESK_BASE_URL = env.str("RELAYDESK_BASE_URL", default="http://127.0.0.1:8000")
+
+# ---------------------------------------------------------------------------
+# Celery: kombu's filesystem transport by default (no server), Redis in production
+# ---------------------------------------------------------------------------
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
+_BROKER_DIR = Path(env.str("RELAYDESK_BROKER_DIR", default=str(VAR_DIR / "broker")))
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_BROKER_DIR / "out"),
+        "data_folder_out": str(_BROKER_DIR / "out"),
+        "control_folder": str(_BROKER_DIR / "control"),
+        "processed_folder": str(_BROKER_DIR / "processed"),
+        "store_processed": False,
+    }
+    for _sub in ("out", "control", "processed"):
+        (_BROKER_DIR / _sub).mkdir(parents=True, exist_ok=True)
+else:
+    # Countdowns (retry backoff) stay well below this, so Redis never re-delivers early.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=300)
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240)
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# When the broker is down, publishing must fail fast: the outbox in the database
+# keeps the work and the periodic sweep re-dispatches it.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_BROKER_CONNECTION_MAX_RETRIES = 1
+CELERY_BEAT_SCHEDULE = {
+    # "*/1 * * * *": every minute, re-dispatch work whose message never reached the broker.
+    "sweep-pending-work": {
+        "task": "relaydesk.sweep_pending_work",
+        "schedule": 60.0,
+    },
+}
+
+# ---------------------------------------------------------------------------
+# DNS checks (names are contracts in DESIGN.md)
+# ---------------------------------------------------------------------------
+DNS_NAMESERVERS = env.list("DNS_NAMESERVERS", default=[])
+DNS_LIFETIME_SECONDS = env.float("DNS_LIFETIME_SECONDS", default=5.0)
+RELAY_SPF_INCLUDE = env.str("RELAY_SPF_INCLUDE", default="_spf.example.org")
+RELAY_ADDRESSES = env.list("RELAY_ADDRESSES", default=[])
+RELAY_LAB_NETWORKS = env.list("RELAY_LAB_NETWORKS", default=[])
+RELAY_ALLOW_PRIVATE = env.bool("RELAY_ALLOW_PRIVATE", default=False)
+RELAY_APPROVED_SENDER_DOMAINS = env.list("RELAY_APPROVED_SENDER_DOMAINS", default=[])
+RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
+
+# ---------------------------------------------------------------------------
+# Relay (snippets and config)
+# ---------------------------------------------------------------------------
+RELAY_HOST = env.str("RELAY_HOST", default="smtp-relay.example.org")
+RELAY_SUBMISSION_PORT = env.int("RELAY_SUBMISSION_PORT", default=587)
+RELAY_SMTPS_PORT = env.int("RELAY_SMTPS_PORT", default=465)
+RELAY_CONFIG_DIR = env.str("RELAY_CONFIG_DIR", default=str(VAR_DIR / "relay-config"))
+RELAY_CONFIG_TOKEN = env.str("RELAY_CONFIG_TOKEN", default="")
+
+# ---------------------------------------------------------------------------
+# API
+# ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "EXCEPTION_HANDLER": "requests_app.api.exceptions.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Relaydesk API",
+    "DESCRIPTION": "Self-service onboarding for the outbound SMTP relay.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+}
+
+# ---------------------------------------------------------------------------
+# Outbox sweep: pending work older than this is re-dispatched by beat
+# ---------------------------------------------------------------------------
+RELAYDESK_SWEEP_AFTER_SECONDS = env.int("RELAYDESK_SWEEP_AFTER_SECONDS", default=120)

@@ -1,0 +1,166 @@
+"""API representations. Input is validated by the same validators as the web forms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from ..models import CheckResult
+from ..models import RelayRequest
+from ..models import RequestEvent
+from ..models import RequestKind
+from ..models import TlsMode
+from ..validators import split_list
+from ..validators import validate_account_name
+from ..validators import validate_dkim_selector
+from ..validators import validate_fqdn
+from ..validators import validate_ip_list
+from ..validators import validate_request
+from ..validators import validate_sender_addresses
+from ..validators import validate_sender_domains
+
+__all__ = [
+    "CheckResultSerializer",
+    "QuickCheckSerializer",
+    "RelayRequestSerializer",
+    "RequestEventSerializer",
+]
+
+
+def _django(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a Django validator and re-raise its messages as a DRF error for this field."""
+    try:
+        return fn(*args, **kwargs)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError(exc.messages) from None
+
+
+class StringListField(serializers.ListField):
+    child = serializers.CharField(max_length=320)
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if isinstance(data, str):
+            data = split_list(data)
+        return super().to_internal_value(data)
+
+
+class CheckResultSerializer(serializers.ModelSerializer):
+    id = serializers.CharField(source="check_id")
+
+    class Meta:
+        model = CheckResult
+        fields = ("id", "subject", "status", "detail", "evidence")
+
+
+class RequestEventSerializer(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name")
+    time = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = RequestEvent
+        fields = (
+            "id", "time", "type", "actor", "source_ip", "from_state", "to_state", "comment",
+            "parameters",
+        )
+
+
+class RelayRequestSerializer(serializers.ModelSerializer):
+    """``kind`` selects the fields: server (fqdn, ipv4, ipv6, purpose) or account
+    (account_name, use_case, tls_mode). ``team`` is the team's slug."""
+
+    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    team_slug = serializers.CharField(write_only=True, required=False, source="team")
+    kind = serializers.ChoiceField(choices=RequestKind.choices)
+    tls_mode = serializers.ChoiceField(
+        choices=TlsMode.choices, required=False, allow_blank=True
+    )
+    sender_domains = StringListField(required=False)
+    sender_addresses = StringListField(required=False)
+    ipv4 = StringListField(required=False)
+    ipv6 = StringListField(required=False)
+    expected_daily_volume = serializers.IntegerField(min_value=1, max_value=100_000_000)
+    checks = CheckResultSerializer(many=True, read_only=True)
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True)
+    submit = serializers.BooleanField(write_only=True, required=False, default=False)
+
+    class Meta:
+        model = RelayRequest
+        fields = (
+            "id", "kind", "state", "team", "team_slug", "contact_email", "chat_channel",
+            "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
+            "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
+            "check_verdict", "check_summary", "checks_ran_at", "checks", "override_reason",
+            "decision_note", "created_by", "created_at", "submitted_at", "decided_at",
+            "activated_at", "submit",
+        )
+        read_only_fields = (
+            "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
+            "decision_note", "created_at", "submitted_at", "decided_at", "activated_at",
+        )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # The contract names the field ``team`` for both reading and writing.
+        if isinstance(data, dict) and "team" in data and "team_slug" not in data:
+            data = {**data, "team_slug": data["team"]}
+        return super().to_internal_value(data)
+
+    def validate_fqdn(self, value: str) -> str:
+        return _django(validate_fqdn, value) if value else ""
+
+    def validate_ipv4(self, value: list[str]) -> list[str]:
+        return _django(validate_ip_list, value, version=4)
+
+    def validate_ipv6(self, value: list[str]) -> list[str]:
+        return _django(validate_ip_list, value, version=6)
+
+    def validate_sender_domains(self, value: list[str]) -> list[str]:
+        return _django(validate_sender_domains, value)
+
+    def validate_sender_addresses(self, value: list[str]) -> list[str]:
+        return _django(validate_sender_addresses, value)
+
+    def validate_account_name(self, value: str) -> str:
+        return _django(validate_account_name, value) if value else ""
+
+    def validate_dkim_selector(self, value: str) -> str:
+        return _django(validate_dkim_selector, value)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if self.instance is None:
+            if not attrs.get("team"):
+                raise serializers.ValidationError({"team": ["This field is required."]})
+            merged = attrs
+        else:
+            if "kind" in attrs and attrs["kind"] != self.instance.kind:
+                raise serializers.ValidationError({"kind": ["The kind cannot be changed."]})
+            if "team" in attrs:
+                raise serializers.ValidationError({"team": ["The team cannot be changed."]})
+            merged = {
+                f: getattr(self.instance, f)
+                for f in ("kind", "fqdn", "ipv4", "ipv6", "purpose", "account_name",
+                          "use_case", "tls_mode", "sender_domains", "sender_addresses",
+                          "expected_daily_volume")
+            } | attrs
+        errors = validate_request(merged)
+        if errors:
+            raise serializers.ValidationError(
+                {f: [m for e in errs for m in e.messages] for f, errs in errors.items()}
+            )
+        return attrs
+
+
+class QuickCheckSerializer(serializers.Serializer):
+    fqdn = serializers.CharField(max_length=253)
+    ipv4 = StringListField(required=False)
+    ipv6 = StringListField(required=False)
+
+    def validate_fqdn(self, value: str) -> str:
+        return _django(validate_fqdn, value)
+
+    def validate_ipv4(self, value: list[str]) -> list[str]:
+        return _django(validate_ip_list, value, version=4)
+
+    def validate_ipv6(self, value: list[str]) -> list[str]:
+        return _django(validate_ip_list, value, version=6)

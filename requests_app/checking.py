@@ -1,0 +1,63 @@
+"""Glue between Django (settings, models) and the Django-free check engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from .checks import CheckConfig
+from .checks import CheckSpec
+from .checks import run_checks_sync
+from .models import ApprovedSenderDomain
+from .models import RelayRequest
+from .models import RequestKind
+
+__all__ = ["check_config", "quick_check_report", "run_checks_for", "spec_for"]
+
+
+def check_config(*, include_db: bool = True) -> CheckConfig:
+    """The engine's configuration: the environment's settings plus the admin's domains."""
+    approved = set(settings.RELAY_APPROVED_SENDER_DOMAINS)
+    if include_db:
+        approved.update(ApprovedSenderDomain.objects.values_list("domain", flat=True))
+    return CheckConfig(
+        spf_include=settings.RELAY_SPF_INCLUDE or None,
+        relay_addresses=tuple(settings.RELAY_ADDRESSES),
+        lab_networks=tuple(settings.RELAY_LAB_NETWORKS),
+        allow_private=settings.RELAY_ALLOW_PRIVATE,
+        approved_sender_domains=tuple(sorted(d.lower().rstrip(".") for d in approved)),
+        lifetime=settings.DNS_LIFETIME_SECONDS,
+    )
+
+
+def sender_domains_of(request: RelayRequest) -> tuple[str, ...]:
+    """Declared sender domains plus the domains of declared sender addresses."""
+    domains = list(request.sender_domains)
+    for address in request.sender_addresses:
+        domains.append(address.rpartition("@")[2])
+    return tuple(dict.fromkeys(d for d in domains if d))
+
+
+def spec_for(request: RelayRequest) -> CheckSpec:
+    server = request.kind == RequestKind.SERVER
+    return CheckSpec(
+        fqdn=request.fqdn if server else None,
+        addresses=tuple(request.addresses) if server else (),
+        sender_domains=sender_domains_of(request),
+        dkim_selector=request.dkim_selector or None,
+    )
+
+
+def run_checks_for(request: RelayRequest) -> dict[str, Any]:
+    """Run every applicable check for the request against ``DNS_NAMESERVERS``."""
+    report = run_checks_sync(spec_for(request), check_config(), list(settings.DNS_NAMESERVERS))
+    return report.as_dict()
+
+
+def quick_check_report(*, fqdn: str, addresses: list[str]) -> dict[str, Any]:
+    """The server form's as-you-type check: address policy, forward and reverse only."""
+    spec = CheckSpec(fqdn=fqdn, addresses=tuple(addresses), sender_domains=(),
+                     dkim_selector=None)
+    report = run_checks_sync(spec, check_config(), list(settings.DNS_NAMESERVERS))
+    return report.as_dict()

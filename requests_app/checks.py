@@ -1,0 +1,896 @@
+"""The DNS and address checks of a relay request (no Django imports).
+
+Ids, statuses and the report shape are a contract (DESIGN.md "Checks"). Why the engine
+looks the way it does:
+
+* Every check of a request runs concurrently, and the whole run shares one deadline
+  (``CheckConfig.lifetime``): look-ups made late in a run (an SPF include five levels
+  down) get only the time that is left, and a safety net marks anything still running
+  at the deadline as ``error``. An unanswered query is never a pass or a fail.
+* Look-ups are memoised per run (per batch in :func:`run_many`), so the forward and
+  reverse checks see the same A/AAAA answer, and names shared by many requests (the
+  relay's SPF include, an organisational ``_dmarc`` record) are asked once.
+* SPF is evaluated as RFC 7208 ``check_host()`` does, including the limit of 10
+  DNS-querying terms, because a record that exceeds it is broken for receivers even
+  when it looks right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import ipaddress
+import logging
+import re
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import TYPE_CHECKING
+from typing import Any
+
+from publicsuffixlist import PublicSuffixList
+
+from requests_app.dns import DnsAnswer
+from requests_app.dns import DnsStatus
+from requests_app.dns import TransientDnsError
+from requests_app.dns import lookup
+from requests_app.dns import make_resolver
+from requests_app.dns import reverse_name
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
+__all__ = [
+    "CheckConfig",
+    "CheckResult",
+    "CheckSpec",
+    "CheckStatus",
+    "Report",
+    "normalise_address",
+    "normalise_domain",
+    "normalise_fqdn",
+    "organisational_domain",
+    "run_checks",
+    "run_checks_sync",
+    "run_many",
+    "worst_status",
+]
+
+log = logging.getLogger(__name__)
+
+# Extra time after the lifetime before unfinished checks are declared ``error``: the
+# resolver itself stops at the lifetime, this only covers scheduling and parsing.
+DEADLINE_MARGIN = 0.5
+SPF_LOOKUP_LIMIT = 10  # RFC 7208 section 4.6.4
+SPF_VOID_LIMIT = 2  # RFC 7208 section 4.6.4, "void lookups"
+
+
+class CheckStatus(enum.StrEnum):
+    """Outcome of one check; the request's verdict is the worst of them."""
+
+    PASS = "pass"
+    WARN = "warn"
+    FAIL = "fail"
+    ERROR = "error"  # DNS could not answer: retried, never taken as pass or fail
+
+
+_RANK = {CheckStatus.PASS: 0, CheckStatus.WARN: 1, CheckStatus.FAIL: 2, CheckStatus.ERROR: 3}
+
+
+def worst_status(statuses: Iterable[str]) -> CheckStatus:
+    """The verdict: ``error`` > ``fail`` > ``warn`` > ``pass`` (``pass`` when empty)."""
+    return max((CheckStatus(s) for s in statuses), key=_RANK.__getitem__,
+               default=CheckStatus.PASS)
+
+
+# --- normalisation (shared with the forms) ----------------------------------------------
+
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# Names that are not host names (``_spf``, ``_dmarc``, DKIM selectors) may use "_".
+_DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_IDN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
+
+
+def _ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str]:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be text, not {type(text).__name__}")
+    name = text.strip().translate(_IDN_DOTS)
+    name = name[:-1] if name.endswith(".") else name
+    if not name:
+        raise ValueError(f"{what} is empty")
+    labels = []
+    for label in name.split("."):
+        if not label:
+            raise ValueError(f"{what} {text!r} has an empty label")
+        if "*" in label:
+            raise ValueError(f"{what} {text!r}: wildcards are not allowed")
+        try:
+            # Python's codec is IDNA 2003 (dnspython uses the same without the idna package).
+            ascii_label = label.lower() if label.isascii() else label.encode("idna").decode()
+            ascii_label = ascii_label.lower()
+            if ascii_label.startswith("xn--"):
+                ascii_label.encode().decode("idna")  # rejects broken punycode
+        except UnicodeError:
+            raise ValueError(f"{what} {text!r}: {label!r} is not a valid "
+                             "internationalised label") from None
+        if len(ascii_label) > 63:
+            raise ValueError(f"{what} {text!r}: label {ascii_label!r} is longer than 63")
+        if not label_re.fullmatch(ascii_label):
+            raise ValueError(f"{what} {text!r}: label {ascii_label!r} may only hold letters, "
+                             "digits and inner hyphens")
+        labels.append(ascii_label)
+    if len(".".join(labels)) > 253:
+        raise ValueError(f"{what} {text!r} is longer than 253 characters")
+    return labels
+
+
+def normalise_fqdn(value: str) -> str:
+    """A fully qualified host name in the form DNS compares: punycode, lower case, no dot.
+
+    Raises ``ValueError`` (and nothing else) with a message fit for a form error: at least
+    two labels, no wildcard, no empty label, letters/digits/inner hyphens, labels of at
+    most 63 and names of at most 253 characters, and a top label that is not numeric (so
+    an IPv4 address is not taken for a name).
+    """
+    labels = _ascii_labels(value, "host name", _HOST_LABEL)
+    if len(labels) < 2:
+        raise ValueError(f"host name {value!r} is not fully qualified (add its domain)")
+    if labels[-1].isdigit():
+        raise ValueError(f"host name {value!r} ends in a numeric label; is it an address?")
+    return ".".join(labels)
+
+
+normalise_domain = normalise_fqdn  # sender domains follow host-name syntax too
+
+
+def _dns_name(value: str, what: str = "name") -> str:
+    """Like :func:`normalise_fqdn` but allows ``_`` and single labels (SPF/DKIM names)."""
+    return ".".join(_ascii_labels(value, what, _DNS_LABEL))
+
+
+def normalise_address(value: str) -> str:
+    """One host address in canonical text (``2001:0DB8::0001`` -> ``2001:db8::1``).
+
+    Raises ``ValueError`` with a form-ready message for prefixes, scoped addresses and
+    anything that is not an IPv4 or IPv6 address.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"address must be text, not {type(value).__name__}")
+    text = value.strip()
+    if "/" in text:
+        raise ValueError(f"{value!r} is a prefix; give single host addresses")
+    if "%" in text:
+        raise ValueError(f"{value!r} has a zone index; give a global address")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    # The list bundled with the package: never fetched at run time, updated with the package.
+    return PublicSuffixList()
+
+
+def organisational_domain(domain: str) -> str | None:
+    """Public suffix + 1 label (RFC 7489 section 3.2), or None for a public suffix."""
+    return _psl().privatesuffix(domain)
+
+
+# --- inputs and outputs -----------------------------------------------------------------
+
+
+def _tuple(values: Iterable[str] | str | None) -> tuple[str, ...]:
+    if values is None:
+        return ()
+    if isinstance(values, str):  # a single setting value, not its characters
+        values = [values]
+    return tuple(v for v in values if v and v.strip())
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """Relay-wide settings the checks need (built from Django settings by the caller).
+
+    Values are validated and normalised on construction, so a bad setting fails at
+    start-up with ``ValueError`` rather than as a wrong check result.
+    """
+
+    spf_include: str | None = None
+    relay_addresses: tuple[str, ...] = ()
+    lab_networks: tuple[str, ...] = ()
+    allow_private: bool = False
+    approved_sender_domains: tuple[str, ...] = ()
+    lifetime: float = 5.0
+    _lab: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
+        default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        include = (self.spf_include or "").strip()
+        put("spf_include", _dns_name(include, "RELAY_SPF_INCLUDE") if include else None)
+        put("relay_addresses", tuple(normalise_address(a) for a in _tuple(self.relay_addresses)))
+        put("approved_sender_domains",
+            tuple(normalise_domain(d) for d in _tuple(self.approved_sender_domains)))
+        put("lab_networks", _tuple(self.lab_networks))
+        try:
+            put("_lab", tuple(ipaddress.ip_network(n.strip()) for n in self.lab_networks))
+        except ValueError as exc:
+            raise ValueError(f"RELAY_LAB_NETWORKS: {exc}") from None
+        if not self.lifetime or self.lifetime <= 0:
+            raise ValueError("lifetime must be positive")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """What to check for one request; ``fqdn=None`` is a functional account."""
+
+    fqdn: str | None
+    addresses: tuple[str, ...] = ()
+    sender_domains: tuple[str, ...] = ()
+    dkim_selector: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of the report: ``{id, subject, status, detail, evidence}``."""
+
+    id: str
+    subject: str
+    status: CheckStatus
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "subject": self.subject, "status": str(self.status),
+                "detail": self.detail, "evidence": self.evidence}
+
+
+@dataclass(frozen=True)
+class Report:
+    """All results of one request and their verdict (the worst status)."""
+
+    verdict: CheckStatus
+    checks: tuple[CheckResult, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": str(self.verdict), "checks": [c.as_dict() for c in self.checks]}
+
+
+def _result(check_id: str, subject: str, status: CheckStatus, detail: str,
+            **evidence: Any) -> CheckResult:
+    return CheckResult(check_id, subject, status, detail, evidence)
+
+
+# --- look-ups shared within a run -------------------------------------------------------
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "never retrieved"
+
+
+class _Lookups:
+    """In-flight and finished look-ups by (name, type), shared by the checks of a batch."""
+
+    def __init__(self, resolver: dns.asyncresolver.Resolver):
+        self.resolver = resolver
+        self.tasks: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+
+    def get(self, name: str, rdtype: str, lifetime: float) -> asyncio.Task[DnsAnswer]:
+        task = self.tasks.get((name, rdtype))
+        if task is None:
+            task = asyncio.ensure_future(lookup(self.resolver, name, rdtype, lifetime=lifetime))
+            task.add_done_callback(_consume)
+            self.tasks[name, rdtype] = task
+        return task
+
+    def cancel(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+
+
+class _Run:
+    """One request's checks: the shared look-ups and this request's deadline."""
+
+    def __init__(self, config: CheckConfig, lookups: _Lookups):
+        self.config = config
+        self.lookups = lookups
+        self.deadline = asyncio.get_running_loop().time() + config.lifetime
+
+    async def q(self, name: str, rdtype: str) -> DnsAnswer:
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TransientDnsError(f"{name} {rdtype}: no time left in this run")
+        # shield: a check cancelled at the deadline must not cancel a look-up others share.
+        return await asyncio.shield(self.lookups.get(name, rdtype, remaining))
+
+
+# --- address_policy ---------------------------------------------------------------------
+
+
+def _nets(*pairs: tuple[str, str]) -> tuple[tuple[Any, str], ...]:
+    return tuple((ipaddress.ip_network(net), why) for net, why in pairs)
+
+
+# Refused whatever the settings say (order matters: wrappers before the reserved ::/8).
+_REFUSED = _nets(
+    ("::ffff:0:0/96", "an IPv4-mapped IPv6 address"),
+    ("::/96", "an IPv4-compatible IPv6 address"),
+    ("64:ff9b::/96", "a NAT64 (IPv4-embedding) address"),
+    ("64:ff9b:1::/48", "a local-use NAT64 address"),
+    ("2002::/16", "a 6to4 address"),
+    ("2001::/32", "a Teredo address"),
+    ("192.0.2.0/24", "a documentation address (TEST-NET-1)"),
+    ("198.51.100.0/24", "a documentation address (TEST-NET-2)"),
+    ("203.0.113.0/24", "a documentation address (TEST-NET-3)"),
+    ("2001:db8::/32", "a documentation address"),
+    ("3fff::/20", "a documentation address"),
+    ("100.64.0.0/10", "a shared (carrier-grade NAT) address"),
+    ("0.0.0.0/8", "in 'this network' (0/8)"),
+    ("192.0.0.0/24", "an IETF protocol assignment"),
+    ("198.18.0.0/15", "a benchmarking address"),
+    ("fec0::/10", "a deprecated site-local address"),
+    ("100::/64", "a discard-only address"),
+)
+_PRIVATE = _nets(
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("fc00::/7", "a unique local address (ULA)"),
+)
+
+
+def _check_address(address: str, config: CheckConfig) -> CheckResult:
+    try:
+        ip = ipaddress.ip_address(normalise_address(address))
+    except ValueError as exc:
+        return _result("address_policy", address, CheckStatus.FAIL, str(exc), address=address)
+    subject = str(ip)
+    evidence: dict[str, Any] = {"address": subject, "version": ip.version}
+    for net in config._lab:
+        if ip in net:
+            return _result("address_policy", subject, CheckStatus.PASS,
+                           f"inside lab network {net} (RELAY_LAB_NETWORKS)",
+                           **evidence, network=str(net))
+    why = None
+    if ip.is_unspecified:
+        why = "the unspecified address"
+    elif ip.is_loopback:
+        why = "a loopback address"
+    elif ip.is_multicast:
+        why = "a multicast address"
+    elif ip.is_link_local:
+        why = "a link-local address"
+    matched = next(((net, w) for net, w in _REFUSED if ip in net), None) if why is None else None
+    if matched:
+        why, evidence["network"] = matched[1], str(matched[0])
+    if why is None and ip.is_reserved:
+        why = "a reserved address"
+    if why:
+        return _result("address_policy", subject, CheckStatus.FAIL,
+                       f"{subject} is {why}; only a global host address can be allowed",
+                       **evidence)
+    private = next(((net, w) for net, w in _PRIVATE if ip in net), None)
+    if private:
+        evidence["network"] = str(private[0])
+        if config.allow_private:
+            return _result("address_policy", subject, CheckStatus.PASS,
+                           f"{subject} is {private[1]}, allowed by RELAY_ALLOW_PRIVATE",
+                           **evidence)
+        return _result("address_policy", subject, CheckStatus.FAIL,
+                       f"{subject} is {private[1]}; private addresses are not allowed",
+                       **evidence)
+    if not ip.is_global:
+        return _result("address_policy", subject, CheckStatus.FAIL,
+                       f"{subject} is a special-purpose address, not globally routable",
+                       **evidence)
+    return _result("address_policy", subject, CheckStatus.PASS,
+                   f"{subject} is a global host address", **evidence)
+
+
+# --- forward and reverse ----------------------------------------------------------------
+
+
+async def _addresses(run: _Run, fqdn: str) -> tuple[DnsAnswer, DnsAnswer]:
+    a, aaaa = await asyncio.gather(run.q(fqdn, "A"), run.q(fqdn, "AAAA"))
+    return a, aaaa
+
+
+async def _check_forward(run: _Run, fqdn: str, addresses: Sequence[str]) -> CheckResult:
+    a, aaaa = await _addresses(run, fqdn)
+    chain = list(a.chain if len(a.chain) >= len(aaaa.chain) else aaaa.chain)
+    found = sorted({*a.values, *aaaa.values}, key=_address_key)
+    evidence: dict[str, Any] = {"name": fqdn, "chain": chain, "canonical_name": chain[-1],
+                                "A": list(a.values), "AAAA": list(aaaa.values),
+                                "expected": list(addresses)}
+    if a.status is DnsStatus.NXDOMAIN and aaaa.status is DnsStatus.NXDOMAIN:
+        where = f" (CNAME target {chain[-1]})" if len(chain) > 1 else ""
+        return _result("forward", fqdn, CheckStatus.FAIL,
+                       f"{fqdn} does not exist (NXDOMAIN){where}", **evidence)
+    missing = [x for x in addresses if x not in found]
+    extra = [x for x in found if x not in addresses]
+    evidence.update(missing=missing, extra=extra)
+    if not found:
+        return _result("forward", fqdn, CheckStatus.FAIL, f"{fqdn} has no A or AAAA record",
+                       **evidence)
+    if missing:
+        return _result("forward", fqdn, CheckStatus.FAIL,
+                       f"{fqdn} does not resolve to {', '.join(missing)}", **evidence)
+    if extra:
+        return _result("forward", fqdn, CheckStatus.WARN,
+                       f"{fqdn} also resolves to {', '.join(extra)}, not in the request",
+                       **evidence)
+    return _result("forward", fqdn, CheckStatus.PASS,
+                   f"{fqdn} resolves to exactly the requested addresses", **evidence)
+
+
+def _address_key(text: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(text)
+    return ip.version, int(ip)
+
+
+async def _check_reverse(run: _Run, fqdn: str, address: str) -> CheckResult:
+    ptr_name = reverse_name(address)
+    ptr = await run.q(ptr_name, "PTR")
+    names = sorted(set(ptr.values))
+    evidence: dict[str, Any] = {"address": address, "ptr_name": ptr_name, "ptr": names,
+                                "fqdn": fqdn}
+    if not names:
+        return _result("reverse", address, CheckStatus.FAIL,
+                       f"{address} has no PTR record ({ptr.status})", **evidence)
+    if fqdn in names:
+        evidence["matched"] = fqdn
+        return _result("reverse", address, CheckStatus.PASS,
+                       f"PTR of {address} is {fqdn}", **evidence)
+    a, aaaa = await _addresses(run, fqdn)  # memoised: the forward check asked already
+    canonical = (a if len(a.chain) >= len(aaaa.chain) else aaaa).canonical_name
+    evidence["canonical_name"] = canonical
+    if canonical in names:
+        evidence["matched"] = canonical
+        return _result("reverse", address, CheckStatus.PASS,
+                       f"PTR of {address} is {canonical}, the canonical name of {fqdn}",
+                       **evidence)
+    return _result("reverse", address, CheckStatus.FAIL,
+                   f"PTR of {address} is {', '.join(names)}, not {fqdn}"
+                   + (f" or {canonical}" if canonical != fqdn else ""), **evidence)
+
+
+# --- SPF (RFC 7208) ---------------------------------------------------------------------
+
+
+class _SpfError(Exception):
+    def __init__(self, result: str, message: str):
+        super().__init__(message)
+        self.result = result  # "permerror" or "temperror"
+
+
+class _Unknowable(Exception):
+    """A macro needs the client IP or sender, which a structural walk does not have."""
+
+
+_QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
+_MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
+_MODIFIER = re.compile(r"([a-z][a-z0-9_.-]*)=(.*)", re.I)
+_MECHANISM = re.compile(r"([+\-~?]?)([a-z][a-z0-9_.-]*)(.*)", re.I)
+_CIDR_SUFFIX = re.compile(r"(?:/(\d+))?(?://(\d+))?$")
+_MACRO = re.compile(r"%(?:%|_|-|\{([a-zA-Z])(\d*)(r?)([.\-+,/_=]*)\})", re.I)
+
+
+@dataclass
+class _Spf:
+    """State of one ``check_host()`` evaluation; ``ip=None`` walks the record structure."""
+
+    run: _Run
+    sender_domain: str
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    lookups: int = 0
+    voids: int = 0
+    records: dict[str, str] = field(default_factory=dict)
+    includes: list[tuple[str, bool]] = field(default_factory=list)  # (target, all "+")
+
+    def count(self) -> None:
+        self.lookups += 1
+        if self.lookups > SPF_LOOKUP_LIMIT:
+            raise _SpfError("permerror",
+                            f"more than {SPF_LOOKUP_LIMIT} DNS-querying terms (RFC 7208 4.6.4)")
+
+    async def q(self, name: str, rdtype: str, *, void_counts: bool = True) -> DnsAnswer:
+        try:
+            answer = await self.run.q(name, rdtype)
+        except TransientDnsError as exc:
+            raise _SpfError("temperror", str(exc)) from exc
+        if void_counts and not answer.found:
+            self.voids += 1
+            if self.voids > SPF_VOID_LIMIT:
+                raise _SpfError("permerror", f"more than {SPF_VOID_LIMIT} void look-ups")
+        return answer
+
+    def expand(self, spec: str, domain: str) -> str:
+        """Macro expansion (RFC 7208 section 7), for the letters an evaluation can know."""
+        if "%" not in spec:
+            return spec
+
+        def one(m: re.Match[str]) -> str:
+            text = m.group(0)
+            if text in ("%%", "%_", "%-"):
+                return {"%%": "%", "%_": " ", "%-": "%20"}[text]
+            letter, digits, reverse, delims = m.group(1).lower(), m.group(2), m.group(3), m.group(4)
+            if letter in "ivpcrt" and self.ip is None:
+                raise _Unknowable(letter)
+            value = {
+                "s": f"postmaster@{self.sender_domain}", "l": "postmaster",
+                "o": self.sender_domain, "d": domain, "h": self.sender_domain,
+                "v": "in-addr" if self.ip and self.ip.version == 4 else "ip6",
+                "p": "unknown",
+                "i": (str(self.ip) if self.ip and self.ip.version == 4
+                      else ".".join(self.ip.exploded.replace(":", "")) if self.ip else ""),
+            }.get(letter)
+            if value is None:
+                raise _SpfError("permerror", f"unsupported macro {text!r}")
+            parts = re.split("[" + re.escape(delims or ".") + "]", value)
+            if reverse:
+                parts.reverse()
+            if digits:
+                if int(digits) == 0:
+                    raise _SpfError("permerror", f"bad macro {text!r}")
+                parts = parts[-int(digits):]
+            return ".".join(parts)
+
+        if re.sub(_MACRO, "", spec).count("%"):
+            raise _SpfError("permerror", f"bad macro in {spec!r}")
+        return _MACRO.sub(one, spec)
+
+    def target(self, spec: str | None, domain: str) -> str:
+        if not spec:
+            return domain
+        try:
+            return _dns_name(self.expand(spec, domain), "SPF domain")
+        except ValueError as exc:
+            raise _SpfError("permerror", str(exc)) from None
+
+    async def record(self, domain: str) -> str | None:
+        answer = await self.q(domain, "TXT", void_counts=False)
+        found = [v for v in answer.values if v.lower() == "v=spf1" or v.lower()[:7] == "v=spf1 "]
+        if len(found) > 1:
+            raise _SpfError("permerror", f"{domain} has {len(found)} SPF records")
+        if found:
+            self.records[domain] = found[0]
+        return found[0] if found else None
+
+    async def check_host(self, domain: str, positive: bool = True) -> str:
+        record = await self.record(domain)
+        if record is None:
+            return "none"
+        mechanisms, redirect = self.parse(record, domain)
+        for qualifier, name, arg, cidr4, cidr6 in mechanisms:
+            if await self.matches(name, arg, cidr4, cidr6, domain, positive and qualifier == "+"):
+                return _QUALIFIERS[qualifier]
+        if redirect is not None:
+            self.count()
+            try:
+                target = self.target(redirect, domain)
+            except _Unknowable:
+                return "neutral"
+            self.includes.append((target, positive))
+            result = await self.check_host(target, positive)
+            if result == "none":
+                raise _SpfError("permerror", f"redirect={target} has no SPF record")
+            return result
+        return "neutral"
+
+    def parse(self, record: str, domain: str) -> tuple[list[tuple[str, str, str, int, int]],
+                                                       str | None]:
+        """Split a record into directives; any syntax error is a permerror (RFC 7208 4.6)."""
+        mechanisms, modifiers = [], {}
+        for term in record.split()[1:]:
+            mod = _MODIFIER.fullmatch(term)
+            if mod:
+                name = mod.group(1).lower()
+                if name in modifiers and name in ("redirect", "exp"):
+                    raise _SpfError("permerror", f"{domain}: {name}= appears twice")
+                modifiers[name] = mod.group(2)
+                continue
+            mech = _MECHANISM.fullmatch(term)
+            if not mech or mech.group(2).lower() not in _MECHANISMS:
+                raise _SpfError("permerror", f"{domain}: unknown term {term!r}")
+            qualifier, name, rest = mech.group(1) or "+", mech.group(2).lower(), mech.group(3)
+            cidr4, cidr6 = 32, 128
+            if name in ("a", "mx"):
+                suffix = _CIDR_SUFFIX.search(rest)
+                assert suffix is not None  # the pattern can match the empty end
+                rest = rest[: suffix.start()]
+                cidr4 = int(suffix.group(1)) if suffix.group(1) else 32
+                cidr6 = int(suffix.group(2)) if suffix.group(2) else 128
+                if cidr4 > 32 or cidr6 > 128:
+                    raise _SpfError("permerror", f"{domain}: bad prefix length in {term!r}")
+            if rest and not rest.startswith(":") or rest == ":":
+                raise _SpfError("permerror", f"{domain}: bad term {term!r}")
+            arg = rest[1:]
+            if name == "all" and arg or name in ("include", "exists", "ip4", "ip6") and not arg:
+                raise _SpfError("permerror", f"{domain}: bad term {term!r}")
+            if name in ("ip4", "ip6"):
+                try:
+                    net = ipaddress.ip_network(arg, strict=False)
+                except ValueError:
+                    raise _SpfError("permerror", f"{domain}: bad network in {term!r}") from None
+                if net.version != int(name[2]) or "/" in arg and not arg.split("/")[1].isdigit():
+                    raise _SpfError("permerror", f"{domain}: bad network in {term!r}")
+            mechanisms.append((qualifier, name, arg, cidr4, cidr6))
+        return mechanisms, modifiers.get("redirect") if "all" not in {
+            m[1] for m in mechanisms} else None
+
+    async def matches(self, name: str, arg: str, cidr4: int, cidr6: int, domain: str,
+                      positive: bool) -> bool:
+        ip = self.ip
+        if name == "all":
+            return True
+        if name in ("ip4", "ip6"):
+            return ip is not None and ip in ipaddress.ip_network(arg, strict=False)
+        self.count()  # include, a, mx, ptr, exists: each one DNS-querying term
+        try:
+            target = self.target(arg, domain)
+        except _Unknowable:
+            return False
+        if name == "include":
+            self.includes.append((target, positive))
+            result = await self.check_host(target, positive)
+            if result == "none":
+                raise _SpfError("permerror", f"include:{target} has no SPF record")
+            return result == "pass"
+        if ip is None:  # structural walk: the remaining terms depend on the client IP
+            return False
+        rdtype = "A" if ip.version == 4 else "AAAA"
+        prefix = cidr4 if ip.version == 4 else cidr6
+        if name == "exists":
+            return (await self.q(target, "A")).found
+        if name == "a":
+            hosts = [target]
+        elif name == "mx":
+            mx = await self.q(target, "MX")
+            if len(mx.values) > 10:
+                raise _SpfError("permerror", f"{target} has more than 10 MX records")
+            hosts = [v.split()[1] for v in mx.values if v.split()[1:] not in ([], [""])]
+        else:  # ptr (deprecated, RFC 7208 5.5): validated names under the target
+            ptr = await self.q(reverse_name(str(ip)), "PTR")
+            hosts = [n for n in ptr.values[:10] if n == target or n.endswith("." + target)]
+            prefix = 32 if ip.version == 4 else 128
+        for host in hosts:
+            answer = await self.q(host, rdtype, void_counts=name == "a")
+            if any(ip in ipaddress.ip_network(f"{v}/{prefix}", strict=False)
+                   for v in answer.values):
+                return True
+        return False
+
+
+async def _check_spf(run: _Run, domain: str) -> CheckResult:
+    include = run.config.spf_include
+    relay = run.config.relay_addresses
+    walk = _Spf(run, domain, None)
+    evidence: dict[str, Any] = {"domain": domain, "spf_include": include,
+                                "relay_addresses": list(relay)}
+    try:
+        walk_result = await walk.check_host(domain)
+    except _SpfError as exc:
+        evidence.update(records=walk.records, lookups=walk.lookups, result=exc.result)
+        status = CheckStatus.ERROR if exc.result == "temperror" else CheckStatus.FAIL
+        return _result("sender_spf", domain, status, f"SPF {exc.result}: {exc}", **evidence)
+    evidence.update(record=walk.records.get(domain), records=walk.records,
+                    lookups=walk.lookups, lookup_limit=SPF_LOOKUP_LIMIT)
+    if walk_result == "none":
+        return _result("sender_spf", domain, CheckStatus.FAIL, f"{domain} has no SPF record",
+                       **evidence)
+    included = bool(include) and (include, True) in walk.includes
+    evidence["include_found"] = included
+    if included:
+        return _result("sender_spf", domain, CheckStatus.PASS,
+                       f"SPF of {domain} includes {include} "
+                       f"({walk.lookups} of {SPF_LOOKUP_LIMIT} look-ups)", **evidence)
+    results: dict[str, str] = {}
+    for address in relay:
+        spf = _Spf(run, domain, ipaddress.ip_address(address))
+        try:
+            results[address] = await spf.check_host(domain)
+        except _SpfError as exc:
+            results[address] = f"{exc.result}: {exc}"
+    evidence["relay_results"] = results
+    if any(r.startswith("temperror") for r in results.values()):
+        return _result("sender_spf", domain, CheckStatus.ERROR,
+                       "SPF temperror while evaluating the relay addresses", **evidence)
+    if relay and all(r == "pass" for r in results.values()):
+        return _result("sender_spf", domain, CheckStatus.PASS,
+                       f"SPF of {domain} passes every relay address", **evidence)
+    wanted = " or ".join(filter(None, [f"include:{include}" if include else "",
+                                       "a pass for every relay address" if relay else ""]))
+    detail = f"SPF of {domain} does not authorise the relay (needs {wanted or 'a relay setting'})"
+    bad = ", ".join(f"{a}: {r}" for a, r in results.items() if r != "pass")
+    return _result("sender_spf", domain, CheckStatus.FAIL, detail + (f"; {bad}" if bad else ""),
+                   **evidence)
+
+
+# --- DMARC and DKIM ---------------------------------------------------------------------
+
+
+def _tags(record: str) -> dict[str, str]:
+    tags = {}
+    for part in record.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            tags.setdefault(key.strip().lower(), value.strip())
+    return tags
+
+
+async def _dmarc_at(run: _Run, domain: str) -> tuple[str, DnsAnswer, list[str]]:
+    name = f"_dmarc.{domain}"
+    answer = await run.q(name, "TXT")
+    return name, answer, [v for v in answer.values if re.match(r"v\s*=\s*DMARC1\s*(;|$)", v, re.I)]
+
+
+async def _check_dmarc(run: _Run, domain: str) -> CheckResult:
+    org = organisational_domain(domain)
+    evidence: dict[str, Any] = {"domain": domain, "organisational_domain": org}
+    name, answer, records = await _dmarc_at(run, domain)
+    evidence["queried"] = {name: list(answer.values)}
+    found_at = domain
+    if not records and org and org != domain:  # RFC 7489 6.6.3: fall back to the org domain
+        name, answer, records = await _dmarc_at(run, org)
+        evidence["queried"][name] = list(answer.values)
+        found_at = org
+    if not records:
+        return _result("sender_dmarc", domain, CheckStatus.FAIL,
+                       f"no DMARC record at _dmarc.{domain}"
+                       + (f" or _dmarc.{org}" if org and org != domain else ""), **evidence)
+    if len(records) > 1:
+        return _result("sender_dmarc", domain, CheckStatus.FAIL,
+                       f"{name} has {len(records)} DMARC records; receivers ignore them all",
+                       **evidence)
+    tags = _tags(records[0])
+    policy = tags.get("p", "").lower()
+    if found_at != domain and tags.get("sp"):
+        policy = tags["sp"].lower()  # a subdomain falls under the org domain's sp=
+    evidence.update(found_at=name, record=records[0], policy=policy)
+    if policy not in ("none", "quarantine", "reject"):
+        if "rua" not in tags:  # RFC 7489 6.6.3 step 6: no valid p and no rua: ignored
+            return _result("sender_dmarc", domain, CheckStatus.FAIL,
+                           f"{name} has no valid policy (p=)", **evidence)
+        policy = "none"
+    if policy == "none":
+        return _result("sender_dmarc", domain, CheckStatus.WARN,
+                       f"DMARC at {name} only monitors (p=none)", **evidence)
+    return _result("sender_dmarc", domain, CheckStatus.PASS,
+                   f"DMARC at {name} with p={policy}", **evidence)
+
+
+async def _check_dkim(run: _Run, domain: str, selector: str) -> CheckResult:
+    name = f"{selector}._domainkey.{domain}"
+    answer = await run.q(name, "TXT")
+    evidence: dict[str, Any] = {"name": name, "chain": list(answer.chain),
+                                "records": list(answer.values)}
+    keys = [v for v in answer.values if "p" in _tags(v)]
+    if not keys:
+        return _result("sender_dkim", domain, CheckStatus.FAIL,
+                       f"no DKIM key at {name} ({answer.status})", **evidence)
+    live = [v for v in keys if _tags(v)["p"]]
+    if not live:
+        return _result("sender_dkim", domain, CheckStatus.FAIL,
+                       f"the DKIM key at {name} is revoked (empty p=)", **evidence)
+    via = f" via CNAME to {answer.canonical_name}" if len(answer.chain) > 1 else ""
+    return _result("sender_dkim", domain, CheckStatus.PASS, f"DKIM key at {name}{via}",
+                   **evidence)
+
+
+def _check_domain_policy(domain: str, config: CheckConfig) -> CheckResult:
+    approved = config.approved_sender_domains
+    match = next((d for d in approved if domain == d or domain.endswith("." + d)), None)
+    if match:
+        return _result("sender_domain_policy", domain, CheckStatus.PASS,
+                       f"{domain} is an approved sender domain ({match})",
+                       domain=domain, approved=list(approved), matched=match)
+    return _result("sender_domain_policy", domain, CheckStatus.WARN,
+                   f"{domain} is not an approved sender domain: From/Return-Path will be "
+                   "rewritten", domain=domain, approved=list(approved))
+
+
+# --- the engine -------------------------------------------------------------------------
+
+
+def _unique(values: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+async def _guard(check_id: str, subject: str,
+                 coro: Awaitable[CheckResult]) -> CheckResult:
+    try:
+        return await coro
+    except TransientDnsError as exc:
+        return _result(check_id, subject, CheckStatus.ERROR, f"DNS did not answer: {exc}")
+    except Exception as exc:  # a bug must not read as pass or fail
+        log.exception("check %s(%s) crashed", check_id, subject)
+        return _result(check_id, subject, CheckStatus.ERROR,
+                       f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def _run(spec: CheckSpec, config: CheckConfig, lookups: _Lookups) -> Report:
+    fqdn = normalise_fqdn(spec.fqdn) if spec.fqdn is not None else None
+    domains = _unique(normalise_domain(d) for d in spec.sender_domains)
+    selector = _dns_name(spec.dkim_selector, "DKIM selector") if spec.dkim_selector else None
+    raw = _unique(a.strip() for a in spec.addresses)
+    immediate = [_check_address(a, config) for a in raw]
+    # forward/reverse use every well-formed address, even one the policy refuses
+    addresses = _unique(r.subject for r in immediate if "version" in r.evidence)
+
+    run = _Run(config, lookups)
+    jobs: list[tuple[str, str, Callable[[], Awaitable[CheckResult]]]] = []
+    if fqdn is not None:
+        jobs.append(("forward", fqdn, lambda: _check_forward(run, fqdn, addresses)))
+        jobs += [("reverse", a, functools.partial(_check_reverse, run, fqdn, a))
+                 for a in addresses]
+    jobs += [("sender_spf", d, functools.partial(_check_spf, run, d)) for d in domains]
+    jobs += [("sender_dmarc", d, functools.partial(_check_dmarc, run, d)) for d in domains]
+    if selector:
+        jobs += [("sender_dkim", d, functools.partial(_check_dkim, run, d, selector))
+                 for d in domains]
+    tasks = [asyncio.ensure_future(_guard(i, s, make())) for i, s, make in jobs]
+    if tasks:
+        await asyncio.wait(tasks, timeout=max(0.0, run.deadline - asyncio.get_running_loop()
+                                              .time()) + DEADLINE_MARGIN)
+    results = list(immediate)
+    for (check_id, subject, _make), task in zip(jobs, tasks, strict=True):
+        if task.done():
+            results.append(task.result())
+        else:
+            task.cancel()
+            results.append(_result(check_id, subject, CheckStatus.ERROR,
+                                   f"no DNS answer within {config.lifetime:g}s"))
+    results += [_check_domain_policy(d, config) for d in domains]
+    return Report(worst_status(r.status for r in results), tuple(results))
+
+
+async def run_checks(spec: CheckSpec, config: CheckConfig,
+                     resolver: dns.asyncresolver.Resolver) -> Report:
+    """Run every check that applies to ``spec`` concurrently, within ``config.lifetime``.
+
+    Raises ``ValueError`` if the FQDN, a sender domain or the DKIM selector is not a valid
+    name (the forms and the CLI validate first); a malformed *address* is reported by
+    ``address_policy`` instead, because refusing it is that check's job.
+    """
+    lookups = _Lookups(resolver)
+    try:
+        return await _run(spec, config, lookups)
+    finally:
+        lookups.cancel()
+
+
+def run_checks_sync(spec: CheckSpec, config: CheckConfig,
+                    nameservers: Sequence[str]) -> Report:
+    """Blocking wrapper for Celery tasks and the CLI (must not run inside an event loop)."""
+    resolver = make_resolver(nameservers, config.lifetime)
+    return asyncio.run(run_checks(spec, config, resolver))
+
+
+async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
+                   resolver: dns.asyncresolver.Resolver, concurrency: int = 100) -> list[Report]:
+    """Check many requests (periodic rechecks, the benchmark), sharing look-ups.
+
+    ``concurrency`` bounds the requests in flight; each still gets its own deadline from
+    when it starts. Look-ups are memoised for the whole batch, so memory grows with the
+    batch: chunk very large batches (tens of thousands) into several calls.
+    """
+    lookups = _Lookups(resolver)
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(spec: CheckSpec) -> Report:
+        async with gate:
+            return await _run(spec, config, lookups)
+
+    try:
+        return list(await asyncio.gather(*(one(s) for s in specs)))
+    finally:
+        lookups.cancel()

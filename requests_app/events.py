@@ -1,0 +1,156 @@
+"""Audit events: one small function per event type, each inserting one row.
+
+Called by services inside their transaction, so an event exists if and only if the
+change it describes was committed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+from .models import RelayRequest
+from .models import RequestEvent
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+__all__ = [
+    "request_checks_recorded_event",
+    "request_created_event",
+    "request_override_event",
+    "request_transition_event",
+    "request_updated_event",
+    "system_event",
+]
+
+SYSTEM = "system"
+
+
+def _insert(
+    request: RelayRequest,
+    type_: str,
+    *,
+    actor: AbstractBaseUser | None,
+    source_ip: str | None = None,
+    from_state: str = "",
+    to_state: str = "",
+    comment: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> RequestEvent:
+    return RequestEvent.objects.create(
+        request=request,
+        type=type_,
+        actor=actor,
+        actor_name=actor.get_username() if actor is not None else SYSTEM,
+        source_ip=source_ip or None,
+        from_state=from_state,
+        to_state=to_state,
+        comment=comment,
+        parameters=parameters or {},
+    )
+
+
+def request_created_event(
+    request: RelayRequest, actor: AbstractBaseUser, source_ip: str | None
+) -> RequestEvent:
+    return _insert(
+        request,
+        RequestEvent.Type.CREATED,
+        actor=actor,
+        source_ip=source_ip,
+        to_state=request.state,
+        parameters={"kind": request.kind, "subject": request.subject},
+    )
+
+
+def request_updated_event(
+    request: RelayRequest,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    changes: dict[str, list[Any]],
+) -> RequestEvent:
+    """``changes`` maps each edited field to ``[old, new]`` so the trail shows the diff."""
+    return _insert(
+        request,
+        RequestEvent.Type.UPDATED,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=request.state,
+        to_state=request.state,
+        parameters={"changes": changes},
+    )
+
+
+def request_transition_event(
+    request: RelayRequest,
+    *,
+    action: str,
+    from_state: str,
+    actor: AbstractBaseUser | None,
+    source_ip: str | None = None,
+    comment: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> RequestEvent:
+    return _insert(
+        request,
+        RequestEvent.Type.TRANSITION,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=from_state,
+        to_state=request.state,
+        comment=comment,
+        parameters={"action": action, **(parameters or {})},
+    )
+
+
+def request_override_event(
+    request: RelayRequest,
+    *,
+    from_state: str,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    reason: str,
+    overridden: list[dict[str, str]],
+) -> RequestEvent:
+    return _insert(
+        request,
+        RequestEvent.Type.OVERRIDE,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=from_state,
+        to_state=request.state,
+        comment=reason,
+        parameters={"action": "override_checks", "overridden": overridden},
+    )
+
+
+def request_checks_recorded_event(
+    request: RelayRequest, *, verdict: str, summary: dict[str, int], attempt: int
+) -> RequestEvent:
+    return _insert(
+        request,
+        RequestEvent.Type.CHECKS_RECORDED,
+        actor=None,
+        from_state=request.state,
+        to_state=request.state,
+        parameters={"verdict": verdict, "summary": summary, "attempt": attempt},
+    )
+
+
+def system_event(
+    request: RelayRequest,
+    type_: str,
+    *,
+    comment: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> RequestEvent:
+    return _insert(
+        request,
+        type_,
+        actor=None,
+        from_state=request.state,
+        to_state=request.state,
+        comment=comment,
+        parameters=parameters,
+    )

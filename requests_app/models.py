@@ -1,0 +1,692 @@
+"""Relaydesk's data: teams, relay requests and their state machine, checks, audit events.
+
+The state machine is declared here and only here (STYLE 2): transitions set fields on
+their own row and nothing else. Services (``services.py``) lock the row, check the
+transition permission, call the transition, save, write the event and schedule work.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django_fsm import ConcurrentTransitionMixin
+from django_fsm import FSMField
+from django_fsm import transition
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+__all__ = [
+    "APPROVERS_GROUP",
+    "AUDITORS_GROUP",
+    "ApprovedSenderDomain",
+    "CheckResult",
+    "CheckStatus",
+    "Membership",
+    "Notification",
+    "RelayConfigChange",
+    "RelayConfigVersion",
+    "RelayEndpoint",
+    "RelayRequest",
+    "RequestEvent",
+    "RequestKind",
+    "RequestState",
+    "Team",
+    "TimeStampedModel",
+    "TlsMode",
+    "is_approver",
+    "is_auditor",
+]
+
+APPROVERS_GROUP = "approvers"
+AUDITORS_GROUP = "auditors"
+
+
+def _in_group(user: AbstractBaseUser | None, name: str) -> bool:
+    if user is None or not user.is_authenticated:
+        return False
+    # Cache per user object: the queue asks this once per row.
+    cache = user.__dict__.setdefault("_relaydesk_groups", None)
+    if cache is None:
+        cache = set(user.groups.values_list("name", flat=True))
+        user.__dict__["_relaydesk_groups"] = cache
+    return name in cache
+
+
+def is_approver(user: AbstractBaseUser | None) -> bool:
+    """Approvers (help desk, mail team) are the members of the ``approvers`` group."""
+    return _in_group(user, APPROVERS_GROUP)
+
+
+def is_auditor(user: AbstractBaseUser | None) -> bool:
+    """Auditors read every request and event; they never act."""
+    return _in_group(user, AUDITORS_GROUP)
+
+
+class TimeStampedModel(models.Model):
+    """Abstract base giving every row its creation and last-change time."""
+
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    class Meta:
+        abstract = True
+
+
+class Team(TimeStampedModel):
+    """A team that owns servers and service accounts; its members may file requests."""
+
+    slug = models.SlugField(_("slug"), unique=True, help_text=_("Short id used in the API."))
+    name = models.CharField(_("name"), max_length=200)
+    contact_email = models.EmailField(_("team contact e-mail"), blank=True)
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        through="Membership",
+        related_name="teams",
+        verbose_name=_("members"),
+    )
+
+    class Meta:
+        ordering = ("slug",)
+        verbose_name = _("team")
+        verbose_name_plural = _("teams")
+
+    def __str__(self) -> str:
+        return self.name or self.slug
+
+
+class Membership(TimeStampedModel):
+    """A user's membership of a team (who may file and see the team's requests)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, verbose_name=_("team"))
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, verbose_name=_("user")
+    )
+
+    class Meta:
+        verbose_name = _("membership")
+        verbose_name_plural = _("memberships")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("team", "user"),
+                name="membership_unique_team_user",
+                violation_error_message=_("This user is already a member of the team."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team}"
+
+
+class ApprovedSenderDomain(TimeStampedModel):
+    """A sender domain the relay passes without rewriting From/Return-Path.
+
+    Added to ``RELAY_APPROVED_SENDER_DOMAINS`` from the environment; the union is used.
+    """
+
+    domain = models.CharField(_("domain"), max_length=253, unique=True)
+    note = models.CharField(_("note"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ("domain",)
+        verbose_name = _("approved sender domain")
+        verbose_name_plural = _("approved sender domains")
+
+    def __str__(self) -> str:
+        return self.domain
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.domain = self.domain.strip().lower().rstrip(".")
+        super().save(*args, **kwargs)
+
+
+class RelayEndpoint(TimeStampedModel):
+    """A relay host requesters send to; the default one feeds the snippets.
+
+    When none is marked default, ``RELAY_HOST`` and the port settings are used.
+    """
+
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    host = models.CharField(_("host name"), max_length=253)
+    submission_port = models.PositiveIntegerField(_("STARTTLS port"), default=587)
+    smtps_port = models.PositiveIntegerField(_("implicit TLS port"), default=465)
+    is_default = models.BooleanField(_("default endpoint"), default=False)
+
+    class Meta:
+        ordering = ("name",)
+        verbose_name = _("relay endpoint")
+        verbose_name_plural = _("relay endpoints")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("is_default",),
+                condition=models.Q(is_default=True),
+                name="relayendpoint_single_default",
+                violation_error_message=_("Only one relay endpoint can be the default."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host})"
+
+
+class RequestKind(models.TextChoices):
+    SERVER = "server", _("Server allowlisting")
+    ACCOUNT = "account", _("Functional-account relay access")
+
+
+class TlsMode(models.TextChoices):
+    STARTTLS = "starttls", _("STARTTLS on port 587")
+    SMTPS = "smtps", _("Implicit TLS (SMTPS) on port 465")
+
+
+class RequestState(models.TextChoices):
+    DRAFT = "draft", _("Draft")
+    CHECKING = "checking", _("Checking")
+    NEEDS_CHANGES = "needs_changes", _("Needs changes")
+    PENDING_APPROVAL = "pending_approval", _("Pending approval")
+    PROVISIONING = "provisioning", _("Provisioning")
+    ACTIVE = "active", _("Active")
+    REJECTED = "rejected", _("Rejected")
+    WITHDRAWN = "withdrawn", _("Withdrawn")
+    REVOKED = "revoked", _("Revoked")
+    EXPIRED = "expired", _("Expired")
+
+
+class CheckStatus(models.TextChoices):
+    """Ordered from best to worst; a verdict is the worst status seen."""
+
+    PASS = "pass", _("pass")
+    WARN = "warn", _("warn")
+    FAIL = "fail", _("fail")
+    ERROR = "error", _("error")
+
+
+# --- permission functions: (instance, user) -> bool, used by django-fsm ---------------
+
+
+def _is_requester(instance: RelayRequest, user: AbstractBaseUser) -> bool:
+    """A member of the owning team acts for the team."""
+    return instance.is_team_member(user)
+
+
+def _is_independent_approver(instance: RelayRequest, user: AbstractBaseUser) -> bool:
+    """Segregation of duties: approvers never decide their own team's or own request."""
+    if not is_approver(user):
+        return False
+    if instance.created_by_id == user.pk or instance.submitted_by_id == user.pk:
+        return False
+    return not instance.is_team_member(user)
+
+
+def _system_only(instance: RelayRequest, user: AbstractBaseUser) -> bool:
+    """Transitions driven by tasks (check results, provisioning): no user may fire them."""
+    return False
+
+
+# --- conditions: pure, read only the instance -----------------------------------------
+
+
+def checks_allow_approval(instance: RelayRequest) -> bool:
+    """Approval needs passing checks, or a written override of a failed/errored check."""
+    if instance.check_verdict in (CheckStatus.PASS, CheckStatus.WARN):
+        return True
+    return bool(instance.override_reason.strip())
+
+
+def checks_need_override(instance: RelayRequest) -> bool:
+    return instance.check_verdict in (CheckStatus.FAIL, CheckStatus.ERROR)
+
+
+class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
+    """One request for relay access: a server to allowlist or a functional account.
+
+    List fields (addresses, sender domains) are stored normalised as JSON lists; a
+    denormalised ``search_text`` keeps the approver queue's search to one indexed
+    column, and ``check_summary`` keeps the queue row's evidence without a join.
+    """
+
+    kind = models.CharField(_("kind"), max_length=10, choices=RequestKind.choices)
+    state = FSMField(
+        _("state"),
+        default=RequestState.DRAFT,
+        choices=RequestState.choices,
+        protected=True,
+        db_index=True,
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, related_name="requests", verbose_name=_("owning team")
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="relay_requests",
+        verbose_name=_("created by"),
+    )
+    contact_email = models.EmailField(_("contact e-mail"))
+    chat_channel = models.CharField(_("chat channel"), max_length=200, blank=True)
+    sender_domains = models.JSONField(_("sender domains"), default=list, blank=True)
+    sender_addresses = models.JSONField(_("sender addresses"), default=list, blank=True)
+    dkim_selector = models.CharField(_("DKIM selector"), max_length=63, blank=True)
+    expected_daily_volume = models.PositiveIntegerField(_("expected messages per day"))
+    # server allowlisting
+    fqdn = models.CharField(_("FQDN"), max_length=253, blank=True, db_index=True)
+    ipv4 = models.JSONField(_("IPv4 addresses"), default=list, blank=True)
+    ipv6 = models.JSONField(_("IPv6 addresses"), default=list, blank=True)
+    purpose = models.TextField(_("purpose"), blank=True)
+    # functional account
+    account_name = models.CharField(_("account name"), max_length=64, blank=True, db_index=True)
+    use_case = models.TextField(_("use case"), blank=True)
+    tls_mode = models.CharField(
+        _("TLS mode"), max_length=10, choices=TlsMode.choices, blank=True
+    )
+    # workflow facts, set by transitions
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("submitted by"),
+    )
+    submitted_at = models.DateTimeField(_("submitted at"), null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("decided by"),
+    )
+    decided_at = models.DateTimeField(_("decided at"), null=True, blank=True)
+    decision_note = models.TextField(_("decision note"), blank=True)
+    override_reason = models.TextField(_("check override reason"), blank=True)
+    activated_at = models.DateTimeField(_("active since"), null=True, blank=True)
+    # check results, denormalised for the queue
+    check_verdict = models.CharField(
+        _("check verdict"), max_length=5, choices=CheckStatus.choices, blank=True
+    )
+    check_summary = models.JSONField(_("check summary"), default=dict, blank=True)
+    checks_ran_at = models.DateTimeField(_("checks ran at"), null=True, blank=True)
+    check_attempts = models.PositiveIntegerField(_("check attempts"), default=0)
+    search_text = models.TextField(_("search text"), blank=True, editable=False)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("relay request")
+        verbose_name_plural = _("relay requests")
+        permissions = [
+            ("approve_relayrequest", "Can approve, reject or revoke relay requests"),
+        ]
+        indexes = [models.Index(fields=("state", "submitted_at"), name="request_queue_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(expected_daily_volume__gte=1),
+                name="request_volume_positive",
+                violation_error_message=_("Expected volume must be a positive integer."),
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(kind="server") | ~models.Q(fqdn=""),
+                name="request_server_has_fqdn",
+                violation_error_message=_("A server request needs an FQDN."),
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(kind="account") | ~models.Q(account_name=""),
+                name="request_account_has_name",
+                violation_error_message=_("A functional-account request needs an account name."),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.subject}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.search_text = " ".join(
+            [self.fqdn, self.account_name, *self.ipv4, *self.ipv6, *self.sender_domains]
+        ).lower()
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None:
+            kwargs["update_fields"] = {*update_fields, "search_text", "updated_at"}
+        super().save(*args, **kwargs)
+
+    def get_absolute_url(self) -> str:
+        return reverse("requests:detail", kwargs={"pk": self.pk})
+
+    @property
+    def subject(self) -> str:
+        """What the request is about, as shown in lists and mail subjects."""
+        return self.fqdn if self.kind == RequestKind.SERVER else self.account_name
+
+    @property
+    def addresses(self) -> list[str]:
+        return [*self.ipv6, *self.ipv4]
+
+    def is_team_member(self, user: AbstractBaseUser | None) -> bool:
+        if user is None or not user.is_authenticated:
+            return False
+        team_ids = user.__dict__.get("_relaydesk_team_ids")
+        if team_ids is None:
+            team_ids = set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+            user.__dict__["_relaydesk_team_ids"] = team_ids
+        return self.team_id in team_ids
+
+    # --- transitions: declarations only -------------------------------------------
+
+    @transition(
+        field=state,
+        source=[RequestState.DRAFT, RequestState.NEEDS_CHANGES],
+        target=RequestState.CHECKING,
+        permission=_is_requester,
+    )
+    def submit(self, by: AbstractBaseUser) -> None:
+        self.submitted_by = by
+        self.submitted_at = timezone.now()
+        self.override_reason = ""
+        self.check_attempts = 0
+
+    @transition(
+        field=state,
+        source=[RequestState.PENDING_APPROVAL, RequestState.NEEDS_CHANGES],
+        target=RequestState.CHECKING,
+        permission=_is_independent_approver,
+    )
+    def recheck(self, by: AbstractBaseUser) -> None:
+        self.override_reason = ""
+        self.check_attempts = 0
+
+    @transition(
+        field=state,
+        source=RequestState.CHECKING,
+        target=RequestState.PENDING_APPROVAL,
+        permission=_system_only,
+    )
+    def checks_passed(self) -> None:
+        """Pass/warn, or error after the retries ran out: approvers decide with evidence."""
+
+    @transition(
+        field=state,
+        source=RequestState.CHECKING,
+        target=RequestState.NEEDS_CHANGES,
+        permission=_system_only,
+    )
+    def checks_failed(self) -> None:
+        """A definitive failure goes back to the requester with the reasons."""
+
+    @transition(
+        field=state,
+        source=[RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL],
+        target=RequestState.PENDING_APPROVAL,
+        permission=_is_independent_approver,
+        conditions=[checks_need_override],
+    )
+    def override_checks(self, by: AbstractBaseUser, reason: str) -> None:
+        self.override_reason = reason
+
+    @transition(
+        field=state,
+        source=RequestState.PENDING_APPROVAL,
+        target=RequestState.PROVISIONING,
+        permission=_is_independent_approver,
+        conditions=[checks_allow_approval],
+    )
+    def approve(self, by: AbstractBaseUser, note: str = "") -> None:
+        self.decided_by = by
+        self.decided_at = timezone.now()
+        self.decision_note = note
+
+    @transition(
+        field=state,
+        source=RequestState.PENDING_APPROVAL,
+        target=RequestState.NEEDS_CHANGES,
+        permission=_is_independent_approver,
+    )
+    def request_changes(self, by: AbstractBaseUser, note: str = "") -> None:
+        self.decision_note = note
+
+    @transition(
+        field=state,
+        source=RequestState.PENDING_APPROVAL,
+        target=RequestState.REJECTED,
+        permission=_is_independent_approver,
+    )
+    def reject(self, by: AbstractBaseUser, note: str = "") -> None:
+        self.decided_by = by
+        self.decided_at = timezone.now()
+        self.decision_note = note
+
+    @transition(
+        field=state,
+        source=[
+            RequestState.DRAFT,
+            RequestState.CHECKING,
+            RequestState.NEEDS_CHANGES,
+            RequestState.PENDING_APPROVAL,
+        ],
+        target=RequestState.WITHDRAWN,
+        permission=_is_requester,
+    )
+    def withdraw(self, by: AbstractBaseUser) -> None:
+        """Only the owning team withdraws."""
+
+    @transition(
+        field=state,
+        source=RequestState.PROVISIONING,
+        target=RequestState.ACTIVE,
+        permission=_system_only,
+    )
+    def activate(self) -> None:
+        self.activated_at = timezone.now()
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.REVOKED,
+        permission=_is_independent_approver,
+    )
+    def revoke(self, by: AbstractBaseUser, note: str = "") -> None:
+        self.decided_by = by
+        self.decided_at = timezone.now()
+        self.decision_note = note
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.EXPIRED,
+        permission=_system_only,
+    )
+    def expire(self) -> None:
+        """Recertification missed (lifecycle issue)."""
+
+
+class CheckResult(TimeStampedModel):
+    """The latest result of one check on one subject of a request (upserted by the task)."""
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="checks", verbose_name=_("request")
+    )
+    check_id = models.CharField(_("check"), max_length=40)
+    subject = models.CharField(_("subject"), max_length=300)
+    status = models.CharField(_("status"), max_length=5, choices=CheckStatus.choices)
+    detail = models.TextField(_("detail"), blank=True)
+    evidence = models.JSONField(_("evidence"), default=dict, blank=True)
+
+    class Meta:
+        ordering = ("check_id", "subject")
+        verbose_name = _("check result")
+        verbose_name_plural = _("check results")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("request", "check_id", "subject"),
+                name="checkresult_unique_per_subject",
+                violation_error_message=_("One result per check and subject."),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.check_id}({self.subject}) = {self.status}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.check_id,
+            "subject": self.subject,
+            "status": self.status,
+            "detail": self.detail,
+            "evidence": self.evidence,
+        }
+
+
+class RequestEvent(models.Model):
+    """One immutable line of the audit trail: who did what, when, from where.
+
+    Rows are only ever inserted; ``save`` refuses updates and ``delete`` refuses,
+    so the trail cannot be rewritten through the ORM.
+    """
+
+    class Type(models.TextChoices):
+        CREATED = "created", _("created")
+        UPDATED = "updated", _("edited")
+        TRANSITION = "transition", _("state changed")
+        OVERRIDE = "override", _("check overridden")
+        CHECKS_RECORDED = "checks_recorded", _("checks recorded")
+        CONFIG_BUILT = "config_built", _("relay config built")
+        NOTIFICATION = "notification", _("notification sent")
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="events", verbose_name=_("request")
+    )
+    type = models.CharField(_("type"), max_length=20, choices=Type.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("actor"),
+    )
+    actor_name = models.CharField(
+        _("actor name"), max_length=150, help_text=_("Kept if the user is deleted; 'system'.")
+    )
+    source_ip = models.GenericIPAddressField(_("source IP"), null=True, blank=True)
+    from_state = models.CharField(_("from state"), max_length=20, blank=True)
+    to_state = models.CharField(_("to state"), max_length=20, blank=True)
+    comment = models.TextField(_("comment"), blank=True)
+    parameters = models.JSONField(_("parameters"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("request event")
+        verbose_name_plural = _("request events")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_name} {self.type}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if self.pk is not None:
+            raise ValueError("Audit events are immutable.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise ValueError("Audit events are immutable.")
+
+
+class Notification(TimeStampedModel):
+    """An e-mail to send, written in the same transaction as the change that causes it.
+
+    This is the outbox: the row exists if and only if the change committed, so a
+    broker outage cannot lose it (the periodic sweep re-dispatches pending rows), and
+    the unique ``event_key`` plus the ``sent`` status make a redelivered task a no-op.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        SENT = "sent", _("sent")
+        FAILED = "failed", _("failed")
+
+    request = models.ForeignKey(
+        RelayRequest,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        verbose_name=_("request"),
+    )
+    kind = models.CharField(_("kind"), max_length=40)
+    event_key = models.CharField(_("event key"), max_length=200, unique=True)
+    recipients = models.JSONField(_("recipients"), default=list)
+    context = models.JSONField(_("template context"), default=dict, blank=True)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    message_id = models.CharField(_("Message-ID"), max_length=250, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("notification")
+        verbose_name_plural = _("notifications")
+
+    def __str__(self) -> str:
+        return f"{self.kind} for #{self.request_id} ({self.status})"
+
+
+class RelayConfigVersion(models.Model):
+    """One generated version of the relay artefacts, kept for history and diffs.
+
+    ``files`` holds each artefact's text, so any two versions can be compared and the
+    pull endpoint serves exactly the bytes of the current version.
+    """
+
+    number = models.PositiveIntegerField(_("version"), unique=True)
+    created_at = models.DateTimeField(_("generated at"), default=timezone.now)
+    files = models.JSONField(_("files"), default=dict)
+    digest = models.CharField(_("sha256 of the content"), max_length=64)
+    server_count = models.PositiveIntegerField(_("server entries"), default=0)
+    account_count = models.PositiveIntegerField(_("account entries"), default=0)
+    reason = models.CharField(_("reason"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ("-number",)
+        verbose_name = _("relay config version")
+        verbose_name_plural = _("relay config versions")
+
+    def __str__(self) -> str:
+        return f"v{self.number}"
+
+
+class RelayConfigChange(models.Model):
+    """Which request added or removed which line in a version (the config history)."""
+
+    class Action(models.TextChoices):
+        ADDED = "added", _("added")
+        REMOVED = "removed", _("removed")
+
+    version = models.ForeignKey(
+        RelayConfigVersion,
+        on_delete=models.CASCADE,
+        related_name="changes",
+        verbose_name=_("version"),
+    )
+    request = models.ForeignKey(
+        RelayRequest,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="config_changes",
+        verbose_name=_("request"),
+    )
+    file = models.CharField(_("file"), max_length=50)
+    action = models.CharField(_("action"), max_length=10, choices=Action.choices)
+    line = models.TextField(_("line"))
+
+    class Meta:
+        ordering = ("version", "file", "pk")
+        verbose_name = _("relay config change")
+        verbose_name_plural = _("relay config changes")
+
+    def __str__(self) -> str:
+        return f"v{self.version_id} {self.action} {self.line}"

@@ -1,0 +1,408 @@
+"""Services: the only code that writes (STYLE 4).
+
+Every state change follows one path: lock the row, check the role (403) and the state
+(409), call the django-fsm transition, ``full_clean``, ``save``, write the audit event
+and schedule tasks after commit. Views, the API, management commands and tasks all
+call these functions; none touches ``state`` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+from django_fsm import ConcurrentTransition
+from django_fsm import can_proceed
+from django_fsm import has_transition_perm
+
+from . import events
+from .models import CheckResult
+from .models import CheckStatus
+from .models import Membership
+from .models import RelayRequest
+from .models import RequestEvent
+from .models import RequestKind
+from .models import RequestState
+from .models import Team
+from .models import is_approver
+from .validators import validate_request
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+__all__ = [
+    "EDITABLE_FIELDS",
+    "USER_ACTIONS",
+    "ActionConflict",
+    "request_act",
+    "request_create",
+    "request_record_checks",
+    "request_update",
+]
+
+log = logging.getLogger(__name__)
+
+EDITABLE_FIELDS = (
+    "contact_email",
+    "chat_channel",
+    "sender_domains",
+    "sender_addresses",
+    "dkim_selector",
+    "expected_daily_volume",
+    "fqdn",
+    "ipv4",
+    "ipv6",
+    "purpose",
+    "account_name",
+    "use_case",
+    "tls_mode",
+)
+EDITABLE_STATES = (RequestState.DRAFT, RequestState.NEEDS_CHANGES)
+VERDICT_ORDER = {
+    CheckStatus.PASS: 0,
+    CheckStatus.WARN: 1,
+    CheckStatus.FAIL: 2,
+    CheckStatus.ERROR: 3,
+}
+
+
+class ActionConflict(Exception):
+    """The request is not in a state that allows the action (HTTP 409).
+
+    Raised for a wrong state, an unmet condition, and the loser of a race between two
+    approvers: by the time its lock is granted the request has already moved on.
+    """
+
+
+@dataclass(frozen=True)
+class _Action:
+    name: str
+    role: str  # "requester" | "approver"
+    needs_comment: bool = False
+
+
+USER_ACTIONS: dict[str, _Action] = {
+    "submit": _Action("submit", "requester"),
+    "withdraw": _Action("withdraw", "requester"),
+    "approve": _Action("approve", "approver"),
+    "reject": _Action("reject", "approver", needs_comment=True),
+    "request_changes": _Action("request_changes", "approver", needs_comment=True),
+    "revoke": _Action("revoke", "approver", needs_comment=True),
+    "recheck": _Action("recheck", "approver"),
+    "override_checks": _Action("override_checks", "approver", needs_comment=True),
+}
+
+
+def _dispatch(task_name: str, *args: Any) -> None:
+    """Send a task after commit; a broker outage must not lose the work or fail the user.
+
+    The database already says what is pending (a request in ``checking`` or
+    ``provisioning``, a notification row not yet sent), and the periodic sweep
+    re-dispatches it, so a failed publish is logged, not raised.
+    """
+    from . import tasks
+
+    task = getattr(tasks, task_name)
+
+    def send() -> None:
+        try:
+            task.delay(*args)
+        except Exception:  # kombu raises many transport-specific errors
+            log.warning("broker unavailable: %s%r left for the sweep", task_name, args)
+
+    transaction.on_commit(send)
+
+
+def _locked(request_id: int) -> RelayRequest:
+    """Lock the row so concurrent actors queue up and the second sees the new state."""
+    return RelayRequest.objects.select_for_update().select_related("team").get(pk=request_id)
+
+
+def _check_role(request: RelayRequest, action: _Action, user: AbstractBaseUser) -> None:
+    if action.role == "requester":
+        if not request.is_team_member(user):
+            raise PermissionDenied(_("Only members of the owning team can %(action)s it.")
+                                   % {"action": action.name.replace("_", " ")})
+        return
+    if not is_approver(user):
+        raise PermissionDenied(_("Only approvers can %(action)s a request.")
+                               % {"action": action.name.replace("_", " ")})
+    if request.created_by_id == user.pk or request.submitted_by_id == user.pk:
+        raise PermissionDenied(_("Approvers cannot decide a request they filed themselves."))
+    if request.is_team_member(user):
+        raise PermissionDenied(
+            _("Approvers cannot decide a request of a team they are a member of.")
+        )
+
+
+def _conflict_message(request: RelayRequest, action: str) -> str:
+    if action in ("approve",) and request.state == RequestState.PENDING_APPROVAL:
+        return _(
+            "Checks ended with '%(verdict)s': override them with a written reason first."
+        ) % {"verdict": request.check_verdict or "none"}
+    if action == "override_checks" and request.check_verdict not in ("fail", "error"):
+        return _("There is no failed check to override.")
+    decided = request.decided_by.get_username() if request.decided_by else None
+    if decided and request.state in (
+        RequestState.PROVISIONING,
+        RequestState.ACTIVE,
+        RequestState.REJECTED,
+        RequestState.REVOKED,
+    ):
+        return _("Already decided: the request is %(state)s (by %(who)s).") % {
+            "state": request.get_state_display().lower(),
+            "who": decided,
+        }
+    return _("A request in state '%(state)s' cannot be %(action)s.") % {
+        "state": request.get_state_display().lower(),
+        "action": action.replace("_", " ") + ("d" if action.endswith("e") else "ed"),
+    }
+
+
+@transaction.atomic
+def request_act(
+    *,
+    request_id: int,
+    action: str,
+    by: AbstractBaseUser,
+    comment: str = "",
+    source_ip: str | None = None,
+) -> RelayRequest:
+    """Fire one user lifecycle action (the API's ``POST /api/requests/{id}/{action}/``).
+
+    Raises ``PermissionDenied`` for a wrong role (403), ``ActionConflict`` for a wrong
+    state, an unmet condition or a lost race (409), ``ValidationError`` for a missing
+    comment (400).
+    """
+    spec = USER_ACTIONS.get(action)
+    if spec is None:
+        raise ValidationError({"action": [_("Unknown action '%s'.") % action]})
+    comment = (comment or "").strip()
+    request = _locked(request_id)
+    _check_role(request, spec, by)
+    if spec.needs_comment and not comment:
+        what = _("reason") if action == "override_checks" else _("comment")
+        raise ValidationError(
+            {"comment": [_("A written %(what)s is required to %(action)s.")
+                         % {"what": what, "action": action.replace("_", " ")}]},
+            code="required",
+        )
+    method: Callable[..., None] = getattr(request, action)
+    if not can_proceed(method):
+        raise ActionConflict(_conflict_message(request, action))
+    if not has_transition_perm(method, by):  # defence in depth: the model's own rule
+        raise PermissionDenied(_("You may not %(action)s this request.") % {"action": action})
+    from_state = request.state
+    overridden: list[dict[str, str]] = []
+    if action == "override_checks":
+        overridden = list(
+            request.checks.filter(status__in=(CheckStatus.FAIL, CheckStatus.ERROR)).values(
+                "check_id", "subject", "status"
+            )
+        )
+        method(by=by, reason=comment)
+    elif action in ("submit", "withdraw", "recheck"):
+        method(by=by)
+    else:
+        method(by=by, note=comment)
+    request.full_clean(exclude=["state"])  # protected FSM field: set only by transitions
+    try:
+        request.save()
+    except ConcurrentTransition:
+        raise ActionConflict(  # noqa: B904 - the conflict is the whole story
+            _("Someone else changed this request at the same time; reload it.")
+        )
+    if action == "override_checks":
+        event = events.request_override_event(
+            request,
+            from_state=from_state,
+            actor=by,
+            source_ip=source_ip,
+            reason=comment,
+            overridden=overridden,
+        )
+    else:
+        event = events.request_transition_event(
+            request,
+            action=action,
+            from_state=from_state,
+            actor=by,
+            source_ip=source_ip,
+            comment=comment,
+        )
+    _after_transition(request, action, event)
+    return request
+
+
+def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -> None:
+    """What each transition sets in motion, visibly (no signals, STYLE 5)."""
+    if request.state == RequestState.CHECKING:
+        _dispatch("run_request_checks", request.pk)
+    elif request.state == RequestState.PROVISIONING:
+        _dispatch("provision_request", request.pk)
+    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
+        _dispatch("rebuild_relay_config")
+    from . import notifications
+
+    notifications.notification_enqueue(request=request, trigger=action, event=event)
+
+
+# --- create and edit ---------------------------------------------------------------
+
+
+def _team_for(user: AbstractBaseUser, team: Team | str) -> Team:
+    slug = team.slug if isinstance(team, Team) else team
+    membership = (
+        Membership.objects.select_related("team").filter(user=user, team__slug=slug).first()
+    )
+    if membership is None:
+        raise ValidationError(
+            {"team": [_("You can only file requests for a team you are a member of.")]},
+            code="not_member",
+        )
+    return membership.team
+
+
+def _raise_if_invalid(instance: RelayRequest) -> None:
+    errors = validate_request({f: getattr(instance, f) for f in ("kind", *EDITABLE_FIELDS)})
+    try:
+        instance.full_clean(exclude=["created_by", "state"])
+    except ValidationError as exc:
+        for field, messages in exc.message_dict.items():
+            errors.setdefault(field, []).extend(ValidationError(m) for m in messages)
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def request_create(
+    *,
+    by: AbstractBaseUser,
+    team: Team | str,
+    kind: str,
+    data: dict[str, Any],
+    source_ip: str | None = None,
+    submit: bool = False,
+) -> RelayRequest:
+    """Create a draft (and optionally submit it) from already-cleaned field values."""
+    team_obj = _team_for(by, team)
+    fields = {k: v for k, v in data.items() if k in EDITABLE_FIELDS}
+    request = RelayRequest(kind=kind, team=team_obj, created_by=by, **fields)
+    if kind == RequestKind.ACCOUNT:
+        request.fqdn, request.ipv4, request.ipv6 = "", [], []
+    _raise_if_invalid(request)
+    request.save()
+    events.request_created_event(request, by, source_ip)
+    if submit:
+        request_act(request_id=request.pk, action="submit", by=by, source_ip=source_ip)
+        request.refresh_from_db()
+    return request
+
+
+@transaction.atomic
+def request_update(
+    *,
+    request_id: int,
+    by: AbstractBaseUser,
+    data: dict[str, Any],
+    source_ip: str | None = None,
+) -> RelayRequest:
+    """Edit a draft or a request that needs changes; the diff goes to the audit trail."""
+    request = _locked(request_id)
+    if not request.is_team_member(by):
+        raise PermissionDenied(_("Only members of the owning team can edit this request."))
+    if request.state not in EDITABLE_STATES:
+        raise ActionConflict(
+            _("A request in state '%(state)s' cannot be edited.")
+            % {"state": request.get_state_display().lower()}
+        )
+    unknown = set(data) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationError({f: [_("This field cannot be changed.")] for f in sorted(unknown)})
+    changes = {}
+    for field, value in data.items():
+        old = getattr(request, field)
+        if old != value:
+            changes[field] = [old, value]
+            setattr(request, field, value)
+    if not changes:
+        return request
+    _raise_if_invalid(request)
+    request.save()
+    events.request_updated_event(request, by, source_ip, changes)
+    return request
+
+
+# --- results from tasks --------------------------------------------------------------
+
+
+def _verdict(statuses: list[str]) -> str:
+    if not statuses:
+        return CheckStatus.PASS
+    return max(statuses, key=lambda s: VERDICT_ORDER[CheckStatus(s)])
+
+
+@transaction.atomic
+def request_record_checks(
+    *, request_id: int, checks: list[dict[str, Any]], final: bool = True
+) -> RelayRequest | None:
+    """Store check results (upsert, so a re-run gives the same rows) and move on.
+
+    ``pass``/``warn`` go to approval; ``fail`` goes back to the requester. ``error``
+    (DNS could not answer) keeps the request in ``checking`` while retries remain
+    (``final=False``) and, once they are exhausted, goes to approvers, who see that the
+    checks could not run and may re-run or override them. Returns ``None`` when the
+    request has moved on meanwhile (withdrawn, say): the results are then discarded.
+    """
+    request = _locked(request_id)
+    if not can_proceed(request.checks_passed):
+        log.info("request %s is %s; check results discarded", request_id, request.state)
+        return None
+    keep = set()
+    for check in checks:
+        row, _created = CheckResult.objects.update_or_create(
+            request=request,
+            check_id=check["id"],
+            subject=check["subject"],
+            defaults={
+                "status": check["status"],
+                "detail": check.get("detail", ""),
+                "evidence": check.get("evidence") or {},
+            },
+        )
+        keep.add(row.pk)
+    request.checks.exclude(pk__in=keep).delete()
+    statuses = [c["status"] for c in checks]
+    verdict = _verdict(statuses)
+    summary = {s.value: statuses.count(s.value) for s in CheckStatus}
+    request.check_verdict = verdict
+    request.check_summary = summary
+    request.checks_ran_at = timezone.now()
+    request.check_attempts += 1
+    events.request_checks_recorded_event(
+        request, verdict=verdict, summary=summary, attempt=request.check_attempts
+    )
+    if verdict == CheckStatus.ERROR and not final:
+        request.save()
+        return request
+    from_state = request.state
+    action = "checks_failed" if verdict == CheckStatus.FAIL else "checks_passed"
+    getattr(request, action)()
+    request.save()
+    failing = [c for c in checks if c["status"] in ("fail", "error")]
+    comment = "; ".join(f"{c['id']}({c['subject']}): {c.get('detail', '')}" for c in failing)
+    event = events.request_transition_event(
+        request, action=action, from_state=from_state, actor=None, comment=comment[:2000]
+    )
+    from . import notifications
+
+    notifications.notification_enqueue(request=request, trigger=action, event=event)
+    return request

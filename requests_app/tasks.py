@@ -1,0 +1,142 @@
+"""Celery tasks: thin, idempotent, named explicitly (STYLE 8 and 9).
+
+Each takes ids, re-fetches its row, does nothing if the row is gone or has moved
+past the state the task expects, and calls one service or domain module.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+
+from celery import shared_task
+from django.conf import settings
+
+from .models import Notification
+from .models import RelayRequest
+from .models import RequestState
+
+__all__ = [
+    "provision_request",
+    "rebuild_relay_config",
+    "run_request_checks",
+    "send_notification",
+    "sweep_pending_work",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ChecksStillErroring(Exception):
+    """DNS did not answer; the task retries with backoff before handing over."""
+
+
+@shared_task(name="relaydesk.run_request_checks", bind=True, acks_late=True, max_retries=None)
+def run_request_checks(self, request_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Run the DNS checks of a request in ``checking`` and record the results.
+
+    ``error`` results (timeouts, SERVFAIL) are stored but the request stays in
+    ``checking`` and the task retries with exponential backoff; after
+    ``RELAY_CHECK_MAX_RETRIES`` retries the request goes to approvers with the error
+    shown. Fail/pass/warn are definitive and recorded at once.
+    """
+    from . import checking
+    from .services import request_record_checks
+
+    request = RelayRequest.objects.filter(pk=request_id).first()
+    if request is None:
+        log.info("request %s is gone; nothing to check", request_id)
+        return "missing"
+    if request.state != RequestState.CHECKING:
+        return f"skipped:{request.state}"
+    report = checking.run_checks_for(request)
+    max_retries = settings.RELAY_CHECK_MAX_RETRIES
+    final = self.request.retries >= max_retries
+    recorded = request_record_checks(
+        request_id=request_id, checks=report["checks"], final=final
+    )
+    if recorded is not None and recorded.state == RequestState.CHECKING and not final:
+        countdown = min(30 * 2 ** self.request.retries, 900)
+        raise self.retry(exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
+    return report["verdict"]
+
+
+@shared_task(name="relaydesk.provision_request", acks_late=True)
+def provision_request(request_id: int) -> str:
+    """Build a relay config version that contains the approved request, then activate it."""
+    from .relay import relay_config_rebuild
+
+    request = RelayRequest.objects.filter(pk=request_id).first()
+    if request is None or request.state != RequestState.PROVISIONING:
+        return "skipped"
+    version = relay_config_rebuild(reason=f"approved #{request_id}")
+    return f"v{version.number}" if version else "unchanged"
+
+
+@shared_task(name="relaydesk.rebuild_relay_config", acks_late=True)
+def rebuild_relay_config() -> str:
+    """Rebuild after a removal (revoke, expiry); a no-op when nothing changed."""
+    from .relay import relay_config_rebuild
+
+    version = relay_config_rebuild(reason="removal")
+    return f"v{version.number}" if version else "unchanged"
+
+
+@shared_task(
+    name="relaydesk.send_notification",
+    bind=True,
+    acks_late=True,
+    autoretry_for=(smtplib.SMTPException, OSError),
+    retry_backoff=5,
+    retry_backoff_max=600,
+    retry_jitter=False,
+    max_retries=8,
+)
+def send_notification(self, notification_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Deliver one outbox row; SMTP or network errors retry with backoff.
+
+    After the retries the row stays ``pending`` and the sweep picks it up again, so an
+    SMTP outage of any length delays mail but never loses it.
+    """
+    from .notifications import notification_record_failure
+    from .notifications import notification_send
+
+    try:
+        sent = notification_send(notification_id=notification_id)
+    except (smtplib.SMTPException, OSError) as exc:
+        notification_record_failure(notification_id=notification_id, error=repr(exc))
+        raise
+    return "sent" if sent else "already-sent"
+
+
+@shared_task(name="relaydesk.sweep_pending_work")
+def sweep_pending_work() -> dict[str, int]:
+    """Re-dispatch work the database says is pending but whose message may be lost.
+
+    Runs from beat every minute. Covers a broker that was down when a service
+    committed: requests stuck in ``checking`` or ``provisioning`` and unsent mail.
+    Every task it sends is idempotent, so sending one twice is harmless.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
+    counts = {"checks": 0, "provisioning": 0, "notifications": 0}
+    for pk in RelayRequest.objects.filter(
+        state=RequestState.CHECKING, updated_at__lt=stale
+    ).values_list("pk", flat=True)[:500]:
+        run_request_checks.delay(pk)
+        counts["checks"] += 1
+    for pk in RelayRequest.objects.filter(
+        state=RequestState.PROVISIONING, updated_at__lt=stale
+    ).values_list("pk", flat=True)[:500]:
+        provision_request.delay(pk)
+        counts["provisioning"] += 1
+    for pk in Notification.objects.filter(
+        status=Notification.Status.PENDING, updated_at__lt=stale
+    ).values_list("pk", flat=True)[:500]:
+        send_notification.delay(pk)
+        counts["notifications"] += 1
+    return counts

@@ -1,0 +1,22 @@
+"""URLs of the request workflow: one route name per action (``requests:approve``...)."""
+
+from django.urls import path
+
+from . import views
+from .services import USER_ACTIONS
+
+app_name = "requests"
+
+urlpatterns = [
+    path("", views.RequestListView.as_view(), name="list"),
+    path("queue/", views.QueueView.as_view(), name="queue"),
+    path("new/", views.request_choose, name="choose"),
+    path("new/<str:kind>/", views.request_create, name="create"),
+    path("audit.csv", views.request_events_csv, name="audit_csv"),
+    path("<int:pk>/", views.request_detail, name="detail"),
+    path("<int:pk>/edit/", views.request_edit, name="edit"),
+    *[
+        path(f"<int:pk>/{action}/", views.request_action, {"action": action}, name=action)
+        for action in USER_ACTIONS
+    ],
+]

@@ -1,0 +1,261 @@
+"""Web views: thin (STYLE 10). Fetch through a scoped selector, bind a form, call one
+service, map its errors to messages, redirect (POST/redirect/GET)."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.mixins import LoginRequiredMixin
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest
+from django.http import HttpResponse
+from django.http import StreamingHttpResponse
+from django.shortcuts import redirect
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+from django.views.generic import ListView
+
+from . import selectors
+from . import services
+from .forms import DecisionForm
+from .forms import QueueFilterForm
+from .forms import form_class_for
+from .forms import initial_for
+from .models import RequestKind
+from .models import Team
+
+__all__ = [
+    "QueueView",
+    "RequestListView",
+    "client_ip",
+    "request_action",
+    "request_choose",
+    "request_create",
+    "request_detail",
+    "request_edit",
+    "request_events_csv",
+]
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """The peer address as the server saw it (the audit trail's "from where")."""
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc) or exc.__class__.__name__
+
+
+class RequestListView(LoginRequiredMixin, ListView):
+    """Requests the user can see, newest first (a requester's own teams)."""
+
+    template_name = "requests_app/relayrequest_list.html"
+    context_object_name = "requests"
+    paginate_by = 50
+
+    def get_queryset(self) -> Any:
+        return selectors.request_list_for_user(self.request.user).order_by("-created_at", "-pk")
+
+
+class QueueView(LoginRequiredMixin, ListView):
+    """The approvers' queue: open requests oldest first, with the check summary."""
+
+    template_name = "requests_app/relayrequest_queue.html"
+    context_object_name = "requests"
+    paginate_by = 100
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.user.is_authenticated and not selectors.sees_everything(request.user):
+            raise PermissionDenied("The queue is for approvers.")
+        return super().dispatch(request, *args, **kwargs)
+
+    def get_queryset(self) -> Any:
+        self.filter_form = QueueFilterForm(self.request.GET or None)
+        filters = self.filter_form.cleaned_data if self.filter_form.is_valid() else {}
+        return selectors.request_queue(self.request.user, **filters)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["filter_form"] = self.filter_form
+        context["teams"] = Team.objects.order_by("slug").values_list("slug", flat=True)
+        context["now"] = timezone.now()
+        return context
+
+
+@login_required
+def request_create(request: HttpRequest, kind: str) -> HttpResponse:
+    if kind not in RequestKind.values:
+        return render(request, "requests_app/relayrequest_choose.html", status=404)
+    form_class = form_class_for(kind)
+    form = form_class(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            obj = services.request_create(
+                by=request.user,
+                team=form.cleaned_data["team"],
+                kind=kind,
+                data=form.service_data(),
+                source_ip=client_ip(request),
+                submit="submit" in request.POST,
+            )
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Request #{obj.pk} saved ({obj.get_state_display()}).")
+            return redirect(obj)
+    return render(
+        request,
+        "requests_app/relayrequest_form.html",
+        {"form": form, "kind": kind, "kind_label": RequestKind(kind).label},
+    )
+
+
+def _add_errors(form: Any, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.error_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc)
+
+
+@login_required
+def request_choose(request: HttpRequest) -> HttpResponse:
+    return render(request, "requests_app/relayrequest_choose.html")
+
+
+@login_required
+def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    obj = selectors.request_get_for_user(request.user, pk)
+    from .snippets import snippets_for
+
+    actions = [
+        (t.name, ACTION_LABELS[t.name])
+        for t in obj.get_available_user_state_transitions(request.user)
+        if t.name in services.USER_ACTIONS
+    ]
+    context = {
+        "obj": obj,
+        "checks": list(obj.checks.all()),
+        "events": list(obj.events.all()),
+        "actions": actions,
+        "decision_form": DecisionForm(),
+        "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
+        "snippets": snippets_for(obj) if obj.state in ("provisioning", "active") else [],
+    }
+    return render(request, "requests_app/relayrequest_detail.html", context)
+
+
+@login_required
+def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    obj = selectors.request_get_for_user(request.user, pk)
+    form_class = form_class_for(obj.kind)
+    form = form_class(request.POST or None, user=request.user, initial=initial_for(obj))
+    form.fields["team"].disabled = True
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.request_update(
+                request_id=obj.pk,
+                by=request.user,
+                data=form.service_data(),
+                source_ip=client_ip(request),
+            )
+            if "submit" in request.POST:
+                services.request_act(
+                    request_id=obj.pk, action="submit", by=request.user,
+                    source_ip=client_ip(request),
+                )
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        except (PermissionDenied, services.ActionConflict) as exc:
+            messages.error(request, _error_text(exc))
+            return redirect(obj)
+        else:
+            messages.success(request, "Request saved.")
+            return redirect(obj)
+    return render(
+        request,
+        "requests_app/relayrequest_form.html",
+        {"form": form, "kind": obj.kind, "kind_label": obj.get_kind_display(), "obj": obj},
+    )
+
+
+@login_required
+@require_POST
+def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    obj = selectors.request_get_for_user(request.user, pk)
+    form = DecisionForm(request.POST)
+    form.is_valid()
+    try:
+        services.request_act(
+            request_id=obj.pk,
+            action=action,
+            by=request.user,
+            comment=form.cleaned_data.get("comment", ""),
+            source_ip=client_ip(request),
+        )
+    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, f"Request #{obj.pk}: {action.replace('_', ' ')} done.")
+    return redirect(obj)
+
+
+ACTION_LABELS = {
+    "submit": "Submit",
+    "withdraw": "Withdraw",
+    "approve": "Approve",
+    "reject": "Reject",
+    "request_changes": "Ask for changes",
+    "revoke": "Revoke",
+    "recheck": "Re-run checks",
+    "override_checks": "Override failed checks",
+}
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+CSV_COLUMNS = (
+    "time", "request", "team", "subject", "type", "actor", "source_ip", "from_state",
+    "to_state", "comment", "parameters",
+)
+
+
+@login_required
+def request_events_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The audit trail as CSV, streamed, for approvers and auditors."""
+    if not selectors.sees_everything(request.user):
+        raise PermissionDenied("The audit export is for approvers and auditors.")
+    events = selectors.event_list_for_user(request.user).order_by("created_at", "pk")
+    if request.GET.get("request", "").isdigit():
+        events = events.filter(request_id=int(request.GET["request"]))
+    writer = csv.writer(_Echo())
+
+    def rows() -> Any:
+        yield writer.writerow(CSV_COLUMNS)
+        for e in events.iterator(chunk_size=2000):
+            yield writer.writerow([
+                e.created_at.isoformat(), e.request_id, e.request.team.slug,
+                e.request.subject, e.type, e.actor_name, e.source_ip or "", e.from_state,
+                e.to_state, _csv_safe(e.comment), _csv_safe(str(e.parameters)),
+            ])
+
+    response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="relaydesk-audit.csv"'
+    return response
+
+
+def _csv_safe(value: str) -> str:
+    """Neutralise spreadsheet formulas (CSV injection) in free text."""
+    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

@@ -1,0 +1,53 @@
+// Progressive enhancement only: every page works without this file.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("button.copy");
+    if (!button) return;
+    var source = document.getElementById(button.dataset.copy);
+    if (!source) return;
+    var text = source.innerText;
+    var done = function () { button.textContent = "Copied"; setTimeout(function () { button.textContent = "Copy"; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done);
+    } else {
+      var area = document.createElement("textarea");
+      area.value = text; document.body.appendChild(area); area.select();
+      document.execCommand("copy"); document.body.removeChild(area); done();
+    }
+  });
+
+  // Quick DNS check while typing the FQDN and addresses (server form).
+  var form = document.querySelector("form[data-quick-check]");
+  if (!form) return;
+  var panel = document.getElementById("quick-check");
+  var timer = null;
+  function value(name) { var el = form.elements[name]; return el ? el.value : ""; }
+  function render(report) {
+    var box = panel.querySelector(".results");
+    box.textContent = "";
+    (report.checks || []).forEach(function (c) {
+      var p = document.createElement("p");
+      var badge = document.createElement("span");
+      badge.className = "verdict verdict-" + c.status; badge.textContent = c.status;
+      p.appendChild(badge);
+      p.appendChild(document.createTextNode(" " + c.id + " (" + c.subject + "): " + c.detail));
+      box.appendChild(p);
+    });
+    if (report.errors) { var e = document.createElement("p"); e.className = "error"; e.textContent = JSON.stringify(report.errors); box.appendChild(e); }
+    panel.hidden = false;
+  }
+  function run() {
+    if (!value("fqdn")) return;
+    var token = form.elements.csrfmiddlewaretoken.value;
+    fetch(form.dataset.quickCheck, {
+      method: "POST", credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-CSRFToken": token},
+      body: JSON.stringify({fqdn: value("fqdn"), ipv4: value("ipv4"), ipv6: value("ipv6")})
+    }).then(function (r) { return r.json(); }).then(render).catch(function () {});
+  }
+  ["fqdn", "ipv4", "ipv6"].forEach(function (name) {
+    var el = form.elements[name];
+    if (el) el.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(run, 600); });
+  });
+})();

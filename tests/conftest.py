@@ -1,0 +1,74 @@
+"""Shared fixtures: users by role, a real DNS server on loopback, tool requirements."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.factories import ApproverFactory
+from tests.factories import AuditorFactory
+from tests.factories import RelayRequestFactory
+from tests.factories import TeamFactory
+from tests.factories import member_of
+from tests.support.dnsserver import DnsTestServer
+
+ZONES = Path(__file__).parent / "zones"
+REQUIRE_TOOLS = os.environ.get("RELAYDESK_REQUIRE_TOOLS") == "1"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip a test whose tool is missing when run by hand; fail it in CI."""
+    if condition:
+        return
+    if REQUIRE_TOOLS:
+        pytest.fail(f"required tool missing (RELAYDESK_REQUIRE_TOOLS=1): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsTestServer]:
+    """One authoritative server for the session, serving ``tests/zones/default.zone``."""
+    with DnsTestServer((ZONES / "default.zone").read_text()) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _dns_settings(settings: object, dns_server: DnsTestServer) -> None:
+    """Every DNS look-up of the app goes to the test server, never off the machine."""
+    settings.DNS_NAMESERVERS = [dns_server.nameserver]
+    settings.DNS_LIFETIME_SECONDS = 2.0
+    settings.RELAY_SPF_INCLUDE = "_spf.example.org"
+    settings.RELAY_APPROVED_SENDER_DOMAINS = ["example.org"]
+
+
+@pytest.fixture
+def team():
+    return TeamFactory(slug="payments", name="Payments")
+
+
+@pytest.fixture
+def requester(team):
+    return member_of(team, username="alice")
+
+
+@pytest.fixture
+def approver():
+    return ApproverFactory(username="bob")
+
+
+@pytest.fixture
+def second_approver():
+    return ApproverFactory(username="carol")
+
+
+@pytest.fixture
+def auditor():
+    return AuditorFactory(username="dora")
+
+
+@pytest.fixture
+def server_request(team, requester):
+    return RelayRequestFactory(team=team, created_by=requester)

@@ -1,0 +1,296 @@
+"""Run Debian's real Postfix binaries against generated relay config, for tests and the bench.
+
+Why real Postfix: the contract is that Postfix itself accepts the files (``postmap -q``,
+``postconf -c``) and that the live relay allows exactly the listed clients. Only the real
+parser and the real ``smtpd`` prove that.
+
+:class:`PostfixInstance` builds a throw-away configuration directory in ``/tmp`` (not in
+pytest's ``tmp_path``: that lives under a 0700 directory the unprivileged ``postfix`` user
+cannot traverse) with its own queue, data directory and log file, listening only on
+``127.0.0.1:<free port>``. Mail is never delivered anywhere: every transport is
+``discard``. ``mynetworks`` is empty, so only the generated cidr map lets a client relay.
+
+Needs root (to start ``master``) and the ``postfix`` package; :func:`require_tool` skips
+the calling test when a binary is missing, or fails it when ``RELAYDESK_REQUIRE_TOOLS=1``
+(as in CI), so a missing install step cannot hide behind a green run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+
+__all__ = (
+    "PostfixInstance",
+    "free_port",
+    "minimal_config_dir",
+    "require_root",
+    "require_tool",
+    "run_tool",
+)
+
+_SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def require_tool(name: str) -> str:
+    """Return the path of a Postfix tool, or skip (locally) / fail (CI) the test without it."""
+    path = shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN_DIRS))
+    if path is not None:
+        return path
+    reason = f"{name} not installed (apt-get install postfix)"
+    if os.environ.get("RELAYDESK_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason}; RELAYDESK_REQUIRE_TOOLS=1 makes this an error", pytrace=False)
+    pytest.skip(reason)
+    raise AssertionError("unreachable")  # pytest.skip raises; this satisfies type checkers
+
+
+def require_root() -> None:
+    """Skip (locally) or fail (CI) a test that must start a Postfix master, unless root."""
+    if os.geteuid() == 0:
+        return
+    reason = "starting a Postfix master needs root"
+    if os.environ.get("RELAYDESK_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{reason}; RELAYDESK_REQUIRE_TOOLS=1 makes this an error", pytrace=False)
+    pytest.skip(reason)
+
+
+def run_tool(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a Postfix command-line tool with a clean, predictable environment."""
+    tool = require_tool(args[0])
+    env = {"PATH": os.pathsep.join((*_SBIN_DIRS, "/usr/bin", "/bin")), "LANG": "C"}
+    return subprocess.run(
+        [tool, *args[1:]],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def minimal_config_dir(directory: Path) -> Path:
+    """Create a config directory that ``postmap -c``/``postconf -c`` can use.
+
+    Debian's package installed with "No configuration" has no /etc/postfix/main.cf, and
+    every Postfix tool refuses to run without one; this keeps the tests independent of
+    whatever the machine's own Postfix configuration is.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_settled(directory / "main.cf", "compatibility_level = 3.6\n")
+    return directory
+
+
+def _write_settled(path: Path, text: str) -> None:
+    """Write a config file with an mtime in the past.
+
+    Postfix tools re-read a main.cf that changed within the last few seconds, sleeping
+    300 ms each time (about 2 s per fresh config directory); backdating avoids that wait.
+    """
+    path.write_text(text)
+    past = time.time() - 60
+    os.utime(path, (past, past))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (Postfix binds it itself, so there is a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+# Only the services a relay that discards everything needs, none chrooted (the chroot would
+# need copies of /etc files inside the temporary queue directory).
+_MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+class PostfixInstance:
+    """A private Postfix on loopback, configured from a generated ``main.cf.fragment``.
+
+    Typical use::
+
+        with PostfixInstance() as pf:
+            settings = RelaySettings("relay.test", map_directory=str(pf.map_dir))
+            write_artifacts_atomically(pf.map_dir, build_artifacts(...))
+            pf.start(fragment)
+            ... smtplib.SMTP(pf.host, pf.port, source_address=("127.0.0.2", 0)) ...
+
+    Leaving the ``with`` block stops every process of the instance and deletes the
+    directory, also when the test failed.
+    """
+
+    def __init__(self, *, port: int | None = None, extra_main_cf: str = "") -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="relaydesk-postfix-"))
+        # The postfix user must traverse to the queue and data directories.
+        os.chmod(self.root, 0o755)
+        self.config_dir = self.root / "conf"
+        self.queue_dir = self.root / "queue"
+        self.data_dir = self.root / "data"
+        self.map_dir = self.root / "maps"
+        self.log_file = self.root / "log" / "maillog"
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.extra_main_cf = extra_main_cf
+        self.running = False
+
+    # -- configuration -------------------------------------------------------------------
+
+    def base_main_cf(self) -> str:
+        """The parts of main.cf that make this a private, loopback-only, discarding relay."""
+        return (
+            "compatibility_level = 3.6\n"
+            f"queue_directory = {self.queue_dir}\n"
+            f"data_directory = {self.data_dir}\n"
+            f"maillog_file_prefixes = {self.log_file.parent}\n"
+            f"maillog_file = {self.log_file}\n"
+            "inet_interfaces = loopback-only\n"
+            "inet_protocols = ipv4\n"
+            "myhostname = relay.relaydesk.invalid\n"
+            "mydestination =\n"
+            "relay_domains =\n"
+            "local_recipient_maps =\n"
+            "mynetworks =\n"
+            "default_transport = discard\n"
+            "relay_transport = discard\n"
+            # No reverse DNS for 127.0.0.x: CI has no resolver worth waiting for.
+            "smtpd_peername_lookup = no\n"
+        )
+
+    def write_config(self, main_cf_fragment: str) -> Path:
+        """Write main.cf (base + generated fragment + extras) and master.cf; return the dir."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        _write_settled(
+            self.config_dir / "main.cf",
+            self.base_main_cf() + main_cf_fragment + self.extra_main_cf,
+        )
+        _write_settled(
+            self.config_dir / "master.cf", _MASTER_CF.format(listen=f"{self.host}:{self.port}")
+        )
+        return self.config_dir
+
+    def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = run_tool("postfix", "-c", str(self.config_dir), *args, timeout=60)
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"postfix {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}\n--- maillog ---\n{self.log()}"
+            )
+        return result
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self, main_cf_fragment: str, *, timeout: float = 20) -> None:
+        """Write the config, create the queue, start master and wait until smtpd answers."""
+        require_tool("postfix")
+        require_root()
+        self.write_config(main_cf_fragment)
+        for path in (self.queue_dir, self.data_dir, self.log_file.parent):
+            path.mkdir(parents=True, exist_ok=True)
+        postfix_user = pwd.getpwnam("postfix")
+        os.chown(self.data_dir, postfix_user.pw_uid, postfix_user.pw_gid)
+        # "check" runs post-install create-missing: queue subdirectories and ownership.
+        self._postfix("check")
+        self.running = True
+        self._postfix("start")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), timeout=1) as sock,
+            ):
+                sock.settimeout(5)
+                if sock.recv(512).startswith(b"220"):
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"smtpd did not answer on {self.host}:{self.port}\n{self.log()}")
+
+    def reload(self, *, settle: float = 0.0) -> None:
+        """``postfix reload``: master re-reads the config, smtpd re-opens the maps."""
+        self._postfix("reload")
+        if settle:
+            time.sleep(settle)
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.queue_dir / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"  # a zombie has exited; only its parent can reap it
+
+    def stop(self, *, timeout: float = 15) -> None:
+        """Stop master and its children; escalate to ``abort`` and SIGKILL if needed."""
+        if not self.running:
+            return
+        pid = self.master_pid()
+        self._postfix("stop", check=False)
+        deadline = time.monotonic() + timeout
+        while pid is not None and self._alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid is not None and self._alive(pid):
+            self._postfix("abort", check=False)
+            time.sleep(0.5)
+        if pid is not None and self._alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.running = False
+
+    def log(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no maillog)"
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> PostfixInstance:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
