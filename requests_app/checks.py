@@ -35,9 +35,9 @@ from typing import Any
 from publicsuffixlist import PublicSuffixList
 
 from requests_app.dns import DnsAnswer
+from requests_app.dns import DnsClient
 from requests_app.dns import DnsStatus
 from requests_app.dns import TransientDnsError
-from requests_app.dns import lookup
 from requests_app.dns import make_resolver
 from requests_app.dns import reverse_name
 
@@ -281,20 +281,21 @@ class _Lookups:
     """In-flight and finished look-ups by (name, type), shared by the checks of a batch."""
 
     def __init__(self, resolver: dns.asyncresolver.Resolver):
-        self.resolver = resolver
+        self.client = DnsClient(resolver)
         self.tasks: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
 
     def get(self, name: str, rdtype: str, lifetime: float) -> asyncio.Task[DnsAnswer]:
         task = self.tasks.get((name, rdtype))
         if task is None:
-            task = asyncio.ensure_future(lookup(self.resolver, name, rdtype, lifetime=lifetime))
+            task = asyncio.ensure_future(self.client.lookup(name, rdtype, lifetime=lifetime))
             task.add_done_callback(_consume)
             self.tasks[name, rdtype] = task
         return task
 
-    def cancel(self) -> None:
+    def close(self) -> None:
         for task in self.tasks.values():
             task.cancel()
+        self.client.close()
 
 
 class _Run:
@@ -865,7 +866,7 @@ async def run_checks(spec: CheckSpec, config: CheckConfig,
     try:
         return await _run(spec, config, lookups)
     finally:
-        lookups.cancel()
+        lookups.close()
 
 
 def run_checks_sync(spec: CheckSpec, config: CheckConfig,
@@ -893,4 +894,4 @@ async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
     try:
         return list(await asyncio.gather(*(one(s) for s in specs)))
     finally:
-        lookups.cancel()
+        lookups.close()

@@ -36,20 +36,20 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 class ApproverFactory(UserFactory):
     username = factory.Sequence(lambda n: f"approver{n}")
-    groups = factory.PostGeneration(
-        lambda obj, create, extracted, **kw: obj.groups.add(
-            Group.objects.get_or_create(name=APPROVERS_GROUP)[0]
-        )
-    )
+
+    @factory.post_generation
+    def groups(self, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
+        self.groups.add(Group.objects.get_or_create(name=APPROVERS_GROUP)[0])
+        self.save()
 
 
 class AuditorFactory(UserFactory):
     username = factory.Sequence(lambda n: f"auditor{n}")
-    groups = factory.PostGeneration(
-        lambda obj, create, extracted, **kw: obj.groups.add(
-            Group.objects.get_or_create(name=AUDITORS_GROUP)[0]
-        )
-    )
+
+    @factory.post_generation
+    def groups(self, create: bool, extracted: list[str] | None, **kwargs: object) -> None:
+        self.groups.add(Group.objects.get_or_create(name=AUDITORS_GROUP)[0])
+        self.save()
 
 
 class TeamFactory(factory.django.DjangoModelFactory):

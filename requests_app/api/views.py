@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from .. import selectors
 from .. import services
 from ..models import CheckResult
+from ..models import RelayRequest
 from ..views import client_ip
 from .serializers import CheckResultSerializer
 from .serializers import QuickCheckSerializer
@@ -42,6 +43,8 @@ class RelayRequestViewSet(
     """Relay requests visible to the caller (a requester: their teams'; 404 otherwise)."""
 
     serializer_class = RelayRequestSerializer
+    queryset = RelayRequest.objects.none()  # for the schema; get_queryset applies the scope
+    lookup_value_regex = r"\d+"
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> Any:
