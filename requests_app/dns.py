@@ -148,7 +148,7 @@ def make_resolver(nameservers: Sequence[str], lifetime: float, *,
     else:
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = lifetime
-    resolver.timeout = min(lifetime, max(lifetime / 2, 1.0))
+    resolver.timeout = min(lifetime, 2.0)  # dnspython's default per attempt
     resolver.retry_servfail = False  # a SERVFAIL is reported as transient, not hammered
     if cache:
         resolver.cache = dns.resolver.LRUCache(_CACHE_SIZE)
@@ -386,8 +386,11 @@ class DnsClient:
     SERVFAIL/REFUSED from every server ends the look-up at once.
     """
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver):
+    def __init__(self, resolver: dns.asyncresolver.Resolver, *, max_in_flight: int = 100):
         self.resolver = resolver
+        # Bursts of thousands of queries overflow socket buffers (ours and the server's)
+        # and turn into timeouts; a bound keeps a batch fast and polite to the resolver.
+        self._gate = asyncio.Semaphore(max_in_flight)
         self.servers: list[tuple[str, int]] | None = []
         for ns in resolver.nameservers:
             if isinstance(ns, str):
@@ -424,6 +427,11 @@ class DnsClient:
 
     async def _udp(self, server: tuple[str, int], name_wire: bytes, rtype: int,
                    timeout: float) -> bytes:
+        async with self._gate:
+            return await self._udp_now(server, name_wire, rtype, timeout)
+
+    async def _udp_now(self, server: tuple[str, int], name_wire: bytes, rtype: int,
+                       timeout: float) -> bytes:
         proto = await self._socket(server)
         question = name_wire.lower() + struct.pack("!HH", rtype, 1)
         qid = random.randrange(65536)  # noqa: S311 - not a secret; spoofing is out of scope
