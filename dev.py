@@ -31,7 +31,7 @@ STAMP = VENV / ".requirements.sha256"
 
 def ensure_venv() -> None:
     """Create the venv and install pinned requirements when they changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may run under an older python3
         sys.exit("Relaydesk needs Python 3.11 or newer.")
     if not PY.exists():
         print("creating .venv ...", flush=True)
