@@ -38,7 +38,6 @@ import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
-import dns.reversename
 
 __all__ = [
     "DnsAnswer",
@@ -162,8 +161,14 @@ def to_text_name(name: dns.name.Name | str) -> str:
 
 
 def reverse_name(address: str) -> str:
-    """``in-addr.arpa``/``ip6.arpa`` name of an address, normalised."""
-    return to_text_name(dns.reversename.from_address(address))
+    """``in-addr.arpa``/``ip6.arpa`` name of an address, normalised.
+
+    Computed here rather than with ``dns.reversename``, which costs ~0.25 ms per call.
+    """
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return ".".join(reversed(str(ip).split("."))) + ".in-addr.arpa"
+    return ".".join(reversed(ip.exploded.replace(":", ""))) + ".ip6.arpa"
 
 
 def _rdata_text(rdtype: int, rdata: object) -> str:
@@ -291,14 +296,20 @@ def _decode(buf: bytes, rtype: int, start: int, end: int) -> str:
     raise _Malformed(f"bad rdata for type {rtype}")
 
 
-def _parse(buf: bytes, qname: str, rtype: int) -> tuple[int, tuple[str, ...], tuple[str, ...],
-                                                        int]:
-    """(rcode, chain, values, min TTL) of a reply, following CNAMEs in the answer section."""
+def _parse(buf: bytes, qname: str, rtype: int, question_size: int = 0
+           ) -> tuple[int, tuple[str, ...], tuple[str, ...], int]:
+    """(rcode, chain, values, min TTL) of a reply, following CNAMEs in the answer section.
+
+    ``question_size``: length of the one question already matched against ours (UDP).
+    """
     try:
         _id, flags, qdcount, ancount = struct.unpack_from("!4H", buf)
         pos = 12
-        for _ in range(qdcount):
-            pos = _read_name(buf, pos)[1] + 4
+        if question_size and qdcount == 1:
+            pos += question_size
+        else:
+            for _ in range(qdcount):
+                pos = _read_name(buf, pos)[1] + 4
         records: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         for _ in range(ancount):
             owner, pos = _read_name(buf, pos)
@@ -349,6 +360,11 @@ class _Udp(asyncio.DatagramProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class _TtlCache:
@@ -437,13 +453,17 @@ class DnsClient:
         qid = random.randrange(65536)  # noqa: S311 - not a secret; spoofing is out of scope
         while qid in proto.pending:
             qid = random.randrange(65536)  # noqa: S311
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes] = loop.create_future()
         proto.pending[qid] = (question, future)
+        # call_later instead of asyncio.wait_for: no extra task per query (a third of the CPU)
+        timer = loop.call_later(timeout, _expire, future)
         try:
             assert proto.transport is not None
             proto.transport.sendto(struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + question)
-            return await asyncio.wait_for(future, timeout)
+            return await future
         finally:
+            timer.cancel()
             del proto.pending[qid]
 
     async def lookup(self, name: str, rdtype: str, *, lifetime: float | None = None
@@ -478,7 +498,10 @@ class DnsClient:
                             dns.message.make_query(qname + ".", rdtype), server[0],
                             timeout=max(deadline - loop.time(), 0.01), port=server[1],
                         )).to_wire()
-                    rcode, chain, values, ttl = _parse(reply, qname, rtype)
+                        rcode, chain, values, ttl = _parse(reply, qname, rtype)
+                    else:
+                        rcode, chain, values, ttl = _parse(reply, qname, rtype,
+                                                           len(name_wire) + 4)
                 except (TimeoutError, dns.exception.Timeout):
                     timed_out = True
                     failures.append(f"{server[0]}:{server[1]} timed out")

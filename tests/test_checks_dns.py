@@ -30,6 +30,7 @@ from requests_app.checks import run_checks_sync
 from requests_app.checks import run_many
 from requests_app.dns import make_resolver
 from requests_app.dns import parse_nameserver
+from requests_app.dns import reverse_name
 from tests.support.dnsserver import DnsTestServer
 
 RELAY_INCLUDE = "_spf.relay.test"
@@ -673,3 +674,10 @@ def test_normalise_address_raises_only_value_error(text):
     except ValueError:
         return
     assert result == str(ipaddress.ip_address(result))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses())
+def test_reverse_name_matches_dnspython(ip):
+    expected = dns.reversename.from_address(str(ip)).to_text().rstrip(".")
+    assert reverse_name(str(ip)) == expected
