@@ -22,6 +22,7 @@ from django.utils.translation import gettext as _
 from django_fsm import ConcurrentTransition
 from django_fsm import can_proceed
 from django_fsm import has_transition_perm
+from kombu.exceptions import OperationalError
 
 from . import events
 from .models import CheckResult
@@ -115,7 +116,7 @@ def _dispatch(task_name: str, *args: Any) -> None:
     def send() -> None:
         try:
             task.delay(*args)
-        except Exception:  # kombu raises many transport-specific errors
+        except (OperationalError, ConnectionError, OSError):
             log.warning("broker unavailable: %s%r left for the sweep", task_name, args)
 
     transaction.on_commit(send)

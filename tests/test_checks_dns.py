@@ -14,6 +14,7 @@ import time
 
 import dns.reversename
 import pytest
+from hypothesis import assume
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -679,5 +680,8 @@ def test_normalise_address_raises_only_value_error(text):
 @settings(max_examples=200, deadline=None)
 @given(st.ip_addresses())
 def test_reverse_name_matches_dnspython(ip):
+    # dnspython names IPv4-mapped IPv6 addresses under in-addr.arpa; we keep ip6.arpa
+    # (address_policy refuses them anyway)
+    assume(ip.version == 4 or ip.ipv4_mapped is None)
     expected = dns.reversename.from_address(str(ip)).to_text().rstrip(".")
     assert reverse_name(str(ip)) == expected
