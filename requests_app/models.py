@@ -26,6 +26,8 @@ __all__ = [
     "AUDITORS_GROUP",
     "ApprovedSenderDomain",
     "CheckResult",
+    "CheckRun",
+    "DirectoryChange",
     "CheckStatus",
     "Membership",
     "Notification",
@@ -314,6 +316,25 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     checks_ran_at = models.DateTimeField(_("checks ran at"), null=True, blank=True)
     check_attempts = models.PositiveIntegerField(_("check attempts"), default=0)
     search_text = models.TextField(_("search text"), blank=True, editable=False)
+    # lifecycle after approval
+    recertify_by = models.DateField(_("recertify by"), null=True, blank=True, db_index=True)
+    drifted_at = models.DateTimeField(_("drift seen at"), null=True, blank=True, db_index=True)
+    drift_detail = models.JSONField(_("drift detail"), default=dict, blank=True)
+    suspended_at = models.DateTimeField(
+        _("suspended at"),
+        null=True,
+        blank=True,
+        help_text=_("Drifted past the grace period: left out of the relay config."),
+    )
+    replaces = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="replaced_by",
+        verbose_name=_("replaces"),
+        help_text=_("The active entry this request recertifies with changes, or renews."),
+    )
 
     class Meta:
         ordering = ("created_at", "pk")
@@ -480,6 +501,26 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     )
     def activate(self) -> None:
         self.activated_at = timezone.now()
+        self.recertify_by = (self.activated_at + settings.RELAY_RECERTIFY_AFTER).date()
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.ACTIVE,
+        permission=_is_requester,
+    )
+    def recertify(self, by: AbstractBaseUser) -> None:
+        """The owner confirms the entry is still needed and correct."""
+        self.recertify_by = (timezone.now() + settings.RELAY_RECERTIFY_AFTER).date()
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.REVOKED,
+        permission=_system_only,
+    )
+    def supersede(self) -> None:
+        """Replaced by an approved request that recertified it with changes."""
 
     @transition(
         field=state,
@@ -500,6 +541,68 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     )
     def expire(self) -> None:
         """Recertification missed (lifecycle issue)."""
+
+
+class CheckRun(models.Model):
+    """One periodic re-verification of an active entry (history of drift)."""
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="check_runs",
+        verbose_name=_("request"),
+    )
+    ran_at = models.DateTimeField(_("ran at"), default=timezone.now, db_index=True)
+    verdict = models.CharField(_("verdict"), max_length=5, choices=CheckStatus.choices)
+    drifted = models.BooleanField(_("drifted"), default=False)
+    results = models.JSONField(_("results"), default=list)
+
+    class Meta:
+        ordering = ("-ran_at", "-pk")
+        verbose_name = _("check run")
+        verbose_name_plural = _("check runs")
+
+    def __str__(self) -> str:
+        return f"#{self.request_id} {self.ran_at:%Y-%m-%d %H:%M} {self.verdict}"
+
+
+class DirectoryChange(TimeStampedModel):
+    """A change to the relay-allow group in the directory for a functional account.
+
+    Done by the LDAP provisioner when a directory is configured; otherwise left as a
+    ``manual`` to-do with the exact LDIF an administrator applies.
+    """
+
+    class Action(models.TextChoices):
+        ADD = "add", _("add to relay group")
+        REMOVE = "remove", _("remove from relay group")
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        DONE = "done", _("done")
+        MANUAL = "manual", _("manual to-do")
+        FAILED = "failed", _("failed, retrying")
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="directory_changes",
+        verbose_name=_("request"),
+    )
+    action = models.CharField(_("action"), max_length=10, choices=Action.choices)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.PENDING,
+        db_index=True,
+    )
+    ldif = models.TextField(_("LDIF of the change"), blank=True)
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    done_at = models.DateTimeField(_("done at"), null=True, blank=True)
+    done_by = models.CharField(_("done by"), max_length=150, blank=True)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("directory change")
+        verbose_name_plural = _("directory changes")
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.request.account_name} ({self.status})"
 
 
 class CheckResult(TimeStampedModel):
@@ -554,6 +657,9 @@ class RequestEvent(models.Model):
         CHECKS_RECORDED = "checks_recorded", _("checks recorded")
         CONFIG_BUILT = "config_built", _("relay config built")
         NOTIFICATION = "notification", _("notification sent")
+        DRIFT = "drift", _("drift detected")
+        DIRECTORY = "directory", _("directory provisioning")
+        HANDOVER = "handover", _("handed over")
 
     request = models.ForeignKey(
         RelayRequest, on_delete=models.CASCADE, related_name="events", verbose_name=_("request")

@@ -9,8 +9,9 @@ or redelivered task finds it sent and does nothing.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from email.utils import make_msgid
+import smtplib
 from typing import Any
 
 from django.conf import settings
@@ -30,6 +31,7 @@ from .models import RequestEvent
 __all__ = [
     "KINDS_BY_TRIGGER",
     "notification_enqueue",
+    "notification_message_id",
     "notification_record_failure",
     "notification_send",
     "render_notification",
@@ -101,6 +103,33 @@ def notification_enqueue(
     return notification
 
 
+def notification_message_id(notification: Notification) -> str:
+    """The Message-ID of this notification, the same on every attempt.
+
+    Derived from the row, not drawn at random: if a worker dies after the SMTP server
+    accepted the message but before the ``sent`` mark committed, the resend carries the
+    same Message-ID, so mail stores and clients can recognise the duplicate. The
+    creation time is mixed in so that two installations (staging, production) whose
+    primary keys coincide never produce the same id.
+    """
+    if notification.message_id:
+        return notification.message_id
+    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2]
+    seed = f"{notification.event_key}|{notification.created_at.isoformat()}"
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:20]
+    return f"<relaydesk.{notification.pk}.{digest}@{domain}>"
+
+
+def _is_permanent(exc: smtplib.SMTPException) -> bool:
+    """A 5xx answer will not change by retrying (RFC 5321 4.2.1); 4xx and I/O errors may."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _msg in exc.recipients.values()]
+        return bool(codes) and all(500 <= code < 600 for code in codes)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 500 <= exc.smtp_code < 600
+    return False
+
+
 def render_notification(notification: Notification) -> EmailMultiAlternatives:
     """Build the message: plain text plus HTML, organisation's From/Return-Path rules."""
     request = notification.request
@@ -113,13 +142,12 @@ def render_notification(notification: Notification) -> EmailMultiAlternatives:
         "failing_checks": list(request.checks.filter(status__in=("fail", "error"))),
     }
     template = f"requests_app/emails/{notification.kind}"
-    subject = "".join(render_to_string(f"{template}_subject.txt", context).splitlines())
+    subject = " ".join(
+        render_to_string(f"{template}_subject.txt", context).split()
+    )
     body = render_to_string(f"{template}_body.txt", context)
     html = render_to_string(f"{template}_body.html", {**context, "text_body": body})
-    domain = settings.DEFAULT_FROM_EMAIL.rpartition("@")[2]
-    message_id = notification.message_id or make_msgid(
-        idstring=f"relaydesk.{notification.pk}", domain=domain
-    )
+    message_id = notification_message_id(notification)
     message = EmailMultiAlternatives(
         subject=subject,
         body=body,
@@ -142,8 +170,11 @@ def notification_send(*, notification_id: int) -> bool:
     """Send one pending notification; returns False when there was nothing to do.
 
     The row stays locked while the SMTP server accepts the message and is marked sent
-    in the same transaction: a failure rolls back to ``pending`` (the task retries), a
-    success can never be sent again. The stable Message-ID lets receivers drop the one
+    in the same transaction: a transient failure (4xx, connection refused, timeout)
+    rolls back to ``pending`` and propagates so the task retries; a success can never be
+    sent again. A permanent refusal (5xx) is recorded as ``failed`` with the server's
+    answer and not retried, because no amount of retrying changes it and the sweep would
+    otherwise resend it forever. The stable Message-ID lets receivers drop the one
     duplicate a worker crash between SMTP acceptance and commit could cause.
     """
     with transaction.atomic():
@@ -153,16 +184,29 @@ def notification_send(*, notification_id: int) -> bool:
             .filter(pk=notification_id)
             .first()
         )
-        if notification is None or notification.status == Notification.Status.SENT:
+        # Only ``pending`` is sendable: ``sent`` is done, ``failed`` was refused for good.
+        if notification is None or notification.status != Notification.Status.PENDING:
             return False
         message = render_notification(notification)
-        message.send(fail_silently=False)
-        notification.status = Notification.Status.SENT
-        notification.sent_at = timezone.now()
         notification.message_id = message.extra_headers["Message-ID"]
         notification.attempts += 1
-        notification.save(update_fields=["status", "sent_at", "message_id", "attempts",
-                                         "updated_at"])
+        try:
+            message.send(fail_silently=False)
+        except smtplib.SMTPException as exc:
+            if not _is_permanent(exc):
+                raise
+            log.warning("notification %s refused for good: %r", notification_id, exc)
+            notification.status = Notification.Status.FAILED
+            notification.last_error = repr(exc)[:2000]
+            notification.save(
+                update_fields=["status", "message_id", "attempts", "last_error", "updated_at"]
+            )
+            return False
+        notification.status = Notification.Status.SENT
+        notification.sent_at = timezone.now()
+        notification.save(
+            update_fields=["status", "sent_at", "message_id", "attempts", "updated_at"]
+        )
     return True
 
 

@@ -18,6 +18,7 @@ from .models import RequestState
 
 __all__ = [
     "provision_request",
+    "recheck_active_entries",
     "rebuild_relay_config",
     "run_request_checks",
     "send_notification",
@@ -82,21 +83,20 @@ def rebuild_relay_config() -> str:
     return f"v{version.number}" if version else "unchanged"
 
 
-@shared_task(
-    name="relaydesk.send_notification",
-    bind=True,
-    acks_late=True,
-    autoretry_for=(smtplib.SMTPException, OSError),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    retry_jitter=False,
-    max_retries=8,
-)
-def send_notification(self, notification_id: int) -> str:  # type: ignore[no-untyped-def]
-    """Deliver one outbox row; SMTP or network errors retry with backoff.
+MAIL_RETRY_BACKOFF_MAX = 600.0  # seconds; far below Redis's visibility_timeout (3600)
 
-    After the retries the row stays ``pending`` and the sweep picks it up again, so an
-    SMTP outage of any length delays mail but never loses it.
+
+@shared_task(name="relaydesk.send_notification", bind=True, acks_late=True, max_retries=8)
+def send_notification(self, notification_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Deliver one outbox row; SMTP or network errors retry with exponential backoff.
+
+    ``acks_late`` is safe because the row, not the message, says whether mail went out:
+    a redelivered or duplicated task finds it ``sent`` and does nothing. The backoff
+    (``RELAYDESK_MAIL_RETRY_BACKOFF`` seconds, doubling, capped at 10 minutes) is read
+    when the task runs, not when the module is imported, so tests and operators can
+    change it without a code change. After the last retry the row stays ``pending``
+    and the sweep picks it up again, so an SMTP outage of any length delays mail but
+    never loses it.
     """
     from .notifications import notification_record_failure
     from .notifications import notification_send
@@ -105,8 +105,15 @@ def send_notification(self, notification_id: int) -> str:  # type: ignore[no-unt
         sent = notification_send(notification_id=notification_id)
     except (smtplib.SMTPException, OSError) as exc:
         notification_record_failure(notification_id=notification_id, error=repr(exc))
-        raise
-    return "sent" if sent else "already-sent"
+        retries = self.request.retries
+        if retries >= self.max_retries:
+            log.warning("notification %s: %r; left pending for the sweep", notification_id, exc)
+            raise
+        factor = float(settings.RELAYDESK_MAIL_RETRY_BACKOFF)
+        countdown = min(factor * 2**retries, MAIL_RETRY_BACKOFF_MAX)
+        log.info("notification %s: %r; retry in %.1fs", notification_id, exc, countdown)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    return "sent" if sent else "skipped"
 
 
 @shared_task(name="relaydesk.sweep_pending_work")
@@ -140,3 +147,13 @@ def sweep_pending_work() -> dict[str, int]:
         send_notification.delay(pk)
         counts["notifications"] += 1
     return counts
+
+
+@shared_task(name="relaydesk.recheck_active_entries", acks_late=True)
+def recheck_active_entries() -> dict[str, int]:
+    """Nightly: re-verify active entries (bounded per run) and report drift once."""
+    from .drift import recheck_active_entries as run
+
+    stats = run()
+    return {"checked": stats.checked, "drifted": stats.drifted,
+            "recovered": stats.recovered, "suspended": stats.suspended}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(environ.Env().str("RELAYDESK_VAR_DIR", default=str(BASE_DIR / "var")))
@@ -168,6 +169,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "relaydesk.sweep_pending_work",
         "schedule": 60.0,
     },
+    # "17 2 * * *": nightly at 02:17, re-verify the DNS of every active entry (drift).
+    "recheck-active-entries": {
+        "task": "relaydesk.recheck_active_entries",
+        "schedule": crontab(minute=17, hour=2),
+    },
+    # "5 6 * * *": daily at 06:05, recertification reminders and expiry.
+    "recertification": {
+        "task": "relaydesk.recertification_sweep",
+        "schedule": crontab(minute=5, hour=6),
+    },
 }
 
 # ---------------------------------------------------------------------------
@@ -181,6 +192,36 @@ RELAY_LAB_NETWORKS = env.list("RELAY_LAB_NETWORKS", default=[])
 RELAY_ALLOW_PRIVATE = env.bool("RELAY_ALLOW_PRIVATE", default=False)
 RELAY_APPROVED_SENDER_DOMAINS = env.list("RELAY_APPROVED_SENDER_DOMAINS", default=[])
 RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
+
+# ---------------------------------------------------------------------------
+# Lifecycle after approval
+# ---------------------------------------------------------------------------
+from datetime import timedelta  # noqa: E402
+
+RELAY_RECERTIFY_AFTER = timedelta(days=env.int("RELAY_RECERTIFY_AFTER_DAYS", default=365))
+RELAY_RECERTIFY_REMINDER_DAYS = [
+    int(d) for d in env.list("RELAY_RECERTIFY_REMINDER_DAYS", default=["30", "7", "1"])
+]
+# Suspend a drifted entry (leave it out of the relay config) after this many hours;
+# empty = flag only (the default).
+RELAY_DRIFT_SUSPEND_AFTER_HOURS = env.int("RELAY_DRIFT_SUSPEND_AFTER_HOURS", default=None)
+RELAY_RECHECK_BATCH_SIZE = env.int("RELAY_RECHECK_BATCH_SIZE", default=500)
+RELAY_RECHECK_MAX_PER_RUN = env.int("RELAY_RECHECK_MAX_PER_RUN", default=20000)
+RELAY_RECHECK_CONCURRENCY = env.int("RELAY_RECHECK_CONCURRENCY", default=200)
+
+# ---------------------------------------------------------------------------
+# Directory (LDAP) provisioning of functional accounts; empty URL = manual to-do list
+# ---------------------------------------------------------------------------
+DIRECTORY_URL = env.str("DIRECTORY_URL", default="")
+DIRECTORY_BIND_DN = env.str("DIRECTORY_BIND_DN", default="")
+DIRECTORY_BIND_PASSWORD = env.str("DIRECTORY_BIND_PASSWORD", default="")
+DIRECTORY_RELAY_GROUP_DN = env.str(
+    "DIRECTORY_RELAY_GROUP_DN", default="cn=smtprelayallow,ou=groups,dc=example,dc=org"
+)
+DIRECTORY_ACCOUNT_DN_TEMPLATE = env.str(
+    "DIRECTORY_ACCOUNT_DN_TEMPLATE", default="uid={account},ou=services,dc=example,dc=org"
+)
+DIRECTORY_TIMEOUT_SECONDS = env.float("DIRECTORY_TIMEOUT_SECONDS", default=5.0)
 
 # ---------------------------------------------------------------------------
 # Relay (snippets and config)
@@ -229,3 +270,10 @@ LOGGING = {
 # Outbox sweep: pending work older than this is re-dispatched by beat
 # ---------------------------------------------------------------------------
 RELAYDESK_SWEEP_AFTER_SECONDS = env.int("RELAYDESK_SWEEP_AFTER_SECONDS", default=120)
+
+# ---------------------------------------------------------------------------
+# Notifications: retry of mail the SMTP server did not take
+# ---------------------------------------------------------------------------
+# First retry after this many seconds, doubling per attempt, capped at 10 minutes
+# (tasks.send_notification). Tests shorten it; operators rarely need to.
+RELAYDESK_MAIL_RETRY_BACKOFF = env.float("RELAYDESK_MAIL_RETRY_BACKOFF", default=5.0)

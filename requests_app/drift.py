@@ -1,0 +1,247 @@
+"""Periodic re-verification of active entries: record each run, flag and report drift.
+
+An allowlist that only grows is how relays get abused. Every night each active entry's
+checks run again (batched, concurrent, bounded per run). An entry *drifts* when a check
+that did not fail at approval now fails: its FQDN no longer resolves to the address,
+the PTR changed, the SPF no longer authorises the relay. ``error`` (DNS could not
+answer) never flags or suspends anything.
+
+A batch costs a constant number of SQL queries whatever its size or drift: one read of
+the entries, one of their approval-time failures, bulk inserts of the runs, events and
+notifications, bulk updates of the flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from dataclasses import field
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .checking import check_config
+from .checks import CheckSpec
+from .checks import Report
+from .checks import run_many
+from .dns import make_resolver
+from .models import CheckResult
+from .models import CheckRun
+from .models import Notification
+from .models import RelayRequest
+from .models import RequestEvent
+from .models import RequestKind
+from .models import RequestState
+
+__all__ = ["RecheckStats", "drift_of", "recheck_active_entries", "recheck_batch"]
+
+log = logging.getLogger(__name__)
+
+_FIELDS = ("pk", "kind", "fqdn", "ipv4", "ipv6", "sender_domains", "sender_addresses",
+           "dkim_selector", "drifted_at", "suspended_at")
+
+
+@dataclass
+class RecheckStats:
+    checked: int = 0
+    drifted: int = 0
+    recovered: int = 0
+    suspended: int = 0
+    errors: int = 0
+    batches: int = 0
+    queries_per_batch: list[int] = field(default_factory=list)
+
+
+def drift_of(report: dict[str, Any], accepted_failures: set[tuple[str, str]]) -> list[dict]:
+    """The checks that fail now but did not fail (or were overridden) at approval."""
+    return [
+        c for c in report["checks"]
+        if c["status"] == "fail" and (c["id"], c["subject"]) not in accepted_failures
+    ]
+
+
+class _Row:
+    """An entry as the batch needs it (a plain object, no model instance)."""
+
+    __slots__ = _FIELDS
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        for name, value in zip(_FIELDS, values, strict=True):
+            setattr(self, name, value)
+
+    def spec(self) -> CheckSpec:
+        server = self.kind == RequestKind.SERVER
+        domains = list(self.sender_domains)
+        domains += [a.rpartition("@")[2] for a in self.sender_addresses]
+        return CheckSpec(
+            fqdn=self.fqdn if server else None,
+            addresses=tuple(self.ipv6) + tuple(self.ipv4) if server else (),
+            sender_domains=tuple(dict.fromkeys(d for d in domains if d)),
+            dkim_selector=self.dkim_selector or None,
+        )
+
+
+@transaction.atomic
+def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckStats) -> None:
+    pks = [r.pk for r in rows]
+    accepted: dict[int, set[tuple[str, str]]] = {pk: set() for pk in pks}
+    for request_id, check_id, subject in CheckResult.objects.filter(
+        request_id__in=pks, status__in=("fail", "error")
+    ).values_list("request_id", "check_id", "subject"):
+        accepted[request_id].add((check_id, subject))
+    runs, events, notifications = [], [], []
+    newly_drifted, recovered = [], []
+    unsuspend = False
+    for row, report in zip(rows, reports, strict=True):
+        data = report.as_dict()
+        drift = drift_of(data, accepted[row.pk])
+        if data["verdict"] == "error":
+            stats.errors += 1
+        runs.append(CheckRun(request_id=row.pk, ran_at=now, verdict=data["verdict"],
+                             drifted=bool(drift), results=data["checks"]))
+        if drift and row.drifted_at is None:
+            newly_drifted.append(RelayRequest(pk=row.pk, drifted_at=now, drift_detail={
+                "checks": drift, "seen_at": now.isoformat()}))
+            summary = "; ".join(f"{c['id']}({c['subject']}): {c['detail']}" for c in drift)
+            events.append(RequestEvent(
+                request_id=row.pk, type=RequestEvent.Type.DRIFT, actor_name="system",
+                from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
+                comment=summary[:2000], parameters={"checks": drift}, created_at=now))
+            notifications.append(Notification(
+                request_id=row.pk, kind="drifted",
+                event_key=f"request:{row.pk}:drifted:{now.isoformat()}",
+                recipients=[], context={"comment": summary[:2000]}))
+        elif not drift and row.drifted_at is not None and data["verdict"] != "error":
+            recovered.append(RelayRequest(pk=row.pk, drifted_at=None, drift_detail={},
+                                          suspended_at=None))
+            unsuspend = unsuspend or row.suspended_at is not None
+            events.append(RequestEvent(
+                request_id=row.pk, type=RequestEvent.Type.DRIFT, actor_name="system",
+                from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
+                comment="checks pass again; drift flag cleared",
+                parameters={"recovered": True}, created_at=now))
+    CheckRun.objects.bulk_create(runs, batch_size=1000)
+    RelayRequest.objects.filter(pk__in=pks).update(checks_ran_at=now)
+    if newly_drifted:
+        RelayRequest.objects.bulk_update(newly_drifted, ["drifted_at", "drift_detail"])
+    if recovered:
+        RelayRequest.objects.bulk_update(recovered, ["drifted_at", "drift_detail",
+                                                     "suspended_at"])
+    if events:
+        RequestEvent.objects.bulk_create(events, batch_size=1000)
+    if notifications:
+        _enqueue_drift_notifications(notifications)
+    if unsuspend:  # a suspended entry is back: it returns to the relay config
+        from .services import _dispatch
+
+        _dispatch("rebuild_relay_config")
+    stats.drifted += len(newly_drifted)
+    stats.recovered += len(recovered)
+
+
+def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
+    """Owners and approvers are told once per drift (the key holds the drift time)."""
+    from .services import _dispatch
+
+    recipients = _drift_recipients([n.request_id for n in notifications])
+    for n in notifications:
+        n.recipients = recipients.get(n.request_id, [])
+    Notification.objects.bulk_create([n for n in notifications if n.recipients],
+                                     ignore_conflicts=True)
+    keys = [n.event_key for n in notifications]
+    for pk in Notification.objects.filter(event_key__in=keys).values_list("pk", flat=True):
+        _dispatch("send_notification", pk)
+
+
+def _drift_recipients(request_ids: list[int]) -> dict[int, list[str]]:
+    """The owning team's people plus the approvers, in two queries for the batch."""
+    from django.contrib.auth import get_user_model
+
+    from .models import APPROVERS_GROUP
+
+    approvers = set(
+        get_user_model().objects.filter(groups__name=APPROVERS_GROUP, is_active=True)
+        .exclude(email="").values_list("email", flat=True)
+    )
+    out = {}
+    for pk, contact, team_contact, creator in RelayRequest.objects.filter(
+        pk__in=request_ids
+    ).values_list("pk", "contact_email", "team__contact_email", "created_by__email"):
+        emails = {e.lower() for e in (contact, team_contact, creator, *approvers) if e}
+        out[pk] = sorted(emails)
+    return out
+
+
+def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
+    hours = settings.RELAY_DRIFT_SUSPEND_AFTER_HOURS
+    if hours is None:
+        return
+    overdue = RelayRequest.objects.filter(
+        state=RequestState.ACTIVE, suspended_at__isnull=True,
+        drifted_at__lte=now - timedelta(hours=hours),
+    )
+    pks = list(overdue.values_list("pk", flat=True))
+    if not pks:
+        return
+    with transaction.atomic():
+        RelayRequest.objects.filter(pk__in=pks).update(suspended_at=now)
+        RequestEvent.objects.bulk_create([
+            RequestEvent(request_id=pk, type=RequestEvent.Type.DRIFT, actor_name="system",
+                         from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
+                         comment=f"suspended: drifted for more than {hours} h",
+                         parameters={"suspended": True}, created_at=now)
+            for pk in pks
+        ])
+        from .services import _dispatch
+
+        _dispatch("rebuild_relay_config")
+    stats.suspended += len(pks)
+
+
+def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats) -> None:
+    """Check one batch concurrently, then record it in one transaction."""
+    config = check_config()
+    resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
+    reports = asyncio.run(run_many([r.spec() for r in rows], config, resolver,
+                                   concurrency=settings.RELAY_RECHECK_CONCURRENCY))
+    _record(rows, reports, timezone.now(), stats)
+    stats.checked += len(rows)
+    stats.batches += 1
+
+
+def recheck_active_entries(*, limit: int | None = None, batch_size: int | None = None,
+                           count_queries: bool = False) -> RecheckStats:
+    """Re-verify up to ``limit`` active entries, least recently checked first."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    limit = limit or settings.RELAY_RECHECK_MAX_PER_RUN
+    batch_size = batch_size or settings.RELAY_RECHECK_BATCH_SIZE
+    stats = RecheckStats()
+    now = timezone.now()
+    pks = list(
+        RelayRequest.objects.filter(state=RequestState.ACTIVE)
+        .order_by(F("checks_ran_at").asc(nulls_first=True), "pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    resolver = None
+    for start in range(0, len(pks), batch_size):
+        chunk = pks[start:start + batch_size]
+        if count_queries:
+            with CaptureQueriesContext(connection) as ctx:
+                rows = [_Row(v) for v in RelayRequest.objects.filter(pk__in=chunk)
+                        .order_by("pk").values_list(*_FIELDS)]
+                recheck_batch(rows, resolver=resolver, stats=stats)
+            stats.queries_per_batch.append(len(ctx.captured_queries))
+        else:
+            rows = [_Row(v) for v in RelayRequest.objects.filter(pk__in=chunk)
+                    .order_by("pk").values_list(*_FIELDS)]
+            recheck_batch(rows, resolver=resolver, stats=stats)
+    _suspend_overdue(now, stats)
+    log.info("recheck: %s", stats)
+    return stats
