@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 __all__ = [
     "request_checks_recorded_event",
     "request_created_event",
+    "request_handover_event",
     "request_override_event",
     "request_transition_event",
     "request_updated_event",
@@ -135,6 +136,27 @@ def request_checks_recorded_event(
         from_state=request.state,
         to_state=request.state,
         parameters={"verdict": verdict, "summary": summary, "attempt": attempt},
+    )
+
+
+def request_handover_event(
+    request: RelayRequest,
+    *,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    from_team: str,
+    to_team: str,
+    comment: str = "",
+) -> RequestEvent:
+    return _insert(
+        request,
+        RequestEvent.Type.HANDOVER,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=request.state,
+        to_state=request.state,
+        comment=comment,
+        parameters={"from_team": from_team, "to_team": to_team},
     )
 
 

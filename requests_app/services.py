@@ -45,7 +45,9 @@ __all__ = [
     "ActionConflict",
     "request_act",
     "request_create",
+    "request_handover",
     "request_record_checks",
+    "request_renew",
     "request_update",
 ]
 
@@ -99,6 +101,7 @@ USER_ACTIONS: dict[str, _Action] = {
     "revoke": _Action("revoke", "approver", needs_comment=True),
     "recheck": _Action("recheck", "approver"),
     "override_checks": _Action("override_checks", "approver", needs_comment=True),
+    "recertify": _Action("recertify", "requester"),
 }
 
 
@@ -210,7 +213,7 @@ def request_act(
             )
         )
         method(by=by, reason=comment)
-    elif action in ("submit", "withdraw", "recheck"):
+    elif action in ("submit", "withdraw", "recheck", "recertify"):
         method(by=by)
     else:
         method(by=by, note=comment)
@@ -407,3 +410,73 @@ def request_record_checks(
 
     notifications.notification_enqueue(request=request, trigger=action, event=event)
     return request
+
+
+# --- ownership and renewal -------------------------------------------------------------
+
+RENEWABLE_STATES = (RequestState.ACTIVE, RequestState.EXPIRED, RequestState.REVOKED)
+
+
+@transaction.atomic
+def request_handover(
+    *,
+    request_id: int,
+    by: AbstractBaseUser,
+    to_team: Team | str,
+    comment: str = "",
+    source_ip: str | None = None,
+) -> RelayRequest:
+    """Move an entry to another team: the owning team decides, both teams are told.
+
+    The giver must be a member of the current team; the receiving team only has to
+    exist (it learns by mail and can hand it back). Not a state change, but audited.
+    """
+    request = _locked(request_id)
+    if not request.is_team_member(by):
+        raise PermissionDenied(_("Only members of the owning team can hand this entry over."))
+    slug = to_team.slug if isinstance(to_team, Team) else str(to_team)
+    target = Team.objects.filter(slug=slug).first()
+    if target is None:
+        raise ValidationError({"team": [_("No team '%(slug)s'.") % {"slug": slug}]},
+                              code="unknown_team")
+    if target.pk == request.team_id:
+        raise ValidationError({"team": [_("The entry already belongs to this team.")]},
+                              code="same_team")
+    old_team = request.team
+    request.team = target
+    request.save(update_fields=["team"])
+    event = events.request_handover_event(
+        request, actor=by, source_ip=source_ip, from_team=old_team.slug,
+        to_team=target.slug, comment=comment,
+    )
+    from . import notifications
+
+    notifications.notification_enqueue(request=request, trigger="handover", event=event,
+                                       extra_recipients=[old_team.contact_email])
+    return request
+
+
+@transaction.atomic
+def request_renew(
+    *, request_id: int, by: AbstractBaseUser, source_ip: str | None = None
+) -> RelayRequest:
+    """Start a new draft from an entry: recertify with changes, or ask again after expiry.
+
+    The draft goes through the checks and approval like any request; when it becomes
+    active it supersedes the entry it replaces (if that one is still active).
+    """
+    original = _locked(request_id)
+    if not original.is_team_member(by):
+        raise PermissionDenied(_("Only members of the owning team can renew this entry."))
+    if original.state not in RENEWABLE_STATES:
+        raise ActionConflict(
+            _("Only active, expired or revoked entries can be renewed; this one is %(state)s.")
+            % {"state": original.get_state_display().lower()}
+        )
+    data = {f: getattr(original, f) for f in EDITABLE_FIELDS}
+    copy = RelayRequest(kind=original.kind, team=original.team, created_by=by,
+                        replaces=original, **data)
+    _raise_if_invalid(copy)
+    copy.save()
+    events.request_created_event(copy, by, source_ip)
+    return copy

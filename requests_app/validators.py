@@ -17,8 +17,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.utils.translation import gettext as _
 
-from .names import normalise_address
-from .names import normalise_fqdn
+from .checks import normalise_address
+from .checks import normalise_fqdn
 
 __all__ = [
     "MAX_LIST_ITEMS",
@@ -63,6 +63,11 @@ def normalise_list(items: Iterable[str]) -> list[str]:
 
 def validate_fqdn(value: str) -> str:
     """A syntactically valid host name: no wildcard, no empty label, labels <= 63."""
+    if isinstance(value, str) and value.strip() and "." not in value.strip().rstrip("."):
+        raise ValidationError(
+            _("A fully qualified name needs at least two labels (e.g. host.example.org)."),
+            code="not_fully_qualified",
+        )
     try:
         fqdn = normalise_fqdn(value)
     except ValueError as exc:
@@ -71,11 +76,6 @@ def validate_fqdn(value: str) -> str:
             code="invalid_fqdn",
             params={"reason": exc},
         ) from None
-    if "." not in fqdn:
-        raise ValidationError(
-            _("A fully qualified name needs at least two labels (e.g. host.example.org)."),
-            code="not_fully_qualified",
-        )
     return fqdn
 
 

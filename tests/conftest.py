@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from tests.factories import ApproverFactory
 from tests.factories import AuditorFactory
@@ -16,6 +18,12 @@ from tests.factories import member_of
 from tests.support.dnsserver import DnsTestServer
 
 ZONES = Path(__file__).parent / "zones"
+
+# Property tests judge correctness, not speed: a loaded CI machine must not fail them.
+hypothesis_settings.register_profile(
+    "relaydesk", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hypothesis_settings.load_profile("relaydesk")
 REQUIRE_TOOLS = os.environ.get("RELAYDESK_REQUIRE_TOOLS") == "1"
 
 

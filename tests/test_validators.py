@@ -109,7 +109,9 @@ def test_cross_field_rules_name_fields():
 # --- properties -------------------------------------------------------------------
 
 label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
-hostnames = st.lists(label, min_size=2, max_size=5).map(".".join)
+top_label = st.from_regex(r"[a-z][a-z0-9]{0,10}", fullmatch=True)  # a numeric TLD is refused
+hostnames = st.tuples(st.lists(label, min_size=1, max_size=4), top_label).map(
+    lambda parts: ".".join([*parts[0], parts[1]]))
 
 
 @given(hostnames, st.booleans(), st.booleans())

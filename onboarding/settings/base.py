@@ -7,6 +7,7 @@ the environment variable of the same name, lists comma-separated.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -90,7 +91,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Wait for the worker's write lock instead of failing with "database is locked".
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     # A file (not :memory:) so a real Celery worker process can share the test DB.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-relaydesk.sqlite3")}
+    # One file per test process, so parallel runs on one machine never share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(VAR_DIR / f"test-relaydesk-{os.getpid()}.sqlite3")
+    }
 # Transactions are explicit in services (STYLE 15), so ATOMIC_REQUESTS stays off.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 

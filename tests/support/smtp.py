@@ -17,6 +17,7 @@ Use::
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from dataclasses import dataclass
@@ -48,10 +49,13 @@ class ReceivedMessage:
     message: EmailMessage
 
     def part(self, content_type: str) -> str:
-        """The decoded body of the first part of ``content_type`` ("text/plain", ...)."""
+        """The decoded body of the first part of ``content_type``, with ``\n`` line ends.
+
+        SMTP carries CRLF; tests compare with text as the templates write it.
+        """
         for part in self.message.walk():
             if part.get_content_type() == content_type and not part.is_multipart():
-                return str(part.get_content())
+                return str(part.get_content()).replace("\r\n", "\n")
         raise KeyError(content_type)
 
 
@@ -119,6 +123,8 @@ class SmtpTestServer:
             self._messages.clear()
 
     def start(self) -> None:
+        # aiosmtpd logs every SMTP command at INFO; that buries the test's own output.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         if self._controller is not None:
             return
         controller = Controller(
