@@ -20,6 +20,7 @@ __all__ = [
     "provision_request",
     "recheck_active_entries",
     "rebuild_relay_config",
+    "recertification_sweep",
     "run_request_checks",
     "send_notification",
     "sweep_pending_work",
@@ -157,3 +158,12 @@ def recheck_active_entries() -> dict[str, int]:
     stats = run()
     return {"checked": stats.checked, "drifted": stats.drifted,
             "recovered": stats.recovered, "suspended": stats.suspended}
+
+
+@shared_task(name="relaydesk.recertification_sweep", acks_late=True)
+def recertification_sweep() -> dict[str, int]:
+    """Daily: recertification reminders (30/7/1 days before) and expiry after the date."""
+    from .recertification import recertification_sweep as run
+
+    stats = run()
+    return {"reminded": stats.reminded, "expired": stats.expired}

@@ -15,6 +15,8 @@ urlpatterns = [
     path("audit.csv", views.request_events_csv, name="audit_csv"),
     path("<int:pk>/", views.request_detail, name="detail"),
     path("<int:pk>/edit/", views.request_edit, name="edit"),
+    path("<int:pk>/renew/", views.request_renew, name="renew"),
+    path("<int:pk>/handover/", views.request_handover, name="handover"),
     *[
         path(f"<int:pk>/{action}/", views.request_action, {"action": action}, name=action)
         for action in USER_ACTIONS

@@ -38,6 +38,8 @@ __all__ = [
     "request_create",
     "request_detail",
     "request_edit",
+    "request_handover",
+    "request_renew",
     "request_events_csv",
 ]
 
@@ -148,6 +150,11 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "decision_form": DecisionForm(),
         "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
         "snippets": snippets_for(obj) if obj.state in ("provisioning", "active") else [],
+        "is_owner": obj.is_team_member(request.user),
+        "can_renew": obj.state in services.RENEWABLE_STATES and obj.is_team_member(request.user),
+        "can_hand_over": obj.state == "active" and obj.is_team_member(request.user),
+        "other_teams": Team.objects.exclude(pk=obj.team_id).order_by("slug").values_list(
+            "slug", flat=True) if obj.state == "active" else [],
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 
@@ -215,8 +222,42 @@ ACTION_LABELS = {
     "request_changes": "Ask for changes",
     "revoke": "Revoke",
     "recheck": "Re-run checks",
+    "recertify": "Recertify (still needed, unchanged)",
     "override_checks": "Override failed checks",
 }
+
+
+@login_required
+@require_POST
+def request_renew(request: HttpRequest, pk: int) -> HttpResponse:
+    """Start a new draft from an entry (recertify with changes, or ask again)."""
+    obj = selectors.request_get_for_user(request.user, pk)
+    try:
+        copy = services.request_renew(request_id=obj.pk, by=request.user,
+                                      source_ip=client_ip(request))
+    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+        messages.error(request, _error_text(exc))
+        return redirect(obj)
+    messages.success(request, f"Draft #{copy.pk} renews #{obj.pk}: edit it and submit.")
+    return redirect("requests:edit", pk=copy.pk)
+
+
+@login_required
+@require_POST
+def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
+    obj = selectors.request_get_for_user(request.user, pk)
+    try:
+        services.request_handover(request_id=obj.pk, by=request.user,
+                                  to_team=request.POST.get("team", ""),
+                                  comment=request.POST.get("comment", ""),
+                                  source_ip=client_ip(request))
+    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+        messages.error(request, _error_text(exc))
+        return redirect(obj)
+    messages.success(request, f"Request #{obj.pk} handed over.")
+    if selectors.request_list_for_user(request.user).filter(pk=obj.pk).exists():
+        return redirect(obj)
+    return redirect("requests:list")
 
 
 class _Echo:

@@ -7,13 +7,32 @@
     var source = document.getElementById(button.dataset.copy);
     if (!source) return;
     var text = source.innerText;
-    var done = function () { button.textContent = "Copied"; setTimeout(function () { button.textContent = "Copy"; }, 1500); };
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(text).then(done);
-    } else {
+    var done = function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    };
+    var failed = function () {
+      button.textContent = "Select and copy by hand";
+      setTimeout(function () { button.textContent = "Copy"; }, 3000);
+    };
+    // The old way: works over plain HTTP and when the async API is refused
+    // (document not focused, permission policy).
+    var fallback = function () {
       var area = document.createElement("textarea");
-      area.value = text; document.body.appendChild(area); area.select();
-      document.execCommand("copy"); document.body.removeChild(area); done();
+      area.value = text;
+      area.setAttribute("readonly", "");
+      area.style.position = "fixed"; area.style.opacity = "0";
+      document.body.appendChild(area); area.select();
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (e) { ok = false; }
+      document.body.removeChild(area);
+      button.focus();
+      (ok ? done : failed)();
+    };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(text).then(done, fallback);
+    } else {
+      fallback();
     }
   });
 

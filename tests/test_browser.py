@@ -199,7 +199,8 @@ def test_copy_button_copies_a_snippet_of_an_active_request(
     team: Team, requester: AbstractBaseUser,
 ) -> None:
     active = RelayRequestFactory(team=team, created_by=requester, state=RequestState.ACTIVE)
-    page = browser_session()
+    # Read permission only so the test can check what landed on the clipboard.
+    page = browser_session(permissions=["clipboard-read", "clipboard-write"])
     log_in(page, live_server.url, requester.get_username(), PASSWORD)
     page.goto(f"{live_server.url}/requests/{active.pk}/")
 

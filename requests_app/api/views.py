@@ -101,6 +101,34 @@ class RelayRequestViewSet(
         obj = self.get_object()
         return Response(CheckResultSerializer(obj.checks.all(), many=True).data)
 
+    @extend_schema(request=None, responses={201: RelayRequestSerializer})
+    @action(detail=True, methods=["post"])
+    def renew(self, request: Request, pk: str | None = None) -> Response:
+        """A new draft copying this entry (recertify with changes, or ask again)."""
+        obj = self.get_object()
+        copy = services.request_renew(request_id=obj.pk, by=request.user,
+                                      source_ip=client_ip(request))
+        fresh = self.get_queryset().get(pk=copy.pk)
+        return Response(self.get_serializer(fresh).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        request=inline_serializer("HandoverInput", fields={
+            "team": serializers.CharField(),
+            "comment": serializers.CharField(required=False, allow_blank=True)}),
+        responses=RelayRequestSerializer,
+    )
+    @action(detail=True, methods=["post"])
+    def handover(self, request: Request, pk: str | None = None) -> Response:
+        """Give the entry to another team (audited; both teams are told)."""
+        obj = self.get_object()
+        team = request.data.get("team", "") if hasattr(request.data, "get") else ""
+        comment = request.data.get("comment", "") if hasattr(request.data, "get") else ""
+        if not isinstance(team, str) or not isinstance(comment, str):
+            return Response({"team": ["Must be text."]}, status=status.HTTP_400_BAD_REQUEST)
+        updated = services.request_handover(request_id=obj.pk, by=request.user, to_team=team,
+                                            comment=comment, source_ip=client_ip(request))
+        return Response(self.get_serializer(updated).data)
+
     def _act(self, request: Request, pk: str | None, name: str) -> Response:
         obj = self.get_object()  # 404 outside the caller's scope
         comment = request.data.get("comment", "") if hasattr(request.data, "get") else ""
