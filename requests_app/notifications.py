@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import smtplib
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -34,6 +35,7 @@ __all__ = [
     "notification_message_id",
     "notification_record_failure",
     "notification_send",
+    "owner_recipients",
     "render_notification",
 ]
 
@@ -48,10 +50,12 @@ KINDS_BY_TRIGGER: dict[str, tuple[str, str]] = {
     "reject": ("rejected", "owners"),
     "revoke": ("revoked", "owners"),
     "checks_error": ("checks_error", "approvers"),
+    "handover": ("handover", "owners"),
+    "expire": ("expired", "owners"),
 }
 
 
-def _owners(request: RelayRequest) -> list[str]:
+def owner_recipients(request: RelayRequest) -> list[str]:
     """Only the request's own people: never anyone of another team."""
     emails = [request.contact_email, request.team.contact_email, request.created_by.email]
     if request.submitted_by is not None:
@@ -67,16 +71,27 @@ def _approvers() -> list[str]:
 
 
 def notification_enqueue(
-    *, request: RelayRequest, trigger: str, event: RequestEvent | None = None
+    *,
+    request: RelayRequest,
+    trigger: str,
+    event: RequestEvent | None = None,
+    extra_recipients: Sequence[str] = (),
 ) -> Notification | None:
-    """Record the notification a trigger causes; delivery is scheduled after commit."""
+    """Record the notification a trigger causes; delivery is scheduled after commit.
+
+    Call it inside the transaction of the change: the row then exists exactly when the
+    change committed, which is what lets the sweep recover a lost publish.
+    """
     if trigger == "checks_passed" and request.check_verdict == "error":
         trigger = "checks_error"
     spec = KINDS_BY_TRIGGER.get(trigger)
     if spec is None:
         return None
     kind, audience = spec
-    recipients = _approvers() if audience == "approvers" else _owners(request)
+    recipients = _approvers() if audience == "approvers" else owner_recipients(request)
+    if extra_recipients:
+        # a decision that concerns a second party (the team handing an entry over)
+        recipients = sorted({*recipients, *(e.lower() for e in extra_recipients if e)})
     if not recipients:
         log.info("no recipients for %s on request %s", kind, request.pk)
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from django.db.models import F
 from django.db.models import Q
 from django.db.models import QuerySet
 from django.http import Http404
@@ -94,7 +95,8 @@ def request_queue(
     if q:
         needle = q.strip().lower().rstrip(".")
         qs = qs.filter(Q(search_text__contains=needle) | Q(pk=needle if needle.isdigit() else 0))
-    return qs.order_by("submitted_at", "created_at", "pk")
+    # Never-submitted rows (only with an explicit state filter) sort last on every DB.
+    return qs.order_by(F("submitted_at").asc(nulls_last=True), "created_at", "pk")
 
 
 def event_list_for_user(user: AbstractBaseUser) -> QuerySet[RequestEvent]:

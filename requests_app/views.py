@@ -138,7 +138,8 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     from .snippets import snippets_for
 
     actions = [
-        (t.name, ACTION_LABELS[t.name])
+        (t.name, ACTION_LABELS.get(t.name, t.name.replace("_", " ").capitalize()),
+         services.USER_ACTIONS[t.name].needs_comment or t.name == "approve")
         for t in obj.get_available_user_state_transitions(request.user)
         if t.name in services.USER_ACTIONS
     ]

@@ -100,11 +100,23 @@ def test_requester_fixes_a_bad_form_then_submits_and_sees_passing_checks(
     assert page.locator(".field.has-error label").all_inner_texts() == [
         "FQDN *", "IPv4 addresses", "Expected messages per day *",
     ]
-    assert page.get_by_label(re.compile(r"^FQDN\b")).input_value() == "bad..name"
+    fqdn = page.get_by_label(re.compile(r"^FQDN\b"))
+    assert fqdn.input_value() == "bad..name"
+    # Screen readers hear the error with the field: aria-invalid plus aria-describedby.
+    assert fqdn.get_attribute("aria-invalid") == "true"
+    described_by = (fqdn.get_attribute("aria-describedby") or "").split()
+    assert described_by, "FQDN input has no aria-describedby"
+    description = " ".join(page.locator(f"[id='{i}']").inner_text() for i in described_by)
+    assert "FQDN rule" in description, description
     assert RelayRequest.objects.count() == 0
     screenshot(page, "request-form-errors")
 
     fill_form(page, GOOD_SERVER)
+    # While typing, the quick check asks the API and shows DNS results before submit.
+    quick = page.locator("#quick-check")
+    quick.get_by_text(re.compile(r"forward \(app\.example\.org\)")).wait_for()
+    assert quick.get_by_role("heading").inner_text() == "Quick DNS check"
+    assert "fail" not in quick.locator(".verdict").all_inner_texts()
     page.get_by_role("button", name="Save and submit").click()
 
     page.wait_for_url(re.compile(r"/requests/\d+/$"))
@@ -203,6 +215,7 @@ def test_copy_button_copies_a_snippet_of_an_active_request(
     page = browser_session(permissions=["clipboard-read", "clipboard-write"])
     log_in(page, live_server.url, requester.get_username(), PASSWORD)
     page.goto(f"{live_server.url}/requests/{active.pk}/")
+    screenshot(page, "request-active-requester")
 
     section = page.locator("#snippets")
     expect_text(page, "#snippets h2", "Settings for your server")
@@ -231,8 +244,16 @@ def test_requester_of_another_team_gets_404(
 
     response = page.goto(f"{live_server.url}/requests/{server_request.pk}/")
     assert response is not None and response.status == 404
-    assert "Not Found" in page.locator("body").inner_text()
+    assert page.get_by_role("heading", level=1).inner_text() == "Not found"
+    assert page.title() == "Not found · Relaydesk"
     assert "app.example.org" not in page.content()
+
+    response = page.goto(f"{live_server.url}/requests/{server_request.pk}/edit/")
+    assert response is not None and response.status == 404
 
     page.goto(f"{live_server.url}/requests/")
     expect_text(page, "table.grid tbody", "No requests yet.")
+
+    response = page.goto(f"{live_server.url}/requests/queue/")
+    assert response is not None and response.status == 403
+    expect_text(page, "main", "Not allowed", "The queue is for approvers.")

@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from contextlib import contextmanager
 from email.utils import parseaddr
+from typing import TYPE_CHECKING
 
 import pytest
 from django.core import mail
@@ -35,6 +38,9 @@ from tests.support.smtp import ReceivedMessage
 from tests.support.smtp import SmtpTestServer
 from tests.support.worker import celery_worker
 from tests.support.worker import wait_for
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 pytestmark = pytest.mark.django_db
 
@@ -62,7 +68,14 @@ def smtp(settings: object) -> Iterator[SmtpTestServer]:
         yield server
 
 
-def act(request_id: int, action: str, by: object, comment: str = "", capture=None) -> None:  # type: ignore[no-untyped-def]
+def act(
+    request_id: int,
+    action: str,
+    by: AbstractBaseUser,
+    comment: str = "",
+    *,
+    capture: Callable[..., AbstractContextManager[object]],
+) -> None:
     """Fire a service action and run what it scheduled on commit (tasks are eager)."""
     with capture(execute=True):
         services.request_act(request_id=request_id, action=action, by=by, comment=comment)
@@ -212,6 +225,29 @@ def test_failed_checks_mail_the_owners_with_the_failing_checks(
     assert "- reverse (81.2.69.10): fail - no PTR record" in text
     assert "forward (" not in text
     assert RelayRequest.objects.get(pk=req.pk).state == RequestState.NEEDS_CHANGES
+
+
+def test_handover_tells_the_new_owners_and_the_old_team_contact(
+    smtp, team, requester, django_capture_on_commit_callbacks
+):
+    # given an active entry of the payments team and a second team
+    billing = TeamFactory(slug="billing", name="Billing",
+                          contact_email="billing-lead@teams.example.org")
+    req = RelayRequestFactory(team=team, created_by=requester, state=RequestState.ACTIVE)
+    # when a payments member hands it over to billing
+    with django_capture_on_commit_callbacks(execute=True):
+        services.request_handover(request_id=req.pk, by=requester, to_team=billing,
+                                  comment="Billing runs this host now.")
+    # then one message reaches the entry's people, the new team and the old team contact
+    msg = only_message(smtp)
+    assert sorted(msg.rcpt_tos) == [
+        "alice@people.example.org", "billing-lead@teams.example.org", "ops@example.org",
+        "payments@teams.example.org",
+    ]
+    assert msg.message["Subject"] == (
+        f"[Relaydesk] #{req.pk} app.example.org was handed over to team billing"
+    )
+    assert "Billing runs this host now." in msg.part("text/plain")
 
 
 # --- the organisation's rules for mail ---------------------------------------------
@@ -382,25 +418,27 @@ def test_permanent_refusal_is_recorded_and_not_retried(smtp, settings, server_re
 
 @contextmanager
 def broker_unreachable() -> Iterator[None]:
-    """Point the Celery app at a port where nothing listens, publishing for real."""
+    """Point the Celery app's publishing at a port where nothing listens, non-eager.
+
+    ``broker_write_url`` rather than ``broker_url``: Celery lets the environment's
+    ``CELERY_BROKER_URL`` (set in CI) win over ``conf.broker_url``, not over the write URL.
+    """
     conf = celery_app.conf
-    saved = (conf.broker_url, conf.task_always_eager, conf.broker_connection_timeout,
-             conf.broker_transport_options)
+    keys = ("broker_write_url", "task_always_eager", "broker_connection_timeout",
+            "broker_transport_options")
+    saved = {key: conf.get(key) for key in keys}
 
     def reset_pools() -> None:
         celery_app._pool = None  # the pools cache a connection to the old URL
         celery_app.amqp._producer_pool = None
 
-    conf.broker_url = "redis://127.0.0.1:1/0"
-    conf.task_always_eager = False
-    conf.broker_connection_timeout = 1
-    conf.broker_transport_options = {}
+    conf.update(broker_write_url="redis://127.0.0.1:1/0", task_always_eager=False,
+                broker_connection_timeout=1, broker_transport_options={})
     reset_pools()
     try:
         yield
     finally:
-        (conf.broker_url, conf.task_always_eager, conf.broker_connection_timeout,
-         conf.broker_transport_options) = saved
+        conf.update(saved)
         reset_pools()
 
 

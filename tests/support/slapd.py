@@ -43,6 +43,7 @@ from tests.conftest import require
 __all__ = (
     "BASE_DN",
     "GROUP_DN",
+    "PLACEHOLDER_DN",
     "PROVISIONER_DN",
     "PROVISIONER_PASSWORD",
     "READER_DN",

@@ -1,0 +1,65 @@
+"""The approvers' directory to-do list: changes a person must apply, and "Mark done".
+
+Thin views (STYLE 10): check the role, call the selector or one service, map its errors
+to messages, redirect (POST/redirect/GET). Wired in ``requests_app/urls.py`` as
+``requests:directory_todo`` and ``requests:directory_mark_done``.
+"""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from django.http import HttpRequest
+from django.http import HttpResponse
+from django.shortcuts import redirect
+from django.shortcuts import render
+from django.views.decorators.http import require_POST
+
+from .directory import directory_mark_done_manually
+from .directory import pending_manual_changes
+from .models import DirectoryChange
+from .models import is_approver
+
+__all__ = ["directory_change_mark_done", "directory_todo"]
+
+
+def _require_approver(request: HttpRequest) -> None:
+    # The LDIF names accounts and groups of every team: approvers only (auditors read the
+    # same facts in the audit trail, requesters see their own request's events).
+    if not is_approver(request.user):
+        raise PermissionDenied("The directory to-do list is for approvers.")
+
+
+@login_required
+def directory_todo(request: HttpRequest) -> HttpResponse:
+    """List manual and failed directory changes with their LDIF, oldest first."""
+    _require_approver(request)
+    return render(
+        request,
+        "requests_app/directory_todo.html",
+        {"changes": pending_manual_changes()},
+    )
+
+
+@login_required
+@require_POST
+def directory_change_mark_done(request: HttpRequest, pk: int) -> HttpResponse:
+    """Record that an administrator applied the change; the service records who."""
+    _require_approver(request)
+    from .services import ActionConflict
+
+    try:
+        change = directory_mark_done_manually(change_id=pk, by=request.user)
+    except DirectoryChange.DoesNotExist:
+        raise Http404("No such directory change.") from None
+    except (ActionConflict, PermissionDenied) as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(
+            request,
+            f"Directory change #{change.pk} ({change.get_action_display()} "
+            f"{change.request.account_name}) marked done.",
+        )
+    return redirect("requests:directory_todo")
