@@ -579,7 +579,7 @@ class DirectoryChange(TimeStampedModel):
         PENDING = "pending", _("pending")
         DONE = "done", _("done")
         MANUAL = "manual", _("manual to-do")
-        FAILED = "failed", _("failed, retrying")
+        FAILED = "failed", _("failed, needs a person")
 
     request = models.ForeignKey(
         RelayRequest, on_delete=models.CASCADE, related_name="directory_changes",

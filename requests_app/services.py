@@ -43,6 +43,7 @@ __all__ = [
     "EDITABLE_FIELDS",
     "USER_ACTIONS",
     "ActionConflict",
+    "directory_sync",
     "request_act",
     "request_create",
     "request_handover",
@@ -254,9 +255,23 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
         _dispatch("provision_request", request.pk)
     elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
         _dispatch("rebuild_relay_config")
+    directory_sync(request, action)
     from . import notifications
 
     notifications.notification_enqueue(request=request, trigger=action, event=event)
+
+
+def directory_sync(request: RelayRequest, action: str) -> None:
+    """Functional accounts join the relay-allow group on approval and leave it on removal."""
+    if request.kind != RequestKind.ACCOUNT:
+        return
+    from .directory import directory_change_enqueue
+    from .models import DirectoryChange
+
+    if action == "approve":
+        directory_change_enqueue(request=request, action=DirectoryChange.Action.ADD)
+    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
+        directory_change_enqueue(request=request, action=DirectoryChange.Action.REMOVE)
 
 
 # --- create and edit ---------------------------------------------------------------

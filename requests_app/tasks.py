@@ -12,11 +12,14 @@ import smtplib
 from celery import shared_task
 from django.conf import settings
 
+from .directory_tasks import provision_directory  # noqa: F401 - looked up by name
+from .models import DirectoryChange
 from .models import Notification
 from .models import RelayRequest
 from .models import RequestState
 
 __all__ = [
+    "provision_directory",
     "provision_request",
     "recheck_active_entries",
     "rebuild_relay_config",
@@ -131,7 +134,7 @@ def sweep_pending_work() -> dict[str, int]:
 
     now = timezone.now()
     stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
-    counts = {"checks": 0, "provisioning": 0, "notifications": 0}
+    counts = {"checks": 0, "provisioning": 0, "notifications": 0, "directory": 0}
     for pk in RelayRequest.objects.filter(
         state=RequestState.CHECKING, updated_at__lt=stale
     ).values_list("pk", flat=True)[:500]:
@@ -147,6 +150,11 @@ def sweep_pending_work() -> dict[str, int]:
     ).values_list("pk", flat=True)[:500]:
         send_notification.delay(pk)
         counts["notifications"] += 1
+    for pk in DirectoryChange.objects.filter(
+        status=DirectoryChange.Status.PENDING, updated_at__lt=stale
+    ).values_list("pk", flat=True)[:500]:
+        provision_directory.delay(pk)
+        counts["directory"] += 1
     return counts
 
 

@@ -2,6 +2,7 @@
 
 from django.urls import path
 
+from . import directory_views
 from . import views
 from .services import USER_ACTIONS
 
@@ -13,6 +14,9 @@ urlpatterns = [
     path("new/", views.request_choose, name="choose"),
     path("new/<str:kind>/", views.request_create, name="create"),
     path("audit.csv", views.request_events_csv, name="audit_csv"),
+    path("directory/", directory_views.directory_todo, name="directory_todo"),
+    path("directory/<int:pk>/done/", directory_views.directory_change_mark_done,
+         name="directory_mark_done"),
     path("<int:pk>/", views.request_detail, name="detail"),
     path("<int:pk>/edit/", views.request_edit, name="edit"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),
