@@ -120,7 +120,7 @@ def _dispatch(task_name: str, *args: Any) -> None:
     def send() -> None:
         try:
             task.delay(*args)
-        except (OperationalError, ConnectionError, OSError):
+        except OperationalError:  # kombu's wrapper for every transport's connection error
             log.warning("broker unavailable: %s%r left for the sweep", task_name, args)
 
     transaction.on_commit(send)

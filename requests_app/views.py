@@ -152,6 +152,9 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
         "snippets": snippets_for(obj) if obj.state in ("provisioning", "active") else [],
         "is_owner": obj.is_team_member(request.user),
+        # Why mail waits (SMTP down, retrying): visible to the people who can see the request.
+        "waiting_mail": list(obj.notifications.exclude(status="sent").only(
+            "kind", "status", "attempts", "last_error", "created_at")),
         "can_renew": obj.state in services.RENEWABLE_STATES and obj.is_team_member(request.user),
         "can_hand_over": obj.state == "active" and obj.is_team_member(request.user),
         "other_teams": Team.objects.exclude(pk=obj.team_id).order_by("slug").values_list(

@@ -49,3 +49,16 @@ def test_compose_defines_production_shape():
         assert env["DATABASE_URL"].startswith("postgres://")
         assert env["CELERY_BROKER_URL"].startswith("redis://")
         assert env["DJANGO_SETTINGS_MODULE"] == "onboarding.settings.production"
+
+
+def test_system_check_warns_when_own_mail_is_off_the_approved_domains(settings):
+    from requests_app.system_checks import mail_addresses_on_approved_domains
+
+    settings.RELAY_APPROVED_SENDER_DOMAINS = ["example.org"]
+    settings.DEFAULT_FROM_EMAIL = "relaydesk@example.org"
+    settings.RELAYDESK_RETURN_PATH = "bounces@mail.example.org"
+    assert mail_addresses_on_approved_domains() == []
+    settings.RELAYDESK_RETURN_PATH = "bounces@elsewhere.net"
+    warnings = mail_addresses_on_approved_domains()
+    assert [w.id for w in warnings] == ["relaydesk.W001"]
+    assert "RELAYDESK_RETURN_PATH" in warnings[0].msg

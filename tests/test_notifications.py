@@ -388,8 +388,8 @@ def test_smtp_down_retries_keeps_the_row_pending_then_the_sweep_delivers_once(
     row.refresh_from_db()
     counts_again = sweep_pending_work()
     # then the message arrived once, with the Message-ID it would always have had
-    assert counts == {"checks": 0, "provisioning": 0, "notifications": 1}
-    assert counts_again == {"checks": 0, "provisioning": 0, "notifications": 0}
+    assert (counts["notifications"], sum(counts.values())) == (1, 1)
+    assert sum(counts_again.values()) == 0
     msg = only_message(smtp)
     assert msg.message["Message-ID"] == message_id == row.message_id
     assert (row.status, row.attempts) == ("sent", 10)

@@ -40,6 +40,7 @@ def celery_worker(extra_env: dict[str, str] | None = None, timeout: float = 60) 
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "onboarding.settings.test",
+        "CELERY_TASK_ALWAYS_EAGER": "0",  # retries and follow-up tasks go through the broker
         "DATABASE_URL": database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "DNS_NAMESERVERS": ",".join(settings.DNS_NAMESERVERS),
