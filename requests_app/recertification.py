@@ -62,7 +62,7 @@ def _remind(today: date, days: int) -> int:
 
 def recertification_sweep(*, today: date | None = None) -> RecertificationStats:
     """Send due reminders and expire overdue entries (idempotent: safe to run twice)."""
-    from .lifecycle import request_expire
+    from .services import request_expire
 
     today = today or timezone.localdate()
     stats = RecertificationStats()

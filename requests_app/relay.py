@@ -60,7 +60,8 @@ def relay_entries(
     states: tuple[str, ...] = IN_CONFIG_STATES,
 ) -> tuple[Iterator[ServerEntry], Iterator[AccountEntry]]:
     """Stream the entries from the database (``values_list`` + ``iterator``: no models)."""
-    base = RelayRequest.objects.filter(state__in=states).order_by("pk")
+    # Suspended entries (drifted past the grace period) stay active but leave the config.
+    base = RelayRequest.objects.filter(state__in=states, suspended_at__isnull=True).order_by("pk")
     servers = (
         ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4))
         for pk, fqdn, team, ipv4, ipv6 in base.filter(kind=RequestKind.SERVER)
@@ -120,6 +121,7 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
         .filter(state=RequestState.PROVISIONING)
         .order_by("pk")
     )
+    _supersede_replaced(waiting)
     previous = (
         RelayConfigVersion.objects.select_for_update().order_by("-number").first()
     )
@@ -154,6 +156,26 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
             parameters={"version": number},
         )
     return version
+
+
+def _supersede_replaced(waiting: list[RelayRequest]) -> None:
+    """A renewal that goes live replaces the entry it renews, in the same version."""
+    replaced_ids = [r.replaces_id for r in waiting if r.replaces_id]
+    if not replaced_ids:
+        return
+    for old in RelayRequest.objects.select_for_update().filter(
+        pk__in=replaced_ids, state=RequestState.ACTIVE
+    ):
+        old.supersede()
+        old.save()
+        events.request_transition_event(
+            old, action="supersede", from_state=RequestState.ACTIVE, actor=None,
+            comment="replaced by its renewal",
+            parameters={"replaced_by": [r.pk for r in waiting if r.replaces_id == old.pk]},
+        )
+        from .services import directory_sync
+
+        directory_sync(old, "supersede")
 
 
 def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "directory_sync",
     "request_act",
     "request_create",
+    "request_expire",
     "request_handover",
     "request_record_checks",
     "request_renew",
@@ -495,3 +496,24 @@ def request_renew(
     copy.save()
     events.request_created_event(copy, by, source_ip)
     return copy
+
+
+@transaction.atomic
+def request_expire(*, request_id: int) -> RelayRequest | None:
+    """Recertification missed: the entry leaves the next relay config (system action).
+
+    Returns ``None`` when the entry is no longer active (recertified, revoked or already
+    expired meanwhile), so the daily sweep can run twice without harm.
+    """
+    request = _locked(request_id)
+    if not can_proceed(request.expire):
+        return None
+    from_state = request.state
+    request.expire()
+    request.save()
+    event = events.request_transition_event(
+        request, action="expire", from_state=from_state, actor=None,
+        comment=f"not recertified by {request.recertify_by}",
+    )
+    _after_transition(request, "expire", event)
+    return request

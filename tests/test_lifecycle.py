@@ -113,3 +113,59 @@ def test_no_reminder_on_other_days(active):
 
     assert _remind(active.recertify_by - timedelta(days=8), 7) == 0
     assert not Notification.objects.exists()
+
+
+def test_sweep_expires_overdue_entries_once(active, django_capture_on_commit_callbacks):
+    from requests_app.recertification import recertification_sweep
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = recertification_sweep(today=active.recertify_by + timedelta(days=1))
+        second = recertification_sweep(today=active.recertify_by + timedelta(days=1))
+    assert (first.expired, second.expired) == (1, 0)
+    active.refresh_from_db()
+    assert active.state == S.EXPIRED
+    event = RequestEvent.objects.get(request=active, parameters__action="expire")
+    assert (event.actor, event.from_state, event.to_state) == (None, "active", "expired")
+    assert Notification.objects.filter(request=active, kind="expired").count() == 1
+
+
+def test_sweep_leaves_entries_due_today(active):
+    from requests_app.recertification import recertification_sweep
+
+    stats = recertification_sweep(today=active.recertify_by)
+    assert stats.expired == 0
+    assert RelayRequest.objects.get(pk=active.pk).state == S.ACTIVE
+
+
+def test_expired_entry_can_be_requested_again(active, requester):
+    services.request_expire(request_id=active.pk)
+    copy = services.request_renew(request_id=active.pk, by=requester)
+    assert copy.state == S.DRAFT and copy.replaces_id == active.pk
+
+
+def test_approved_renewal_supersedes_the_original(active, requester, approver,
+                                                  django_capture_on_commit_callbacks):
+    # given a renewal with a changed address, checked and pending
+    copy = services.request_renew(request_id=active.pk, by=requester)
+    RelayRequest.objects.filter(pk=copy.pk).update(state=S.PENDING_APPROVAL,
+                                                   check_verdict="pass")
+    # when approved (the eager provisioning task builds the config)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.request_act(request_id=copy.pk, action="approve", by=approver)
+    # then the renewal is active and the original left the config in the same version
+    copy.refresh_from_db()
+    active.refresh_from_db()
+    assert (copy.state, active.state) == (S.ACTIVE, S.REVOKED)
+    assert RequestEvent.objects.filter(request=active, parameters__action="supersede").exists()
+
+
+def test_suspended_entries_leave_the_relay_config(active):
+    from django.utils import timezone
+
+    from requests_app.relay import relay_entries
+
+    servers, _ = relay_entries()
+    assert [s.request_id for s in servers] == [active.pk]
+    RelayRequest.objects.filter(pk=active.pk).update(suspended_at=timezone.now())
+    servers, _ = relay_entries()
+    assert list(servers) == []
