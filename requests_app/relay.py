@@ -53,6 +53,7 @@ def relay_settings() -> RelaySettings:
         relay_host=settings.RELAY_HOST,
         submission_port=settings.RELAY_SUBMISSION_PORT,
         smtps_port=settings.RELAY_SMTPS_PORT,
+        map_directory=settings.RELAY_MAP_DIRECTORY,
     )
 
 

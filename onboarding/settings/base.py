@@ -235,6 +235,9 @@ RELAY_SUBMISSION_PORT = env.int("RELAY_SUBMISSION_PORT", default=587)
 RELAY_SMTPS_PORT = env.int("RELAY_SMTPS_PORT", default=465)
 RELAY_CONFIG_DIR = env.str("RELAY_CONFIG_DIR", default=str(VAR_DIR / "relay-config"))
 RELAY_CONFIG_TOKEN = env.str("RELAY_CONFIG_TOKEN", default="")
+# Where config management installs the maps on the relay (used in main.cf.fragment).
+# (os.environ, not env: django-environ would treat the leading "$" as a variable reference)
+RELAY_MAP_DIRECTORY = os.environ.get("RELAY_MAP_DIRECTORY", "$config_directory/relaydesk")
 
 # ---------------------------------------------------------------------------
 # API
