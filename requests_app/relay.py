@@ -129,8 +129,14 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     number = (previous.number + 1) if previous else 1
     now = timezone.now()
     servers, accounts = relay_entries()
-    files = build_artifacts(servers, accounts, relay_settings(), version=number,
-                            generated_at=now)
+    try:
+        files = build_artifacts(servers, accounts, relay_settings(), version=number,
+                                generated_at=now)
+    finally:
+        # Close the server-side cursors (PostgreSQL) while the transaction is still good,
+        # so a ValueError from a bad row surfaces as itself, not as a cursor error.
+        servers.close()
+        accounts.close()
     digest = _content_digest(files)
     if previous is not None and previous.digest == digest and not waiting:
         return None

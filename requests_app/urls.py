@@ -11,6 +11,7 @@ app_name = "requests"
 urlpatterns = [
     path("", views.RequestListView.as_view(), name="list"),
     path("queue/", views.QueueView.as_view(), name="queue"),
+    path("dashboard/", views.dashboard, name="dashboard"),
     path("new/", views.request_choose, name="choose"),
     path("new/<str:kind>/", views.request_create, name="create"),
     path("audit.csv", views.request_events_csv, name="audit_csv"),

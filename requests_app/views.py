@@ -31,6 +31,7 @@ from .models import Team
 
 __all__ = [
     "QueueView",
+    "dashboard",
     "RequestListView",
     "client_ip",
     "request_action",
@@ -262,6 +263,24 @@ def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
     if selectors.request_list_for_user(request.user).filter(pk=obj.pk).exists():
         return redirect(obj)
     return redirect("requests:list")
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Approvers' and auditors' overview: queue age, decisions, teams, lifecycle."""
+    if not selectors.sees_everything(request.user):
+        raise PermissionDenied("The dashboard is for approvers and auditors.")
+    from django.utils.safestring import mark_safe
+
+    from .dashboard import dashboard_data
+    from .dashboard import weekly_chart_svg
+
+    data = dashboard_data(timezone.now())
+    return render(request, "requests_app/dashboard.html", {
+        "data": data,
+        # Built from escaped text only (dashboard.weekly_chart_svg escapes every value).
+        "chart": mark_safe(weekly_chart_svg(data.weeks)),  # noqa: S308
+    })
 
 
 class _Echo:
