@@ -39,6 +39,7 @@ from requests_app.checks import CheckConfig  # noqa: E402
 from requests_app.checks import CheckSpec  # noqa: E402
 from requests_app.checks import organisational_domain  # noqa: E402
 from requests_app.checks import run_many  # noqa: E402
+from requests_app.checks import run_many_sharded  # noqa: E402
 from requests_app.dns import make_resolver  # noqa: E402
 
 __all__ = ["main"]
@@ -93,6 +94,16 @@ def concurrent(specs: list[CheckSpec], config: CheckConfig, nameserver: str,
     return elapsed, sum(r.verdict == "pass" for r in reports)
 
 
+def sharded(specs: list[CheckSpec], config: CheckConfig, nameserver: str,
+            concurrency: int, processes: int) -> tuple[float, int]:
+    """The same engine on ``processes`` cores (as several Celery worker processes would)."""
+    started = time.perf_counter()
+    reports = run_many_sharded(specs, config, [nameserver], processes=processes,
+                               concurrency=concurrency)
+    elapsed = time.perf_counter() - started
+    return elapsed, sum(r.verdict == "pass" for r in reports)
+
+
 def sequential(specs: list[CheckSpec], nameserver: str, lifetime: float) -> tuple[float, int]:
     """The naive checker: one blocking query at a time, nothing cached or shared."""
     host, port = nameserver.rsplit(":", 1)
@@ -135,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 2.0],
                         help="server answer delays to measure (default: 0 2)")
     parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=2,
+                        help="also measure the engine sharded over this many processes")
     parser.add_argument("--sequential-n", type=int, default=None,
                         help="requests for the (slow) baseline; default min(n, 500)")
     args = parser.parse_args(argv)
@@ -155,6 +168,10 @@ def main(argv: list[str] | None = None) -> None:
             proc, nameserver = start_server(fh.name, latency)
             try:
                 c_time, c_ok = concurrent(specs, config, nameserver, args.concurrency)
+                p_time = p_ok = None
+                if args.processes > 1:
+                    p_time, p_ok = sharded(specs, config, nameserver, args.concurrency,
+                                           args.processes)
                 s_time, s_ok = sequential(seq_specs, nameserver, config.lifetime)
             finally:
                 proc.terminate()
@@ -163,11 +180,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"latency {latency:g} ms: engine {c_rate:8.1f} req/s "
                   f"({c_ok}/{len(specs)} pass, {c_time:.2f} s) | sequential {s_rate:7.1f} req/s "
                   f"({s_ok}/{len(seq_specs)} ok, {s_time:.2f} s) | ratio {c_rate / s_rate:.1f}x")
+            if p_time is not None:
+                p_rate = len(specs) / p_time
+                print(f"latency {latency:g} ms: engine on {args.processes} processes "
+                      f"{p_rate:8.1f} req/s ({p_ok}/{len(specs)} pass, {p_time:.2f} s, pool "
+                      f"start-up included) | ratio to sequential {p_rate / s_rate:.1f}x")
     finally:
         os.unlink(fh.name)
     lat = " ".join(f"{x:g}" for x in args.latency_ms)
     print(f"reproduce: .venv/bin/python bench/dns_checks.py --n {args.n} --latency-ms {lat} "
-          f"--concurrency {args.concurrency}")
+          f"--concurrency {args.concurrency} --processes {args.processes}")
 
 
 if __name__ == "__main__":

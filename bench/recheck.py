@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--naive", type=int, default=300, help="sample size for the naive way")
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="RELAY_RECHECK_PROCESSES: DNS work of a batch over N processes")
     args = parser.parse_args(argv)
 
     tmp = tempfile.mkdtemp(prefix="relaydesk-bench-")
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.RELAY_SPF_INCLUDE = RELAY_INCLUDE
         settings.RELAY_APPROVED_SENDER_DOMAINS = ["mail.bench"]
         settings.DNS_LIFETIME_SECONDS = 5.0
+        settings.RELAY_RECHECK_PROCESSES = args.processes
 
         started = time.perf_counter()
         stats = recheck_active_entries(limit=args.n, batch_size=args.batch_size,
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(naive_queries.captured_queries) / len(sample):.1f} queries per entry")
     print(f"ratio: {fast_rate / naive_rate:.1f}x")
     print(f"reproduce: python bench/recheck.py --n {args.n} --batch-size {args.batch_size} "
-          f"--naive {args.naive}")
+          f"--naive {args.naive} --processes {args.processes}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ __all__ = [
     "run_checks",
     "run_checks_sync",
     "run_many",
+    "run_many_sharded",
     "worst_status",
 ]
 
@@ -899,3 +900,34 @@ async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
         return list(await asyncio.gather(*(one(s) for s in specs)))
     finally:
         lookups.close()
+
+
+def _run_shard(args: tuple[list[CheckSpec], CheckConfig, list[str], int]) -> list[Report]:
+    specs, config, nameservers, concurrency = args
+    resolver = make_resolver(nameservers, config.lifetime)
+    return asyncio.run(run_many(specs, config, resolver, concurrency=concurrency))
+
+
+def run_many_sharded(specs: Sequence[CheckSpec], config: CheckConfig,
+                     nameservers: Sequence[str], *, processes: int = 2,
+                     concurrency: int = 100) -> list[Report]:
+    """``run_many`` split over ``processes`` (each its own event loop), reports in order.
+
+    Why: the engine is CPU-bound once answers are quick (about 2.4 ms of CPU per request
+    here), so one event loop uses one core. Inside a process that may not have children
+    (a daemonic Celery prefork child) it runs in-process instead; there, more Celery
+    worker processes are the way to use more cores.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    specs = list(specs)
+    processes = max(1, min(processes, len(specs)))
+    if processes == 1 or multiprocessing.current_process().daemon:
+        return _run_shard((specs, config, list(nameservers), concurrency))
+    size = -(-len(specs) // processes)
+    chunks = [specs[i:i + size] for i in range(0, len(specs), size)]
+    with ProcessPoolExecutor(max_workers=len(chunks)) as pool:
+        parts = pool.map(_run_shard, [(c, config, list(nameservers), concurrency)
+                                      for c in chunks])
+        return [report for part in parts for report in part]

@@ -29,6 +29,7 @@ from .checking import check_config
 from .checks import CheckSpec
 from .checks import Report
 from .checks import run_many
+from .checks import run_many_sharded
 from .dns import make_resolver
 from .models import CheckResult
 from .models import CheckRun
@@ -206,9 +207,15 @@ def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
 def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats) -> None:
     """Check one batch concurrently, then record it in one transaction."""
     config = check_config()
-    resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
-    reports = asyncio.run(run_many([r.spec() for r in rows], config, resolver,
-                                   concurrency=settings.RELAY_RECHECK_CONCURRENCY))
+    specs = [r.spec() for r in rows]
+    if settings.RELAY_RECHECK_PROCESSES > 1:
+        reports = run_many_sharded(specs, config, list(settings.DNS_NAMESERVERS),
+                                   processes=settings.RELAY_RECHECK_PROCESSES,
+                                   concurrency=settings.RELAY_RECHECK_CONCURRENCY)
+    else:
+        resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
+        reports = asyncio.run(run_many(specs, config, resolver,
+                                       concurrency=settings.RELAY_RECHECK_CONCURRENCY))
     _record(rows, reports, timezone.now(), stats)
     stats.checked += len(rows)
     stats.batches += 1

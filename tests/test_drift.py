@@ -138,3 +138,15 @@ def test_queries_per_batch_are_constant(dns, team, requester):
         small.queries_per_batch[0] + 6
     again = recheck_active_entries(batch_size=50, count_queries=True)
     assert again.queries_per_batch == [small.queries_per_batch[0]]
+
+
+def test_sharded_recheck_gives_the_same_results(dns, active, settings, team, requester):
+    # given two processes for the DNS work of a batch
+    settings.RELAY_RECHECK_PROCESSES = 2
+    RelayRequestFactory(team=team, created_by=requester, state=S.ACTIVE)
+    dns.set_zone(MOVED)
+    # when
+    stats = recheck_active_entries()
+    # then both entries were checked in the child processes and drift was recorded
+    assert (stats.checked, stats.drifted) == (2, 2)
+    assert set(CheckRun.objects.values_list("verdict", flat=True)) == {"fail"}

@@ -212,6 +212,8 @@ RELAY_DRIFT_SUSPEND_AFTER_HOURS = env.int("RELAY_DRIFT_SUSPEND_AFTER_HOURS", def
 RELAY_RECHECK_BATCH_SIZE = env.int("RELAY_RECHECK_BATCH_SIZE", default=500)
 RELAY_RECHECK_MAX_PER_RUN = env.int("RELAY_RECHECK_MAX_PER_RUN", default=20000)
 RELAY_RECHECK_CONCURRENCY = env.int("RELAY_RECHECK_CONCURRENCY", default=200)
+# Processes per recheck batch (the engine is CPU-bound); 1 inside Celery prefork children.
+RELAY_RECHECK_PROCESSES = env.int("RELAY_RECHECK_PROCESSES", default=1)
 
 # ---------------------------------------------------------------------------
 # Directory (LDAP) provisioning of functional accounts; empty URL = manual to-do list
