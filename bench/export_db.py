@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
-import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -29,27 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--database-url", default="")
     args = parser.parse_args(argv)
-    tmp = tempfile.mkdtemp(prefix="relaydesk-export-")
-    os.environ["RELAYDESK_VAR_DIR"] = tmp
-    os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "onboarding.settings.local"
-    os.environ["DJANGO_LOG_LEVEL"] = "WARNING"
+    from bench.django_env import setup_django
+
+    tmp, (team, user) = setup_django(args.database_url, prefix="relaydesk-export-")
     import django
 
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-
     from requests_app.models import RelayRequest
-    from requests_app.models import Team
     from requests_app.postfix import ServerEntry
     from requests_app.postfix import render_client_access
     from requests_app.relay import relay_config_export
     from requests_app.relay import relay_config_rebuild
 
-    call_command("migrate", verbosity=0)
-    team = Team.objects.create(slug="bench", name="Bench")
-    user = get_user_model().objects.create(username="bench")
     rows = []
     for i in range(args.n):
         v6 = i % 2 == 1

@@ -12,9 +12,7 @@ writes. Prints entries per second, SQL queries per batch, and the ratio.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,17 +30,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="RELAY_RECHECK_PROCESSES: DNS work of a batch over N processes")
     args = parser.parse_args(argv)
 
-    tmp = tempfile.mkdtemp(prefix="relaydesk-bench-")
-    os.environ["RELAYDESK_VAR_DIR"] = tmp
-    os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "onboarding.settings.local"
-    os.environ["DJANGO_LOG_LEVEL"] = "WARNING"
-    import django
+    from bench.django_env import setup_django
 
-    django.setup()
+    tmp, (team, user) = setup_django(args.database_url)
+    import django
     from django.conf import settings
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -53,14 +45,10 @@ def main(argv: list[str] | None = None) -> None:
     from requests_app.drift import recheck_active_entries
     from requests_app.models import CheckRun
     from requests_app.models import RelayRequest
-    from requests_app.models import Team
 
-    call_command("migrate", verbosity=0)
     zone, specs = build(args.n)
     zone_file = Path(tmp) / "bench.zone"
     zone_file.write_text(zone)
-    team = Team.objects.create(slug="bench", name="Bench")
-    user = get_user_model().objects.create(username="bench")
     RelayRequest.objects.bulk_create(
         [RelayRequest(kind="server", state="active", team=team, created_by=user,
                       contact_email="ops@bench.test", fqdn=s.fqdn,
