@@ -38,6 +38,19 @@ def approve(req, approver, capture):
     return req
 
 
+def approved(team, requester, approver, capture, **fields):
+    """A checked request approved through the service (the eager task activates it)."""
+    req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL,
+                              check_verdict="pass", **fields)
+    return approve(req, approver, capture)
+
+
+def revoke(req, approver, capture, comment="gone"):
+    with capture(execute=True):
+        services.request_act(request_id=req.pk, action="revoke", by=approver,
+                             comment=comment)
+
+
 @pytest.fixture
 def pending(team, requester):
     return RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL,
@@ -80,14 +93,9 @@ def test_same_state_gives_no_new_version_and_same_bytes(pending, approver, tmp_p
 def test_revoke_removes_the_entry_in_the_next_version(pending, approver, team, requester,
                                                       django_capture_on_commit_callbacks):
     req = approve(pending, approver, django_capture_on_commit_callbacks)
-    other = approve(RelayRequestFactory(team=team, created_by=requester,
-                                        state=S.PENDING_APPROVAL, check_verdict="pass",
-                                        fqdn="other.example.org", ipv4=["81.2.69.77"],
-                                        ipv6=[]),
-                    approver, django_capture_on_commit_callbacks)
-    with django_capture_on_commit_callbacks(execute=True):
-        services.request_act(request_id=req.pk, action="revoke", by=approver,
-                             comment="server decommissioned")
+    other = approved(team, requester, approver, django_capture_on_commit_callbacks,
+                     fqdn="other.example.org", ipv4=["81.2.69.77"], ipv6=[])
+    revoke(req, approver, django_capture_on_commit_callbacks, "server decommissioned")
     latest = RelayConfigVersion.objects.order_by("-number").first()
     assert latest.number == 3
     assert "81.2.69.10" not in latest.files["client_access.cidr"]
@@ -159,9 +167,7 @@ def test_pull_disabled_without_a_configured_token(pending, settings):
 def test_history_and_diff_pages(pending, approver, requester,
                                 django_capture_on_commit_callbacks):
     approve(pending, approver, django_capture_on_commit_callbacks)
-    with django_capture_on_commit_callbacks(execute=True):
-        services.request_act(request_id=pending.pk, action="revoke", by=approver,
-                             comment="gone")
+    revoke(pending, approver, django_capture_on_commit_callbacks)
     client = Client()
     client.force_login(approver)
     assert "v2" in client.get(reverse("relay:versions")).content.decode()
@@ -209,17 +215,10 @@ def _rcpt(pf: PostfixInstance, source: str) -> int:
 def test_postmap_answers_ok_only_for_active_addresses(team, requester, approver, tmp_path,
                                                       django_capture_on_commit_callbacks):
     postmap = require_tool("postmap")
-    active = approve(RelayRequestFactory(team=team, created_by=requester,
-                                         state=S.PENDING_APPROVAL, check_verdict="pass"),
-                     approver, django_capture_on_commit_callbacks)
-    revoked = approve(RelayRequestFactory(team=team, created_by=requester,
-                                          state=S.PENDING_APPROVAL, check_verdict="pass",
-                                          fqdn="old.example.org", ipv4=["81.2.69.50"],
-                                          ipv6=[]),
-                      approver, django_capture_on_commit_callbacks)
-    with django_capture_on_commit_callbacks(execute=True):
-        services.request_act(request_id=revoked.pk, action="revoke", by=approver,
-                             comment="gone")
+    active = approved(team, requester, approver, django_capture_on_commit_callbacks)
+    revoked = approved(team, requester, approver, django_capture_on_commit_callbacks,
+                       fqdn="old.example.org", ipv4=["81.2.69.50"], ipv6=[])
+    revoke(revoked, approver, django_capture_on_commit_callbacks)
     RelayRequestFactory(team=team, created_by=requester, state=S.EXPIRED,
                         ipv4=["81.2.69.60"], ipv6=[])
     RelayRequestFactory(team=team, created_by=requester, state=S.REJECTED,
