@@ -190,6 +190,7 @@ class QueueFilterForm(forms.Form):
         required=False,
     )
     q = forms.CharField(required=False, label=_("Search FQDN, IP or account"))
+    drifted = forms.BooleanField(required=False, label=_("Drifted active entries only"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from .models import RequestState

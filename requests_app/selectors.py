@@ -74,6 +74,7 @@ def request_queue(
     team: str = "",
     q: str = "",
     verdict: str = "",
+    drifted: bool = False,
 ) -> QuerySet[RelayRequest]:
     """The approvers' queue: open requests oldest first, filtered.
 
@@ -82,7 +83,10 @@ def request_queue(
     constant number of queries whatever its length.
     """
     qs = request_list_for_user(user)
-    if state:
+    if drifted:
+        # Active entries whose DNS no longer matches (nightly recheck), oldest drift first.
+        qs = qs.filter(state=RequestState.ACTIVE, drifted_at__isnull=False)
+    elif state:
         qs = qs.filter(state=state)
     else:
         qs = qs.filter(state__in=QUEUE_STATES)
@@ -96,6 +100,8 @@ def request_queue(
         needle = q.strip().lower().rstrip(".")
         qs = qs.filter(Q(search_text__contains=needle) | Q(pk=needle if needle.isdigit() else 0))
     # Never-submitted rows (only with an explicit state filter) sort last on every DB.
+    if drifted:
+        return qs.order_by("drifted_at", "pk")
     return qs.order_by(F("submitted_at").asc(nulls_last=True), "created_at", "pk")
 
 

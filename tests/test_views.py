@@ -208,3 +208,14 @@ def test_audit_csv_export(approver, auditor, requester, team):
                              "192.0.2.9", "pending_approval", "rejected"]
         assert last[9] == "'=HYPERLINK(evil)"  # formula neutralised
     assert logged_in(requester).get(reverse("requests:audit_csv")).status_code == 403
+
+
+def test_queue_drifted_filter(approver):
+    from django.utils import timezone
+
+    RelayRequestFactory(state=S.ACTIVE, fqdn="fine.example.org")
+    drifted = RelayRequestFactory(state=S.ACTIVE, fqdn="moved.example.org")
+    RelayRequest.objects.filter(pk=drifted.pk).update(drifted_at=timezone.now())
+    response = logged_in(approver).get(reverse("requests:queue") + "?drifted=on")
+    assert [r.subject for r in response.context["requests"]] == ["moved.example.org"]
+    assert 'name="drifted"' in response.content.decode()
