@@ -57,6 +57,8 @@ class RelayRequestViewSet(
                 qs = qs.filter(**{field: params[field]})
         if params.get("team"):
             qs = qs.filter(team__slug=params["team"])
+        if params.get("drifted") in ("1", "true", "on"):
+            qs = qs.filter(drifted_at__isnull=False)
         return qs.order_by("-created_at", "-pk")
 
     def perform_create(self, serializer: RelayRequestSerializer) -> None:
