@@ -169,3 +169,21 @@ def test_suspended_entries_leave_the_relay_config(active):
     RelayRequest.objects.filter(pk=active.pk).update(suspended_at=timezone.now())
     servers, _ = relay_entries()
     assert list(servers) == []
+
+
+def test_api_recertify_renew_and_handover(active, requester):
+    from rest_framework.test import APIClient
+
+    TeamFactory(slug="billing")
+    client = APIClient()
+    client.force_authenticate(requester)
+    assert client.post(f"/api/requests/{active.pk}/recertify/").json()["state"] == "active"
+    renewed = client.post(f"/api/requests/{active.pk}/renew/")
+    assert renewed.status_code == 201 and renewed.json()["state"] == "draft"
+    bad = client.post(f"/api/requests/{active.pk}/handover/", {"team": "nope"}, format="json")
+    assert bad.status_code == 400 and "team" in bad.json()
+    moved = client.post(f"/api/requests/{active.pk}/handover/", {"team": "billing"},
+                        format="json")
+    assert moved.status_code == 200 and moved.json()["team"] == "billing"
+    # the requester's team no longer owns it: further actions are not found
+    assert client.post(f"/api/requests/{active.pk}/recertify/").status_code == 404
