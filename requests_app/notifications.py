@@ -108,6 +108,13 @@ def notification_enqueue(
                 "comment": event.comment if event else "",
                 "actor": event.actor_name if event else "",
                 "verdict": request.check_verdict,
+                # What failed at the time of the event, not at the time of sending: a
+                # mail delayed past a resubmission must not show the newer results.
+                "failing_checks": [
+                    {"check_id": c.check_id, "subject": c.subject, "status": c.status,
+                     "detail": c.detail}
+                    for c in request.checks.filter(status__in=("fail", "error"))
+                ] if kind in ("checks_failed", "checks_error") else [],
             },
         },
     )
@@ -154,7 +161,7 @@ def render_notification(notification: Notification) -> EmailMultiAlternatives:
         "request": request,
         "url": base + reverse("requests:detail", kwargs={"pk": request.pk}),
         "snippets_url": base + reverse("requests:detail", kwargs={"pk": request.pk}) + "#snippets",
-        "failing_checks": list(request.checks.filter(status__in=("fail", "error"))),
+        "failing_checks": notification.context.get("failing_checks") or [],
     }
     template = f"requests_app/emails/{notification.kind}"
     subject = " ".join(
