@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
 from requests_app.models import RelayRequest
@@ -260,3 +264,29 @@ def test_outsider_member_of_other_team_cannot_create_for_team(team):
     response = client_for(outsider).post("/api/requests/", SERVER, format="json")
     assert response.status_code == 400
     assert "member" in " ".join(response.json()["team"])
+
+
+FIELDS = ["kind", "team", "fqdn", "ipv4", "ipv6", "purpose", "contact_email",
+          "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
+          "account_name", "use_case", "tls_mode", "chat_channel", "submit", "state", "id"]
+ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=300),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                  max_size=3),
+    max_leaves=8,
+)
+
+
+@given(payload=st.dictionaries(st.sampled_from(FIELDS), ANY_VALUE, max_size=10),
+       base=st.sampled_from([{}, SERVER, ACCOUNT]))
+@hsettings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzzed_create_answers_201_or_400_never_500(requester, payload, base):
+    client = APIClient()
+    client.force_authenticate(requester)
+    before = RelayRequest.objects.count()
+    response = client.post("/api/requests/", {**base, **payload}, format="json")
+    assert response.status_code in (201, 400), (response.status_code, response.content[:300])
+    if response.status_code == 400:
+        assert isinstance(response.json(), dict)
+        assert RelayRequest.objects.count() == before  # nothing half-saved
