@@ -270,8 +270,8 @@ FIELDS = ["kind", "team", "fqdn", "ipv4", "ipv6", "purpose", "contact_email",
           "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
           "account_name", "use_case", "tls_mode", "chat_channel", "submit", "state", "id"]
 ANY_VALUE = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=300),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=300),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
                                                                   max_size=3),
     max_leaves=8,
