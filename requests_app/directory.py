@@ -309,9 +309,9 @@ def directory_change_enqueue(*, request: RelayRequest, action: str) -> Directory
         )
     elif configured:
         _event(change, f"Directory change queued: {action} {spec.member_dn}.")
-        from .services import _dispatch
+        from .services import dispatch_on_commit
 
-        _dispatch("provision_directory", change.pk)
+        dispatch_on_commit("provision_directory", change.pk)
     else:
         _event(
             change,

@@ -1,7 +1,7 @@
 """The Celery task that applies directory changes (kept apart from ``tasks.py``).
 
 Imported by ``tasks.py`` (``from .directory_tasks import provision_directory``) so that
-``services._dispatch("provision_directory", ...)`` finds it and Celery's autodiscovery,
+``services.dispatch_on_commit("provision_directory", ...)`` finds it and Celery's autodiscovery,
 which imports ``requests_app.tasks``, registers it.
 """
 

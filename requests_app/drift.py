@@ -138,16 +138,16 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
     if notifications:
         _enqueue_drift_notifications(notifications)
     if unsuspend:  # a suspended entry is back: it returns to the relay config
-        from .services import _dispatch
+        from .services import dispatch_on_commit
 
-        _dispatch("rebuild_relay_config")
+        dispatch_on_commit("rebuild_relay_config")
     stats.drifted += len(newly_drifted)
     stats.recovered += len(recovered)
 
 
 def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
     """Owners and approvers are told once per drift (the key holds the drift time)."""
-    from .services import _dispatch
+    from .services import dispatch_on_commit
 
     recipients = _drift_recipients([n.request_id for n in notifications])
     for n in notifications:
@@ -156,26 +156,21 @@ def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
                                      ignore_conflicts=True)
     keys = [n.event_key for n in notifications]
     for pk in Notification.objects.filter(event_key__in=keys).values_list("pk", flat=True):
-        _dispatch("send_notification", pk)
+        dispatch_on_commit("send_notification", pk)
 
 
 def _drift_recipients(request_ids: list[int]) -> dict[int, list[str]]:
-    """The owning team's people plus the approvers, in two queries for the batch."""
-    from django.contrib.auth import get_user_model
+    """Owners (the notifications rule) plus approvers, in two queries for the batch."""
+    from .notifications import approver_emails
+    from .notifications import owner_emails
 
-    from .models import APPROVERS_GROUP
-
-    approvers = set(
-        get_user_model().objects.filter(groups__name=APPROVERS_GROUP, is_active=True)
-        .exclude(email="").values_list("email", flat=True)
-    )
-    out = {}
-    for pk, contact, team_contact, creator in RelayRequest.objects.filter(
-        pk__in=request_ids
-    ).values_list("pk", "contact_email", "team__contact_email", "created_by__email"):
-        emails = {e.lower() for e in (contact, team_contact, creator, *approvers) if e}
-        out[pk] = sorted(emails)
-    return out
+    approvers = approver_emails()
+    return {
+        pk: owner_emails(*owners, *approvers)
+        for pk, *owners in RelayRequest.objects.filter(pk__in=request_ids).values_list(
+            "pk", "contact_email", "team__contact_email", "created_by__email",
+            "submitted_by__email")
+    }
 
 
 def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
@@ -198,9 +193,9 @@ def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
                          parameters={"suspended": True}, created_at=now)
             for pk in pks
         ])
-        from .services import _dispatch
+        from .services import dispatch_on_commit
 
-        _dispatch("rebuild_relay_config")
+        dispatch_on_commit("rebuild_relay_config")
     stats.suspended += len(pks)
 
 

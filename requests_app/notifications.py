@@ -35,6 +35,8 @@ __all__ = [
     "notification_message_id",
     "notification_record_failure",
     "notification_send",
+    "approver_emails",
+    "owner_emails",
     "owner_recipients",
     "render_notification",
 ]
@@ -55,15 +57,19 @@ KINDS_BY_TRIGGER: dict[str, tuple[str, str]] = {
 }
 
 
-def owner_recipients(request: RelayRequest) -> list[str]:
-    """Only the request's own people: never anyone of another team."""
-    emails = [request.contact_email, request.team.contact_email, request.created_by.email]
-    if request.submitted_by is not None:
-        emails.append(request.submitted_by.email)
+def owner_emails(*emails: str | None) -> list[str]:
+    """The one rule for a request's own people: its contact, its team's contact, who
+    created and who submitted it; never anyone of another team."""
     return sorted({e.lower() for e in emails if e})
 
 
-def _approvers() -> list[str]:
+def owner_recipients(request: RelayRequest) -> list[str]:
+    submitter = request.submitted_by.email if request.submitted_by is not None else None
+    return owner_emails(request.contact_email, request.team.contact_email,
+                        request.created_by.email, submitter)
+
+
+def approver_emails() -> list[str]:
     users = get_user_model().objects.filter(
         groups__name=APPROVERS_GROUP, is_active=True
     ).exclude(email="")
@@ -88,7 +94,7 @@ def notification_enqueue(
     if spec is None:
         return None
     kind, audience = spec
-    recipients = _approvers() if audience == "approvers" else owner_recipients(request)
+    recipients = approver_emails() if audience == "approvers" else owner_recipients(request)
     if extra_recipients:
         # a decision that concerns a second party (the team handing an entry over)
         recipients = sorted({*recipients, *(e.lower() for e in extra_recipients if e)})
@@ -119,9 +125,9 @@ def notification_enqueue(
         },
     )
     if created:
-        from .services import _dispatch
+        from .services import dispatch_on_commit
 
-        _dispatch("send_notification", notification.pk)
+        dispatch_on_commit("send_notification", notification.pk)
     return notification
 
 

@@ -42,7 +42,7 @@ def _remind(today: date, days: int) -> int:
         key = f"request:{request.pk}:recertify:{request.recertify_by.isoformat()}:{days}d"
         with transaction.atomic():
             from .notifications import owner_recipients
-            from .services import _dispatch
+            from .services import dispatch_on_commit
 
             recipients = owner_recipients(request)
             if not recipients:
@@ -55,7 +55,7 @@ def _remind(today: date, days: int) -> int:
                                       "recertify_by": request.recertify_by.isoformat()}},
             )
             if created:
-                _dispatch("send_notification", notification.pk)
+                dispatch_on_commit("send_notification", notification.pk)
                 sent += 1
     return sent
 

@@ -44,6 +44,7 @@ __all__ = [
     "USER_ACTIONS",
     "ActionConflict",
     "directory_sync",
+    "dispatch_on_commit",
     "request_act",
     "request_create",
     "request_expire",
@@ -107,7 +108,7 @@ USER_ACTIONS: dict[str, _Action] = {
 }
 
 
-def _dispatch(task_name: str, *args: Any) -> None:
+def dispatch_on_commit(task_name: str, *args: Any) -> None:
     """Send a task after commit; a broker outage must not lose the work or fail the user.
 
     The database already says what is pending (a request in ``checking`` or
@@ -251,11 +252,11 @@ def request_act(
 def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -> None:
     """What each transition sets in motion, visibly (no signals, STYLE 5)."""
     if request.state == RequestState.CHECKING:
-        _dispatch("run_request_checks", request.pk)
+        dispatch_on_commit("run_request_checks", request.pk)
     elif request.state == RequestState.PROVISIONING:
-        _dispatch("provision_request", request.pk)
+        dispatch_on_commit("provision_request", request.pk)
     elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
-        _dispatch("rebuild_relay_config")
+        dispatch_on_commit("rebuild_relay_config")
     directory_sync(request, action)
     from . import notifications
 

@@ -69,7 +69,7 @@ urlpatterns = [
 
 @pytest.fixture(autouse=True)
 def _task_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``services._dispatch`` finds tasks on ``requests_app.tasks`` (the lead's import)."""
+    """``services.dispatch_on_commit`` finds tasks on ``requests_app.tasks`` (the lead's import)."""
     monkeypatch.setattr(tasks, "provision_directory", provision_directory, raising=False)
 
 
