@@ -14,7 +14,9 @@ notifications, bulk updates of the flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import timedelta
@@ -199,14 +201,15 @@ def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
     stats.suspended += len(pks)
 
 
-def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats) -> None:
+def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats,
+                  pool: Any = None) -> None:
     """Check one batch concurrently, then record it in one transaction."""
     config = check_config()
     specs = [r.spec() for r in rows]
     if settings.RELAY_RECHECK_PROCESSES > 1:
         reports = run_many_sharded(specs, config, list(settings.DNS_NAMESERVERS),
                                    processes=settings.RELAY_RECHECK_PROCESSES,
-                                   concurrency=settings.RELAY_RECHECK_CONCURRENCY)
+                                   concurrency=settings.RELAY_RECHECK_CONCURRENCY, pool=pool)
     else:
         resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
         reports = asyncio.run(run_many(specs, config, resolver,
@@ -231,19 +234,24 @@ def recheck_active_entries(*, limit: int | None = None, batch_size: int | None =
         .order_by(F("checks_ran_at").asc(nulls_first=True), "pk")
         .values_list("pk", flat=True)[:limit]
     )
-    resolver = None
-    for start in range(0, len(pks), batch_size):
-        chunk = pks[start:start + batch_size]
-        if count_queries:
-            with CaptureQueriesContext(connection) as ctx:
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if (settings.RELAY_RECHECK_PROCESSES > 1 and len(pks) > batch_size
+                and not multiprocessing.current_process().daemon):
+            # one set of worker processes for the whole run, not one per batch (a daemonic
+            # Celery prefork child may not have children: it checks in-process instead)
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = stack.enter_context(ProcessPoolExecutor(settings.RELAY_RECHECK_PROCESSES))
+        for start in range(0, len(pks), batch_size):
+            chunk = pks[start:start + batch_size]
+            counter = CaptureQueriesContext(connection) if count_queries else None
+            with counter if counter is not None else contextlib.nullcontext():
                 rows = [_Row(v) for v in RelayRequest.objects.filter(pk__in=chunk)
                         .order_by("pk").values_list(*_FIELDS)]
-                recheck_batch(rows, resolver=resolver, stats=stats)
-            stats.queries_per_batch.append(len(ctx.captured_queries))
-        else:
-            rows = [_Row(v) for v in RelayRequest.objects.filter(pk__in=chunk)
-                    .order_by("pk").values_list(*_FIELDS)]
-            recheck_batch(rows, resolver=resolver, stats=stats)
+                recheck_batch(rows, stats=stats, pool=pool)
+            if counter is not None:
+                stats.queries_per_batch.append(len(counter.captured_queries))
     _suspend_overdue(now, stats)
     log.info("recheck: %s", stats)
     return stats
