@@ -206,6 +206,10 @@ def validate_request(data: dict[str, Any]) -> dict[str, list[ValidationError]]:
             )
         if not (data.get("purpose") or "").strip():
             add("purpose", _("Say what the server sends mail for."), "required")
+        for field in ("account_name", "use_case", "tls_mode"):
+            if data.get(field):
+                add(field, _("Not used for a server request (only for functional accounts)."),
+                    "not_allowed")
     elif kind == "account":
         if not data.get("account_name"):
             add("account_name", _("A functional-account request needs the account name."),

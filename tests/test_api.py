@@ -290,3 +290,12 @@ def test_fuzzed_create_answers_201_or_400_never_500(requester, payload, base):
     if response.status_code == 400:
         assert isinstance(response.json(), dict)
         assert RelayRequest.objects.count() == before  # nothing half-saved
+
+
+def test_fields_of_the_other_kind_are_refused(requester):
+    response = client_for(requester).post(
+        "/api/requests/", {**SERVER, "account_name": "svc-x", "tls_mode": "smtps"},
+        format="json")
+    assert response.status_code == 400
+    assert set(response.json()) == {"account_name", "tls_mode"}
+    assert not RelayRequest.objects.exists()
