@@ -728,6 +728,12 @@ class Notification(TimeStampedModel):
     )
     attempts = models.PositiveIntegerField(_("attempts"), default=0)
     last_error = models.TextField(_("last error"), blank=True)
+    next_attempt_at = models.DateTimeField(
+        _("next attempt at"),
+        null=True,
+        blank=True,
+        help_text=_("When the running retry chain tries again; the sweep leaves it alone."),
+    )
     message_id = models.CharField(_("Message-ID"), max_length=250, blank=True)
     sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
 

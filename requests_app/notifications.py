@@ -13,6 +13,7 @@ import hashlib
 import logging
 import smtplib
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -238,8 +239,15 @@ def notification_send(*, notification_id: int) -> bool:
     return True
 
 
-def notification_record_failure(*, notification_id: int, error: str) -> None:
-    """Count a failed attempt so approvers and the sweep can see why mail waits."""
+def notification_record_failure(*, notification_id: int, error: str,
+                                retry_in: float | None = None) -> None:
+    """Count a failed attempt so approvers and the sweep can see why mail waits.
+
+    ``retry_in`` is when the task's own retry comes; until then the sweep does not start
+    a second chain of retries for the same row (``None``: the chain gave up).
+    """
+    now = timezone.now()
     Notification.objects.filter(pk=notification_id, status=Notification.Status.PENDING).update(
-        attempts=F("attempts") + 1, last_error=error[:2000], updated_at=timezone.now()
+        attempts=F("attempts") + 1, last_error=error[:2000], updated_at=now,
+        next_attempt_at=now + timedelta(seconds=retry_in) if retry_in is not None else None,
     )

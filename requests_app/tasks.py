@@ -11,6 +11,7 @@ import smtplib
 
 from celery import shared_task
 from django.conf import settings
+from django.db.models import Q
 
 from .directory_tasks import provision_directory  # noqa: F401 - looked up by name
 from .models import DirectoryChange
@@ -108,13 +109,15 @@ def send_notification(self, notification_id: int) -> str:  # type: ignore[no-unt
     try:
         sent = notification_send(notification_id=notification_id)
     except (smtplib.SMTPException, OSError) as exc:
-        notification_record_failure(notification_id=notification_id, error=repr(exc))
         retries = self.request.retries
         if retries >= self.max_retries:
+            notification_record_failure(notification_id=notification_id, error=repr(exc))
             log.warning("notification %s: %r; left pending for the sweep", notification_id, exc)
             raise
         factor = float(settings.RELAYDESK_MAIL_RETRY_BACKOFF)
         countdown = min(factor * 2**retries, MAIL_RETRY_BACKOFF_MAX)
+        notification_record_failure(notification_id=notification_id, error=repr(exc),
+                                    retry_in=countdown)
         log.info("notification %s: %r; retry in %.1fs", notification_id, exc, countdown)
         raise self.retry(exc=exc, countdown=countdown) from exc
     return "sent" if sent else "skipped"
@@ -146,7 +149,9 @@ def sweep_pending_work() -> dict[str, int]:
         provision_request.delay(pk)
         counts["provisioning"] += 1
     for pk in Notification.objects.filter(
-        status=Notification.Status.PENDING, updated_at__lt=stale
+        # a row whose own retry is still coming is left to it (one retry chain per row)
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=stale),
+        status=Notification.Status.PENDING, updated_at__lt=stale,
     ).values_list("pk", flat=True)[:500]:
         send_notification.delay(pk)
         counts["notifications"] += 1
