@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from typing import Protocol
 
 from django.conf import settings
 
@@ -10,7 +11,6 @@ from .checks import CheckConfig
 from .checks import CheckSpec
 from .checks import run_checks_sync
 from .models import ApprovedSenderDomain
-from .models import RelayRequest
 from .models import RequestKind
 
 __all__ = ["check_config", "quick_check_report", "run_checks_for", "spec_for"]
@@ -31,7 +31,19 @@ def check_config(*, include_db: bool = True) -> CheckConfig:
     )
 
 
-def sender_domains_of(request: RelayRequest) -> tuple[str, ...]:
+class CheckedFields(Protocol):
+    """What the checks read of a request: a model row, or the recheck's plain row."""
+
+    kind: str
+    fqdn: str
+    ipv4: list[str]
+    ipv6: list[str]
+    sender_domains: list[str]
+    sender_addresses: list[str]
+    dkim_selector: str
+
+
+def sender_domains_of(request: CheckedFields) -> tuple[str, ...]:
     """Declared sender domains plus the domains of declared sender addresses."""
     domains = list(request.sender_domains)
     for address in request.sender_addresses:
@@ -39,17 +51,17 @@ def sender_domains_of(request: RelayRequest) -> tuple[str, ...]:
     return tuple(dict.fromkeys(d for d in domains if d))
 
 
-def spec_for(request: RelayRequest) -> CheckSpec:
+def spec_for(request: CheckedFields) -> CheckSpec:
     server = request.kind == RequestKind.SERVER
     return CheckSpec(
         fqdn=request.fqdn if server else None,
-        addresses=tuple(request.addresses) if server else (),
+        addresses=tuple(request.ipv6) + tuple(request.ipv4) if server else (),
         sender_domains=sender_domains_of(request),
         dkim_selector=request.dkim_selector or None,
     )
 
 
-def run_checks_for(request: RelayRequest) -> dict[str, Any]:
+def run_checks_for(request: CheckedFields) -> dict[str, Any]:
     """Run every applicable check for the request against ``DNS_NAMESERVERS``."""
     report = run_checks_sync(spec_for(request), check_config(), list(settings.DNS_NAMESERVERS))
     return report.as_dict()

@@ -388,6 +388,16 @@ def _modify(spec: _Spec) -> str:
             pass
 
 
+def _locked_change(change_id: int) -> DirectoryChange | None:
+    """The change row, locked (not its request) for the rest of the transaction."""
+    return (
+        DirectoryChange.objects.select_for_update(of=("self",))
+        .select_related("request")
+        .filter(pk=change_id)
+        .first()
+    )
+
+
 def directory_apply(*, change_id: int) -> str:
     """Make the directory match one change; safe to run any number of times.
 
@@ -398,12 +408,7 @@ def directory_apply(*, change_id: int) -> str:
     """
     transient: DirectoryUnavailable | None = None
     with transaction.atomic():
-        change = (
-            DirectoryChange.objects.select_for_update(of=("self",))
-            .select_related("request")
-            .filter(pk=change_id)
-            .first()
-        )
+        change = _locked_change(change_id)
         if change is None:
             log.info("directory change %s is gone; nothing to apply", change_id)
             return "missing"
@@ -471,12 +476,7 @@ def directory_give_up(*, change_id: int, error: str) -> DirectoryChange | None:
 
     Without this a long outage would leave the row ``pending`` with nobody looking at it.
     """
-    change = (
-        DirectoryChange.objects.select_for_update(of=("self",))
-        .select_related("request")
-        .filter(pk=change_id)
-        .first()
-    )
+    change = _locked_change(change_id)
     if change is None or change.status != DirectoryChange.Status.PENDING:
         return change
     change.status = DirectoryChange.Status.FAILED
@@ -502,12 +502,7 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
 
     if not is_approver(by):
         raise PermissionDenied("Only approvers can confirm directory changes.")
-    change = (
-        DirectoryChange.objects.select_for_update(of=("self",))
-        .select_related("request")
-        .filter(pk=change_id)
-        .first()
-    )
+    change = _locked_change(change_id)
     if change is None:
         raise DirectoryChange.DoesNotExist(f"directory change {change_id} does not exist")
     if change.status not in (DirectoryChange.Status.MANUAL, DirectoryChange.Status.FAILED):

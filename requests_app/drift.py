@@ -28,6 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from .checking import check_config
+from .checking import spec_for
 from .checks import CheckSpec
 from .checks import Report
 from .checks import run_many
@@ -38,7 +39,6 @@ from .models import CheckRun
 from .models import Notification
 from .models import RelayRequest
 from .models import RequestEvent
-from .models import RequestKind
 from .models import RequestState
 
 __all__ = ["RecheckStats", "drift_of", "recheck_active_entries", "recheck_batch"]
@@ -78,15 +78,7 @@ class _Row:
             setattr(self, name, value)
 
     def spec(self) -> CheckSpec:
-        server = self.kind == RequestKind.SERVER
-        domains = list(self.sender_domains)
-        domains += [a.rpartition("@")[2] for a in self.sender_addresses]
-        return CheckSpec(
-            fqdn=self.fqdn if server else None,
-            addresses=tuple(self.ipv6) + tuple(self.ipv4) if server else (),
-            sender_domains=tuple(dict.fromkeys(d for d in domains if d)),
-            dkim_selector=self.dkim_selector or None,
-        )
+        return spec_for(self)
 
 
 @transaction.atomic

@@ -16,6 +16,7 @@ from .models import RelayRequest
 from .models import RequestKind
 from .models import Team
 from .models import TlsMode
+from .selectors import team_list_for_user
 from .validators import split_list
 from .validators import validate_account_name
 from .validators import validate_dkim_selector
@@ -86,7 +87,7 @@ class _RequestForm(forms.Form):
     def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if user is not None:
-            self.fields["team"].queryset = Team.objects.filter(membership__user=user)
+            self.fields["team"].queryset = team_list_for_user(user)
 
     def clean_sender_domains(self) -> list[str]:
         return validate_sender_domains(self.cleaned_data["sender_domains"])

@@ -34,6 +34,7 @@ __all__ = [
     "KINDS_BY_TRIGGER",
     "notification_enqueue",
     "notification_message_id",
+    "notification_record",
     "notification_record_failure",
     "notification_send",
     "approver_emails",
@@ -105,31 +106,41 @@ def notification_enqueue(
     if event is None:
         event = request.events.order_by("-pk").first()
     key = f"request:{request.pk}:{kind}:event:{event.pk if event else 'none'}"
+    context = {
+        "comment": event.comment if event else "",
+        "actor": event.actor_name if event else "",
+        "verdict": request.check_verdict,
+        # What failed at the time of the event, not at the time of sending: a
+        # mail delayed past a resubmission must not show the newer results.
+        "failing_checks": [
+            {"check_id": c.check_id, "subject": c.subject, "status": c.status,
+             "detail": c.detail}
+            for c in request.checks.filter(status__in=("fail", "error"))
+        ] if kind in ("checks_failed", "checks_error") else [],
+    }
+    notification, _created = notification_record(
+        request=request, kind=kind, key=key, recipients=recipients, context=context)
+    return notification
+
+
+def notification_record(
+    *, request: RelayRequest, kind: str, key: str, recipients: list[str],
+    context: dict[str, Any],
+) -> tuple[Notification, bool]:
+    """Write one outbox row under its event key (once) and send it after commit.
+
+    Returns the row and whether this call created it (a repeat finds the first one).
+    """
     notification, created = Notification.objects.get_or_create(
         event_key=key,
-        defaults={
-            "request": request,
-            "kind": kind,
-            "recipients": recipients,
-            "context": {
-                "comment": event.comment if event else "",
-                "actor": event.actor_name if event else "",
-                "verdict": request.check_verdict,
-                # What failed at the time of the event, not at the time of sending: a
-                # mail delayed past a resubmission must not show the newer results.
-                "failing_checks": [
-                    {"check_id": c.check_id, "subject": c.subject, "status": c.status,
-                     "detail": c.detail}
-                    for c in request.checks.filter(status__in=("fail", "error"))
-                ] if kind in ("checks_failed", "checks_error") else [],
-            },
-        },
+        defaults={"request": request, "kind": kind, "recipients": recipients,
+                  "context": context},
     )
     if created:
         from .services import dispatch_on_commit
 
         dispatch_on_commit("send_notification", notification.pk)
-    return notification
+    return notification, created
 
 
 def notification_message_id(notification: Notification) -> str:

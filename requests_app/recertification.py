@@ -18,7 +18,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Notification
 from .models import RelayRequest
 from .models import RequestState
 
@@ -41,22 +40,17 @@ def _remind(today: date, days: int) -> int:
     ):
         key = f"request:{request.pk}:recertify:{request.recertify_by.isoformat()}:{days}d"
         with transaction.atomic():
+            from .notifications import notification_record
             from .notifications import owner_recipients
-            from .services import dispatch_on_commit
 
             recipients = owner_recipients(request)
             if not recipients:
                 continue
-            notification, created = Notification.objects.get_or_create(
-                event_key=key,
-                defaults={"request": request, "kind": "recertify_reminder",
-                          "recipients": recipients,
-                          "context": {"days": days,
-                                      "recertify_by": request.recertify_by.isoformat()}},
+            _row, created = notification_record(
+                request=request, kind="recertify_reminder", key=key, recipients=recipients,
+                context={"days": days, "recertify_by": request.recertify_by.isoformat()},
             )
-            if created:
-                dispatch_on_commit("send_notification", notification.pk)
-                sent += 1
+            sent += created
     return sent
 
 
