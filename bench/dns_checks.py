@@ -6,7 +6,8 @@ Generates N server requests (FQDN, one IPv4 and one IPv6 address, one sender dom
 zone data, serves it from ``tests.support.dnsserver`` in a *subprocess* (so the server
 does not share the client's CPU time slice or GIL), and measures
 
-(a) the engine: ``checks.run_many`` (asyncio, concurrent, look-ups shared in the batch);
+(a) the engine: ``checks.run_many_sync`` (asyncio on uvloop when installed, concurrent,
+    look-ups shared in the batch, the cyclic collector paused for the batch);
 (b) the naive way: the same look-ups one at a time with a blocking
     ``dns.resolver.Resolver`` and no cache.
 
@@ -19,7 +20,6 @@ wait, the sequential loop pays it per query. Every figure printed is measured he
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import os
 import subprocess
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from requests_app.checks import CheckConfig  # noqa: E402
 from requests_app.checks import CheckSpec  # noqa: E402
 from requests_app.checks import organisational_domain  # noqa: E402
-from requests_app.checks import run_many  # noqa: E402
 from requests_app.checks import run_many_sharded  # noqa: E402
+from requests_app.checks import run_many_sync  # noqa: E402
 from requests_app.dns import make_resolver  # noqa: E402
 
 __all__ = ["main"]
@@ -89,7 +89,7 @@ def concurrent(specs: list[CheckSpec], config: CheckConfig, nameserver: str,
                concurrency: int) -> tuple[float, int]:
     resolver = make_resolver([nameserver], config.lifetime)
     started = time.perf_counter()
-    reports = asyncio.run(run_many(specs, config, resolver, concurrency=concurrency))
+    reports = run_many_sync(specs, config, resolver, concurrency=concurrency)
     elapsed = time.perf_counter() - started
     return elapsed, sum(r.verdict == "pass" for r in reports)
 

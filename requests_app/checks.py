@@ -18,19 +18,24 @@ looks the way it does:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
+import gc
 import ipaddress
 import logging
 import re
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Coroutine
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
+from typing import TypeVar
 
 from publicsuffixlist import PublicSuffixList
 
@@ -50,6 +55,7 @@ __all__ = [
     "CheckSpec",
     "CheckStatus",
     "Report",
+    "batch_event_loop",
     "normalise_address",
     "normalise_domain",
     "normalise_fqdn",
@@ -58,6 +64,8 @@ __all__ = [
     "run_checks_sync",
     "run_many",
     "run_many_sharded",
+    "run_many_sync",
+    "run_sync",
     "worst_status",
 ]
 
@@ -159,6 +167,11 @@ def normalise_address(value: str) -> str:
     Raises ``ValueError`` with a form-ready message for prefixes, scoped addresses and
     anything that is not an IPv4 or IPv6 address.
     """
+    return str(_parse_address(value))
+
+
+def _parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address object behind :func:`normalise_address` (same errors), parsed once."""
     if not isinstance(value, str):
         raise ValueError(f"address must be text, not {type(value).__name__}")
     text = value.strip()
@@ -167,7 +180,7 @@ def normalise_address(value: str) -> str:
     if "%" in text:
         raise ValueError(f"{value!r} has a zone index; give a global address")
     try:
-        return str(ipaddress.ip_address(text))
+        return ipaddress.ip_address(text)
     except ValueError:
         raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
 
@@ -321,8 +334,10 @@ class _Run:
 # --- address_policy ---------------------------------------------------------------------
 
 
-def _nets(*pairs: tuple[str, str]) -> tuple[tuple[Any, str], ...]:
-    return tuple((ipaddress.ip_network(net), why) for net, why in pairs)
+def _nets(*pairs: tuple[str, str]) -> dict[int, tuple[tuple[Any, str], ...]]:
+    """Networks by IP version, in the order given (an address never matches the other)."""
+    nets = [(ipaddress.ip_network(net), why) for net, why in pairs]
+    return {v: tuple(n for n in nets if n[0].version == v) for v in (4, 6)}
 
 
 # Refused whatever the settings say (order matters: wrappers before the reserved ::/8).
@@ -355,7 +370,7 @@ _PRIVATE = _nets(
 
 def _check_address(address: str, config: CheckConfig) -> CheckResult:
     try:
-        ip = ipaddress.ip_address(normalise_address(address))
+        ip = _parse_address(address)
     except ValueError as exc:
         return _result("address_policy", address, CheckStatus.FAIL, str(exc), address=address)
     subject = str(ip)
@@ -374,7 +389,8 @@ def _check_address(address: str, config: CheckConfig) -> CheckResult:
         why = "a multicast address"
     elif ip.is_link_local:
         why = "a link-local address"
-    matched = next(((net, w) for net, w in _REFUSED if ip in net), None) if why is None else None
+    matched = (next(((net, w) for net, w in _REFUSED[ip.version] if ip in net), None)
+               if why is None else None)
     if matched:
         why, evidence["network"] = matched[1], str(matched[0])
     if why is None and ip.is_reserved:
@@ -383,7 +399,7 @@ def _check_address(address: str, config: CheckConfig) -> CheckResult:
         return _result("address_policy", subject, CheckStatus.FAIL,
                        f"{subject} is {why}; only a global host address can be allowed",
                        **evidence)
-    private = next(((net, w) for net, w in _PRIVATE if ip in net), None)
+    private = next(((net, w) for net, w in _PRIVATE[ip.version] if ip in net), None)
     if private:
         evidence["network"] = str(private[0])
         if config.allow_private:
@@ -490,6 +506,53 @@ _CIDR_SUFFIX = re.compile(r"(?:/(\d+))?(?://(\d+))?$")
 _MACRO = re.compile(r"%(?:%|_|-|\{([a-zA-Z])(\d*)(r?)([.\-+,/_=]*)\})", re.I)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse_spf(record: str, domain: str) -> tuple[tuple[tuple[str, str, str, int, int], ...],
+                                                  str | None]:
+    """Split a record into directives; any syntax error is a permerror (RFC 7208 4.6).
+
+    Memoised: a relay's include record is the same for every sender domain of a batch.
+    The result is immutable, so sharing it is safe; errors are not cached.
+    """
+    mechanisms, modifiers = [], {}
+    for term in record.split()[1:]:
+        mod = _MODIFIER.fullmatch(term)
+        if mod:
+            name = mod.group(1).lower()
+            if name in modifiers and name in ("redirect", "exp"):
+                raise _SpfError("permerror", f"{domain}: {name}= appears twice")
+            modifiers[name] = mod.group(2)
+            continue
+        mech = _MECHANISM.fullmatch(term)
+        if not mech or mech.group(2).lower() not in _MECHANISMS:
+            raise _SpfError("permerror", f"{domain}: unknown term {term!r}")
+        qualifier, name, rest = mech.group(1) or "+", mech.group(2).lower(), mech.group(3)
+        cidr4, cidr6 = 32, 128
+        if name in ("a", "mx"):
+            suffix = _CIDR_SUFFIX.search(rest)
+            assert suffix is not None  # the pattern can match the empty end
+            rest = rest[: suffix.start()]
+            cidr4 = int(suffix.group(1)) if suffix.group(1) else 32
+            cidr6 = int(suffix.group(2)) if suffix.group(2) else 128
+            if cidr4 > 32 or cidr6 > 128:
+                raise _SpfError("permerror", f"{domain}: bad prefix length in {term!r}")
+        if rest and not rest.startswith(":") or rest == ":":
+            raise _SpfError("permerror", f"{domain}: bad term {term!r}")
+        arg = rest[1:]
+        if name == "all" and arg or name in ("include", "exists", "ip4", "ip6") and not arg:
+            raise _SpfError("permerror", f"{domain}: bad term {term!r}")
+        if name in ("ip4", "ip6"):
+            try:
+                net = ipaddress.ip_network(arg, strict=False)
+            except ValueError:
+                raise _SpfError("permerror", f"{domain}: bad network in {term!r}") from None
+            if net.version != int(name[2]) or "/" in arg and not arg.split("/")[1].isdigit():
+                raise _SpfError("permerror", f"{domain}: bad network in {term!r}")
+        mechanisms.append((qualifier, name, arg, cidr4, cidr6))
+    return tuple(mechanisms), modifiers.get("redirect") if "all" not in {
+        m[1] for m in mechanisms} else None
+
+
 @dataclass
 class _Spf:
     """State of one ``check_host()`` evaluation; ``ip=None`` walks the record structure."""
@@ -592,46 +655,9 @@ class _Spf:
             return result
         return "neutral"
 
-    def parse(self, record: str, domain: str) -> tuple[list[tuple[str, str, str, int, int]],
+    def parse(self, record: str, domain: str) -> tuple[tuple[tuple[str, str, str, int, int], ...],
                                                        str | None]:
-        """Split a record into directives; any syntax error is a permerror (RFC 7208 4.6)."""
-        mechanisms, modifiers = [], {}
-        for term in record.split()[1:]:
-            mod = _MODIFIER.fullmatch(term)
-            if mod:
-                name = mod.group(1).lower()
-                if name in modifiers and name in ("redirect", "exp"):
-                    raise _SpfError("permerror", f"{domain}: {name}= appears twice")
-                modifiers[name] = mod.group(2)
-                continue
-            mech = _MECHANISM.fullmatch(term)
-            if not mech or mech.group(2).lower() not in _MECHANISMS:
-                raise _SpfError("permerror", f"{domain}: unknown term {term!r}")
-            qualifier, name, rest = mech.group(1) or "+", mech.group(2).lower(), mech.group(3)
-            cidr4, cidr6 = 32, 128
-            if name in ("a", "mx"):
-                suffix = _CIDR_SUFFIX.search(rest)
-                assert suffix is not None  # the pattern can match the empty end
-                rest = rest[: suffix.start()]
-                cidr4 = int(suffix.group(1)) if suffix.group(1) else 32
-                cidr6 = int(suffix.group(2)) if suffix.group(2) else 128
-                if cidr4 > 32 or cidr6 > 128:
-                    raise _SpfError("permerror", f"{domain}: bad prefix length in {term!r}")
-            if rest and not rest.startswith(":") or rest == ":":
-                raise _SpfError("permerror", f"{domain}: bad term {term!r}")
-            arg = rest[1:]
-            if name == "all" and arg or name in ("include", "exists", "ip4", "ip6") and not arg:
-                raise _SpfError("permerror", f"{domain}: bad term {term!r}")
-            if name in ("ip4", "ip6"):
-                try:
-                    net = ipaddress.ip_network(arg, strict=False)
-                except ValueError:
-                    raise _SpfError("permerror", f"{domain}: bad network in {term!r}") from None
-                if net.version != int(name[2]) or "/" in arg and not arg.split("/")[1].isdigit():
-                    raise _SpfError("permerror", f"{domain}: bad network in {term!r}")
-            mechanisms.append((qualifier, name, arg, cidr4, cidr6))
-        return mechanisms, modifiers.get("redirect") if "all" not in {
-            m[1] for m in mechanisms} else None
+        return _parse_spf(record, domain)
 
     async def matches(self, name: str, arg: str, cidr4: int, cidr6: int, domain: str,
                       positive: bool) -> bool:
@@ -874,11 +900,60 @@ async def run_checks(spec: CheckSpec, config: CheckConfig,
         lookups.close()
 
 
+_T = TypeVar("_T")
+
+
+def batch_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed, else asyncio's: the loop for batches.
+
+    Why: once answers are quick a batch is CPU-bound, and much of that CPU is the event
+    loop's own bookkeeping (handles, timers, the UDP transport); uvloop does it in C
+    (bench/recheck.py --event-loop asyncio shows the other figure). A single request does
+    not gain: creating a uvloop loop costs more than the few look-ups save, so
+    :func:`run_sync` uses asyncio's loop unless told otherwise.
+    """
+    try:
+        import uvloop
+    except ImportError:  # e.g. Windows, where uvloop does not exist
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Suspend the cyclic garbage collector for one bounded run.
+
+    Why: a batch keeps thousands of tasks, answers and result dicts alive until it ends,
+    so the collector's generational passes keep re-walking them while finding almost no
+    garbage; on the recheck benchmark they took 40% of the client's CPU. A run is bounded
+    (a batch, a deadline), so what cycles it makes wait only until it ends, when the
+    collector is restored as it was.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def run_sync(coro: Coroutine[Any, Any, _T], *,
+             loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> _T:
+    """Run one engine coroutine to completion on a fresh loop, the collector paused.
+
+    For synchronous callers (Celery tasks, the CLI, the recheck): must not run inside an
+    event loop. ``loop_factory`` defaults to asyncio's loop.
+    """
+    with _gc_paused(), asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro)
+
+
 def run_checks_sync(spec: CheckSpec, config: CheckConfig,
                     nameservers: Sequence[str]) -> Report:
     """Blocking wrapper for Celery tasks and the CLI (must not run inside an event loop)."""
     resolver = make_resolver(nameservers, config.lifetime)
-    return asyncio.run(run_checks(spec, config, resolver))
+    return run_sync(run_checks(spec, config, resolver))
 
 
 async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
@@ -902,10 +977,22 @@ async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
         lookups.close()
 
 
+def run_many_sync(specs: Sequence[CheckSpec], config: CheckConfig,
+                  resolver: dns.asyncresolver.Resolver, *, concurrency: int = 100,
+                  loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+                  ) -> list[Report]:
+    """:func:`run_many` for synchronous callers (the recheck, a shard, the benchmark).
+
+    Runs on :func:`batch_event_loop` unless ``loop_factory`` says otherwise.
+    """
+    return run_sync(run_many(specs, config, resolver, concurrency=concurrency),
+                    loop_factory=loop_factory or batch_event_loop)
+
+
 def _run_shard(args: tuple[list[CheckSpec], CheckConfig, list[str], int]) -> list[Report]:
     specs, config, nameservers, concurrency = args
     resolver = make_resolver(nameservers, config.lifetime)
-    return asyncio.run(run_many(specs, config, resolver, concurrency=concurrency))
+    return run_many_sync(specs, config, resolver, concurrency=concurrency)
 
 
 def run_many_sharded(specs: Sequence[CheckSpec], config: CheckConfig,

@@ -13,7 +13,6 @@ notifications, bulk updates of the flags.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -31,8 +30,8 @@ from .checking import check_config
 from .checking import spec_for
 from .checks import CheckSpec
 from .checks import Report
-from .checks import run_many
 from .checks import run_many_sharded
+from .checks import run_many_sync
 from .dns import make_resolver
 from .models import CheckResult
 from .models import CheckRun
@@ -204,8 +203,8 @@ def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats
                                    concurrency=settings.RELAY_RECHECK_CONCURRENCY, pool=pool)
     else:
         resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
-        reports = asyncio.run(run_many(specs, config, resolver,
-                                       concurrency=settings.RELAY_RECHECK_CONCURRENCY))
+        reports = run_many_sync(specs, config, resolver,
+                                concurrency=settings.RELAY_RECHECK_CONCURRENCY)
     _record(rows, reports, timezone.now(), stats)
     stats.checked += len(rows)
     stats.batches += 1

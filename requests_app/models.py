@@ -38,6 +38,7 @@ __all__ = [
     "RequestEvent",
     "RequestKind",
     "RequestState",
+    "RowInsertJSONField",
     "Team",
     "TimeStampedModel",
     "TlsMode",
@@ -543,6 +544,22 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         """Recertification missed (lifecycle issue)."""
 
 
+class RowInsertJSONField(models.JSONField):
+    """A JSONField that PostgreSQL bulk-inserts as ``VALUES`` rows, not an ``UNNEST`` array.
+
+    Why: Django 5.2 bulk-inserts literal values on PostgreSQL through ``UNNEST(%s::jsonb[])``.
+    With psycopg's client-side binding (Django's default) each document then becomes an
+    array element escaped by a Python regex, one substitution per double quote: for the
+    recheck's multi-kilobyte results that was 2.9 of the 4.3 seconds its inserts took per
+    5,000 runs. A ``get_placeholder`` makes Django keep the plain multi-row ``VALUES``
+    form, whose literals libpq escapes in C (bench/recheck.py: 760 -> 1,086 entries/s on
+    PostgreSQL). The column and its contents are unchanged.
+    """
+
+    def get_placeholder(self, value: object, compiler: object, connection: object) -> str:
+        return "%s"
+
+
 class CheckRun(models.Model):
     """One periodic re-verification of an active entry (history of drift)."""
 
@@ -553,7 +570,7 @@ class CheckRun(models.Model):
     ran_at = models.DateTimeField(_("ran at"), default=timezone.now, db_index=True)
     verdict = models.CharField(_("verdict"), max_length=5, choices=CheckStatus.choices)
     drifted = models.BooleanField(_("drifted"), default=False)
-    results = models.JSONField(_("results"), default=list)
+    results = RowInsertJSONField(_("results"), default=list)
 
     class Meta:
         ordering = ("-ran_at", "-pk")

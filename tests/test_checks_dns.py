@@ -8,6 +8,7 @@ in the zone are never contacted: only 127.0.0.1 sees packets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import time
@@ -29,6 +30,8 @@ from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks
 from requests_app.checks import run_checks_sync
 from requests_app.checks import run_many
+from requests_app.checks import run_many_sync
+from requests_app.checks import run_sync
 from requests_app.dns import make_resolver
 from requests_app.dns import parse_nameserver
 from requests_app.dns import reverse_name
@@ -578,6 +581,45 @@ def test_run_many_keeps_order_and_shares_lookups(server):
     reports = asyncio.run(run_many(specs, config(), resolver, concurrency=3))
     # then
     assert [r.verdict for r in reports] == ["pass", "fail"] * 5
+
+
+def test_run_many_sync_runs_a_batch_on_uvloop_with_the_collector_paused(server):
+    # given: the collector is on, as in any worker
+    uvloop = pytest.importorskip("uvloop")
+    specs = [CheckSpec("host.example.test", ("193.0.10.1", "2001:67c:2e8::1"),
+                       ("good.example.test",))] * 3
+    resolver = make_resolver([server.nameserver], 2.0)
+    seen = {}
+
+    async def batch():
+        seen["loop"] = asyncio.get_running_loop()
+        seen["gc"] = gc.isenabled()
+        return await run_many(specs, config(), resolver)
+
+    assert gc.isenabled()
+    # when
+    reports = run_sync(batch(), loop_factory=uvloop.new_event_loop)
+    plain = run_many_sync(specs, config(), resolver)
+    # then: answered on uvloop with no collector passes, and the collector is back after
+    assert isinstance(seen["loop"], uvloop.Loop)
+    assert seen["gc"] is False
+    assert gc.isenabled()
+    assert [r.verdict for r in reports] == [r.verdict for r in plain] == ["pass"] * 3
+
+
+def test_run_sync_restores_the_collector_after_an_error():
+    async def boom():
+        raise RuntimeError("bad batch")
+
+    with pytest.raises(RuntimeError):
+        run_sync(boom())
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run_sync(asyncio.sleep(0))
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
 
 
 def test_invalid_names_raise_value_error(server):

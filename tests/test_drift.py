@@ -150,3 +150,25 @@ def test_sharded_recheck_gives_the_same_results(dns, active, settings, team, req
     # then both entries were checked in the child processes and drift was recorded
     assert (stats.checked, stats.drifted) == (2, 2)
     assert set(CheckRun.objects.values_list("verdict", flat=True)) == {"fail"}
+
+
+def test_check_runs_keep_their_json_and_insert_as_values_rows(active):
+    # given results with the characters an array literal must escape
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    results = [{"id": "sender_spf", "detail": 'say "hi" \\ back', "evidence": {"q": ['"']}}]
+    # when
+    with CaptureQueriesContext(connection) as queries:
+        CheckRun.objects.bulk_create([CheckRun(request=active, verdict="pass", results=results)
+                                      for _ in range(3)])
+    # then: the documents come back as written, and PostgreSQL got plain VALUES rows
+    assert [r.results for r in CheckRun.objects.all()] == [results] * 3
+    insert = next(q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT"))
+    assert "UNNEST" not in insert.upper()
+    if connection.vendor == "postgresql":  # the form this field avoids, seen on a plain one
+        with CaptureQueriesContext(connection) as plain:
+            RequestEvent.objects.bulk_create([
+                RequestEvent(request=active, type=RequestEvent.Type.DRIFT, actor_name="system",
+                             parameters=results) for _ in range(2)])
+        assert "UNNEST" in plain.captured_queries[0]["sql"].upper()
