@@ -321,6 +321,9 @@ class _Run:
         self.deadline = asyncio.get_running_loop().time() + config.lifetime
 
     def start(self, name: str, rdtype: str) -> asyncio.Task[DnsAnswer]:
+        known = self.lookups.tasks.get((name, rdtype))
+        if known is not None:  # asked already (maybe answered): usable even past the deadline
+            return known
         remaining = self.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise TransientDnsError(f"{name} {rdtype}: no time left in this run")
@@ -965,16 +968,19 @@ async def run_many(specs: Sequence[CheckSpec], config: CheckConfig,
     batch: chunk very large batches (tens of thousands) into several calls.
     """
     lookups = _Lookups(resolver)
-    gate = asyncio.Semaphore(max(1, concurrency))
+    reports: list[Report | None] = [None] * len(specs)
+    pending = iter(enumerate(specs))
 
-    async def one(spec: CheckSpec) -> Report:
-        async with gate:
-            return await _run(spec, config, lookups)
+    async def worker() -> None:
+        # ``concurrency`` workers drain one iterator: no task or semaphore wait per request
+        for index, spec in pending:
+            reports[index] = await _run(spec, config, lookups)
 
     try:
-        return list(await asyncio.gather(*(one(s) for s in specs)))
+        await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(specs))))))
     finally:
         lookups.close()
+    return reports  # type: ignore[return-value]  # every slot is filled once gather returns
 
 
 def run_many_sync(specs: Sequence[CheckSpec], config: CheckConfig,

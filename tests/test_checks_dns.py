@@ -345,6 +345,22 @@ def test_whole_run_is_bounded_even_when_every_query_is_dropped(server):
     assert elapsed < 0.8 + DEADLINE_MARGIN + 0.3
 
 
+def test_an_unanswered_name_does_not_hold_back_the_other_checks():
+    # given: the host's own name goes unanswered, the sender domain answers (with an include)
+    with DnsTestServer(ZONE, drop={"host.example.test"}) as partial:
+        # when
+        report = check(partial, "host.example.test", ["193.0.10.1"], ["good.example.test"],
+                       "s1", lifetime=0.8)
+    # then: only the forward check waits in vain; the include was followed meanwhile
+    status = {(c.id, c.subject): c.status for c in report.checks}
+    assert status["forward", "host.example.test"] == "error"
+    assert status["reverse", "193.0.10.1"] == "pass"  # the PTR names the FQDN itself
+    assert status["sender_spf", "good.example.test"] == "pass"
+    assert status["sender_dmarc", "good.example.test"] == "pass"
+    assert status["sender_dkim", "good.example.test"] == "pass"
+    assert report.verdict == "error"
+
+
 # --- address_policy ---------------------------------------------------------------------
 
 
