@@ -37,3 +37,23 @@ def test_submit_is_checked_by_a_real_worker(team, requester):
     assert req.check_verdict == "pass"
     assert CheckResult.objects.filter(request=req, check_id="forward").get().status == "pass"
     assert "relaydesk.run_request_checks" in log
+
+
+def test_nightly_recheck_runs_its_batches_on_a_real_worker(team, requester):
+    # given active entries and a worker (the batch runs on uvloop with the collector paused)
+    from requests_app.models import CheckRun
+    from requests_app.tasks import recheck_active_entries
+
+    entries = RelayRequestFactory.create_batch(3, team=team, created_by=requester,
+                                               state=RequestState.ACTIVE)
+    with celery_worker() as worker:
+        # when beat's task is published
+        recheck_active_entries.delay()
+        # then every entry gets a recorded run, all passing, none flagged
+        done = wait_for(lambda: CheckRun.objects.count() == len(entries))
+        log = "".join(worker.log)
+    assert done, f"recheck did not finish on {settings.CELERY_BROKER_URL}:\n{log[-3000:]}"
+    assert sorted(CheckRun.objects.values_list("request_id", flat=True)) == sorted(
+        e.pk for e in entries)
+    assert set(CheckRun.objects.values_list("verdict", "drifted")) == {("pass", False)}
+    assert "relaydesk.recheck_active_entries" in log
