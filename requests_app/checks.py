@@ -298,10 +298,18 @@ class _Lookups:
         self.client = DnsClient(resolver)
         self.tasks: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
 
-    def get(self, name: str, rdtype: str, lifetime: float) -> asyncio.Task[DnsAnswer]:
+    def get(self, name: str, rdtype: str, deadline: float) -> asyncio.Task[DnsAnswer]:
+        """The look-up of (name, type), started now with the time left before ``deadline``.
+
+        One asked already (maybe answered) is returned even past the deadline; a new one
+        after it raises :class:`TransientDnsError`.
+        """
         task = self.tasks.get((name, rdtype))
         if task is None:
-            task = asyncio.ensure_future(self.client.lookup(name, rdtype, lifetime=lifetime))
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TransientDnsError(f"{name} {rdtype}: no time left in this run")
+            task = asyncio.ensure_future(self.client.lookup(name, rdtype, lifetime=remaining))
             task.add_done_callback(_consume)
             self.tasks[name, rdtype] = task
         return task
@@ -321,13 +329,7 @@ class _Run:
         self.deadline = asyncio.get_running_loop().time() + config.lifetime
 
     def start(self, name: str, rdtype: str) -> asyncio.Task[DnsAnswer]:
-        known = self.lookups.tasks.get((name, rdtype))
-        if known is not None:  # asked already (maybe answered): usable even past the deadline
-            return known
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise TransientDnsError(f"{name} {rdtype}: no time left in this run")
-        return self.lookups.get(name, rdtype, remaining)
+        return self.lookups.get(name, rdtype, self.deadline)
 
     async def q(self, name: str, rdtype: str) -> DnsAnswer:
         # shield: a check cancelled at the deadline must not cancel a look-up others share.
@@ -641,7 +643,7 @@ class _Spf:
         record = await self.record(domain)
         if record is None:
             return "none"
-        mechanisms, redirect = self.parse(record, domain)
+        mechanisms, redirect = _parse_spf(record, domain)
         for qualifier, name, arg, cidr4, cidr6 in mechanisms:
             if await self.matches(name, arg, cidr4, cidr6, domain, positive and qualifier == "+"):
                 return _QUALIFIERS[qualifier]
@@ -657,10 +659,6 @@ class _Spf:
                 raise _SpfError("permerror", f"redirect={target} has no SPF record")
             return result
         return "neutral"
-
-    def parse(self, record: str, domain: str) -> tuple[tuple[tuple[str, str, str, int, int], ...],
-                                                       str | None]:
-        return _parse_spf(record, domain)
 
     async def matches(self, name: str, arg: str, cidr4: int, cidr6: int, domain: str,
                       positive: bool) -> bool:

@@ -28,7 +28,6 @@ from django.utils import timezone
 
 from .checking import check_config
 from .checking import spec_for
-from .checks import CheckSpec
 from .checks import Report
 from .checks import run_many_sharded
 from .checks import run_many_sync
@@ -75,9 +74,6 @@ class _Row:
     def __init__(self, values: tuple[Any, ...]) -> None:
         for name, value in zip(_FIELDS, values, strict=True):
             setattr(self, name, value)
-
-    def spec(self) -> CheckSpec:
-        return spec_for(self)
 
 
 @transaction.atomic
@@ -196,7 +192,7 @@ def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats
                   pool: Any = None) -> None:
     """Check one batch concurrently, then record it in one transaction."""
     config = check_config()
-    specs = [r.spec() for r in rows]
+    specs = [spec_for(r) for r in rows]
     if settings.RELAY_RECHECK_PROCESSES > 1:
         reports = run_many_sharded(specs, config, list(settings.DNS_NAMESERVERS),
                                    processes=settings.RELAY_RECHECK_PROCESSES,
