@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import random
 import struct
 import weakref
 from collections import OrderedDict
+from collections import deque
+from collections.abc import Coroutine
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -160,10 +164,12 @@ def to_text_name(name: dns.name.Name | str) -> str:
     return text.rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=4096)
 def reverse_name(address: str) -> str:
     """``in-addr.arpa``/``ip6.arpa`` name of an address, normalised.
 
-    Computed here rather than with ``dns.reversename``, which costs ~0.25 ms per call.
+    Computed here rather than with ``dns.reversename``, which costs ~0.25 ms per call;
+    memoised because a run asks it twice per address (asked ahead, then checked).
     """
     ip = ipaddress.ip_address(address)
     if ip.version == 4:
@@ -237,14 +243,10 @@ class _Malformed(Exception):
 
 
 def _wire_name(name: str) -> bytes:
-    out = bytearray()
-    for label in name.split("."):
-        if label:
-            raw = label.encode("ascii")
-            if len(raw) > 63:
-                raise ValueError(f"label too long in {name!r}")
-            out += bytes([len(raw)]) + raw
-    return bytes(out) + b"\0"
+    labels = [label for label in name.encode("ascii").split(b".") if label]
+    if any(len(label) > 63 for label in labels):
+        raise ValueError(f"label too long in {name!r}")
+    return b"".join([bytes((len(label),)) + label for label in labels]) + b"\0"
 
 
 def _read_name(buf: bytes, pos: int) -> tuple[str, int]:
@@ -312,7 +314,10 @@ def _parse(buf: bytes, qname: str, rtype: int, question_size: int = 0
                 pos = _read_name(buf, pos)[1] + 4
         records: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         for _ in range(ancount):
-            owner, pos = _read_name(buf, pos)
+            if question_size and buf[pos] == 0xC0 and buf[pos + 1] == 12:
+                owner, pos = qname, pos + 2  # a pointer to our own question's name
+            else:
+                owner, pos = _read_name(buf, pos)
             rr_type, rr_class, ttl, size = struct.unpack_from("!HHIH", buf, pos)
             pos += 10
             if pos + size > len(buf):
@@ -338,33 +343,51 @@ def _parse(buf: bytes, qname: str, rtype: int, question_size: int = 0
 
 
 class _Udp(asyncio.DatagramProtocol):
-    """One connected socket; a reply completes the waiter with its ID *and* question."""
+    """One connected socket; a reply goes to the query with its ID *and* question."""
 
-    def __init__(self) -> None:
-        self.pending: dict[int, tuple[bytes, asyncio.Future[bytes]]] = {}
+    def __init__(self, client: DnsClient) -> None:
+        self.client = client
+        self.pending: dict[int, _Query] = {}
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: object) -> None:
-        entry = self.pending.get(int.from_bytes(data[:2], "big"))
-        if entry is None or len(data) < 12 or not data[2] & 0x80:
+        query = self.pending.get(int.from_bytes(data[:2], "big"))
+        if query is None or len(data) < 12 or not data[2] & 0x80:
             return
-        question, future = entry
-        if data[12 : 12 + len(question)].lower() == question and not future.done():
-            future.set_result(data)
+        if data[12 : 12 + len(query.question)].lower() == query.question:
+            del self.pending[query.qid]
+            self.client._answered(query, data)
 
     def error_received(self, exc: Exception) -> None:
-        pass  # e.g. ICMP port unreachable: the waiter times out and retries
+        pass  # e.g. ICMP port unreachable: the query times out and goes to the next server
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
 
-def _expire(future: asyncio.Future[bytes]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+class _Query:
+    """One look-up: what dnspython's retry loop keeps in its locals, kept for callbacks."""
+
+    __slots__ = ("qname", "rdtype", "rtype", "question", "future", "deadline", "next_server",
+                 "timed_out", "failures", "qid", "proto", "server", "timer")
+
+    def __init__(self, qname: str, rdtype: str, rtype: int, question: bytes,
+                 future: asyncio.Future[DnsAnswer], deadline: float):
+        self.qname, self.rdtype, self.rtype, self.question = qname, rdtype, rtype, question
+        self.future, self.deadline = future, deadline
+        self.next_server = 0
+        self.timed_out = False
+        self.failures: list[str] = []
+        self.qid = 0
+        self.proto: _Udp | None = None
+        self.server: tuple[str, int] = ("", 0)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def where(self) -> str:
+        return f"{self.server[0]}:{self.server[1]}"
 
 
 class _TtlCache:
@@ -400,13 +423,20 @@ class DnsClient:
     :class:`TransientDnsError`), with dnspython's retry rules: each server gets
     ``resolver.timeout`` per attempt, attempts repeat until the lifetime is spent, a
     SERVFAIL/REFUSED from every server ends the look-up at once.
+
+    Why callbacks: :meth:`query` returns a future that the socket's reply callback
+    completes, with no task or coroutine per look-up. Once answers are quick a batch is
+    CPU-bound, and a task per look-up (created, scheduled, woken, finished) cost more
+    than sending, receiving and decoding the packet together.
     """
 
     def __init__(self, resolver: dns.asyncresolver.Resolver, *, max_in_flight: int = 100):
         self.resolver = resolver
         # Bursts of thousands of queries overflow socket buffers (ours and the server's)
         # and turn into timeouts; a bound keeps a batch fast and polite to the resolver.
-        self._gate = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._waiting: deque[_Query] = deque()
         self.servers: list[tuple[str, int]] | None = []
         for ns in resolver.nameservers:
             if isinstance(ns, str):
@@ -420,6 +450,8 @@ class DnsClient:
         if resolver.cache is not None:
             self.cache = _CACHES.setdefault(resolver, _TtlCache(_CACHE_SIZE))
         self._sockets: dict[tuple[str, int], _Udp] = {}
+        self._opening: dict[tuple[str, int], list[_Query]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # socket openings and TCP retries
 
     async def __aenter__(self) -> DnsClient:
         return self
@@ -428,97 +460,200 @@ class DnsClient:
         self.close()
 
     def close(self) -> None:
+        """Close the sockets; look-ups still waiting are cancelled."""
+        for task in self._tasks:
+            task.cancel()
+        waiting = [*self._waiting, *(q for qs in self._opening.values() for q in qs)]
         for proto in self._sockets.values():
+            waiting += proto.pending.values()
+            proto.pending.clear()
             if proto.transport is not None:
                 proto.transport.close()
+        for query in waiting:
+            if query.timer is not None:
+                query.timer.cancel()
+            query.future.cancel()
+        self._waiting.clear()
+        self._opening.clear()
         self._sockets.clear()
-
-    async def _socket(self, server: tuple[str, int]) -> _Udp:
-        proto = self._sockets.get(server)
-        if proto is None or proto.transport is None:
-            loop = asyncio.get_running_loop()
-            _t, proto = await loop.create_datagram_endpoint(_Udp, remote_addr=server)
-            self._sockets[server] = proto
-        return proto
-
-    async def _udp(self, server: tuple[str, int], name_wire: bytes, rtype: int,
-                   timeout: float) -> bytes:
-        async with self._gate:
-            return await self._udp_now(server, name_wire, rtype, timeout)
-
-    async def _udp_now(self, server: tuple[str, int], name_wire: bytes, rtype: int,
-                       timeout: float) -> bytes:
-        proto = await self._socket(server)
-        question = name_wire.lower() + struct.pack("!HH", rtype, 1)
-        qid = random.randrange(65536)  # noqa: S311 - not a secret; spoofing is out of scope
-        while qid in proto.pending:
-            qid = random.randrange(65536)  # noqa: S311
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
-        proto.pending[qid] = (question, future)
-        # call_later instead of asyncio.wait_for: no extra task per query (a third of the CPU)
-        timer = loop.call_later(timeout, _expire, future)
-        try:
-            assert proto.transport is not None
-            proto.transport.sendto(struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + question)
-            return await future
-        finally:
-            timer.cancel()
-            del proto.pending[qid]
+        self._in_flight = 0
 
     async def lookup(self, name: str, rdtype: str, *, lifetime: float | None = None
                      ) -> DnsAnswer:
         """Query ``name``/``rdtype`` (A, AAAA, CNAME, PTR, MX, TXT, NS; others via dnspython)."""
+        return await self.query(name, rdtype, lifetime=lifetime)
+
+    def query(self, name: str, rdtype: str, *, lifetime: float | None = None
+              ) -> asyncio.Future[DnsAnswer]:
+        """Start a look-up now; the future ends as :meth:`lookup` would return or raise.
+
+        Cancelling the future abandons the look-up (its packet may still be answered).
+        """
         qname = to_text_name(name)
         rtype = _TYPES.get(rdtype)
         if self.servers is None or rtype is None or not self.servers:
-            return await lookup(self.resolver, qname, rdtype, lifetime=lifetime)
+            return asyncio.ensure_future(lookup(self.resolver, qname, rdtype,
+                                                lifetime=lifetime))
         loop = asyncio.get_running_loop()
+        future: asyncio.Future[DnsAnswer] = loop.create_future()
         now = loop.time()
         if self.cache is not None and (hit := self.cache.get((qname, rdtype), now)):
-            return hit
-        deadline = now + (lifetime if lifetime is not None else self.resolver.lifetime)
+            future.set_result(hit)
+            return future
         try:
             name_wire = _wire_name(qname)
         except (ValueError, UnicodeError) as exc:
-            raise ValueError(f"cannot query {name!r}: {exc}") from None
-        failures: list[str] = []
-        while True:
-            timed_out = False
-            for server in self.servers:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TransientDnsError(f"{qname} {rdtype}: no answer in time "
-                                            f"({'; '.join(failures) or 'timeout'})")
-                try:
-                    reply = await self._udp(server, name_wire, rtype,
-                                            min(self.resolver.timeout, remaining))
-                    if reply[2] & 0x02:  # truncated: ask again over TCP, as resolvers do
-                        reply = (await dns.asyncquery.tcp(
-                            dns.message.make_query(qname + ".", rdtype), server[0],
-                            timeout=max(deadline - loop.time(), 0.01), port=server[1],
-                        )).to_wire()
-                        rcode, chain, values, ttl = _parse(reply, qname, rtype)
-                    else:
-                        rcode, chain, values, ttl = _parse(reply, qname, rtype,
-                                                           len(name_wire) + 4)
-                except (TimeoutError, dns.exception.Timeout):
-                    timed_out = True
-                    failures.append(f"{server[0]}:{server[1]} timed out")
-                    continue
-                except (OSError, _Malformed, dns.exception.DNSException) as exc:
-                    failures.append(f"{server[0]}:{server[1]} {type(exc).__name__}: {exc}")
-                    continue
-                if rcode not in (0, 3):
-                    failures.append(f"{server[0]}:{server[1]} answered "
-                                    f"{dns.rcode.to_text(rcode)}")  # type: ignore[arg-type]
-                    continue
-                status = (DnsStatus.NXDOMAIN if rcode == 3 else
-                          DnsStatus.FOUND if values else DnsStatus.NODATA)
-                answer = DnsAnswer(qname, rdtype, status, values, chain)
-                if self.cache is not None and values:
-                    self.cache.put((qname, rdtype), answer, ttl, loop.time())
-                return answer
-            if not timed_out:  # every server refused or failed: retrying won't help now
-                raise TransientDnsError(f"{qname} {rdtype}: server failure "
-                                        f"({'; '.join(failures)})")
+            future.set_exception(ValueError(f"cannot query {name!r}: {exc}"))
+            return future
+        deadline = now + (lifetime if lifetime is not None else self.resolver.lifetime)
+        self._attempt(_Query(qname, rdtype, rtype,
+                             name_wire.lower() + struct.pack("!HH", rtype, 1), future,
+                             deadline))
+        return future
+
+    # The steps of a look-up, each run by a callback: attempt -> send -> answered or
+    # timed out -> (next attempt | finish).
+
+    def _attempt(self, query: _Query) -> None:
+        """Ask the next server; after a round, start another only if one timed out."""
+        if query.future.done():  # cancelled by its caller
+            return
+        if query.next_server == len(self.servers or ()):
+            if not query.timed_out:  # every server refused or failed: retrying won't help now
+                self._fail(query, f"server failure ({'; '.join(query.failures)})")
+                return
+            query.next_server, query.timed_out = 0, False
+        if self._in_flight >= self.max_in_flight:
+            self._waiting.append(query)
+        else:
+            self._send(query)
+
+    def _send(self, query: _Query) -> None:
+        loop = asyncio.get_running_loop()
+        remaining = query.deadline - loop.time()
+        if remaining <= 0:
+            self._fail(query, f"no answer in time ({'; '.join(query.failures) or 'timeout'})")
+            return
+        assert self.servers is not None
+        server = self.servers[query.next_server]
+        proto = self._sockets.get(server)
+        if proto is None or proto.transport is None:
+            self._open(server, query)
+            return
+        query.next_server += 1
+        query.server, query.proto = server, proto
+        qid = random.randrange(65536)  # noqa: S311 - not a secret; spoofing is out of scope
+        while qid in proto.pending:
+            qid = random.randrange(65536)  # noqa: S311
+        query.qid = qid
+        try:
+            proto.transport.sendto(struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + query.question)
+        except OSError as exc:
+            query.failures.append(f"{query.where()} {type(exc).__name__}: {exc}")
+            self._attempt(query)
+            return
+        proto.pending[qid] = query
+        self._in_flight += 1
+        query.timer = loop.call_later(min(self.resolver.timeout, remaining),
+                                      self._timed_out, query)
+
+    def _release(self) -> None:
+        """One attempt ended: send what waits for a free slot."""
+        self._in_flight -= 1
+        waiting = self._waiting
+        while waiting and self._in_flight < self.max_in_flight:
+            query = waiting.popleft()
+            if not query.future.done():
+                self._send(query)
+
+    def _timed_out(self, query: _Query) -> None:
+        assert query.proto is not None
+        query.proto.pending.pop(query.qid, None)
+        self._release()
+        query.timed_out = True
+        query.failures.append(f"{query.where()} timed out")
+        self._attempt(query)
+
+    def _answered(self, query: _Query, reply: bytes) -> None:
+        assert query.timer is not None
+        query.timer.cancel()
+        self._release()
+        if query.future.done():
+            return
+        if reply[2] & 0x02:  # truncated: ask again over TCP, as resolvers do
+            self._spawn(self._tcp(query))
+            return
+        self._finish(query, reply, len(query.question))
+
+    def _finish(self, query: _Query, reply: bytes, question_size: int) -> None:
+        try:
+            rcode, chain, values, ttl = _parse(reply, query.qname, query.rtype, question_size)
+        except _Malformed as exc:
+            query.failures.append(f"{query.where()} {type(exc).__name__}: {exc}")
+            self._attempt(query)
+            return
+        if rcode not in (0, 3):
+            query.failures.append(f"{query.where()} answered "
+                                  f"{dns.rcode.to_text(rcode)}")  # type: ignore[arg-type]
+            self._attempt(query)
+            return
+        status = (DnsStatus.NXDOMAIN if rcode == 3 else
+                  DnsStatus.FOUND if values else DnsStatus.NODATA)
+        answer = DnsAnswer(query.qname, query.rdtype, status, values, chain)
+        if self.cache is not None and values:
+            self.cache.put((query.qname, query.rdtype), answer, ttl,
+                           asyncio.get_running_loop().time())
+        query.future.set_result(answer)
+
+    def _fail(self, query: _Query, why: str) -> None:
+        query.future.set_exception(TransientDnsError(f"{query.qname} {query.rdtype}: {why}"))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tcp(self, query: _Query) -> None:
+        loop = asyncio.get_running_loop()
+        server = query.server
+        try:
+            reply = (await dns.asyncquery.tcp(
+                dns.message.make_query(query.qname + ".", query.rdtype), server[0],
+                timeout=max(query.deadline - loop.time(), 0.01), port=server[1],
+            )).to_wire()
+        except (TimeoutError, dns.exception.Timeout):
+            query.timed_out = True
+            query.failures.append(f"{query.where()} timed out")
+            self._attempt(query)
+            return
+        except (OSError, dns.exception.DNSException) as exc:
+            query.failures.append(f"{query.where()} {type(exc).__name__}: {exc}")
+            self._attempt(query)
+            return
+        if not query.future.done():
+            self._finish(query, reply, 0)
+
+    def _open(self, server: tuple[str, int], query: _Query) -> None:
+        """Queue ``query`` behind the opening of ``server``'s socket (opened once)."""
+        waiting = self._opening.get(server)
+        if waiting is not None:
+            waiting.append(query)
+            return
+        self._opening[server] = [query]
+        self._spawn(self._connect(server))
+
+    async def _connect(self, server: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, proto = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), remote_addr=server)
+        except OSError as exc:
+            for query in self._opening.pop(server, []):
+                query.server = server
+                query.next_server += 1
+                query.failures.append(f"{query.where()} {type(exc).__name__}: {exc}")
+                self._attempt(query)
+            return
+        self._sockets[server] = proto
+        for query in self._opening.pop(server, []):
+            self._attempt(query)

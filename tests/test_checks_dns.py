@@ -20,11 +20,16 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from requests_app.checks import _LISTED
+from requests_app.checks import _PRIVATE
+from requests_app.checks import _REFUSED
 from requests_app.checks import DEADLINE_MARGIN
 from requests_app.checks import CheckConfig
 from requests_app.checks import CheckResult
 from requests_app.checks import CheckSpec
 from requests_app.checks import Report
+from requests_app.checks import _judge_address
+from requests_app.checks import _listed
 from requests_app.checks import normalise_address
 from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks
@@ -434,6 +439,43 @@ def test_lab_networks_are_accepted_anyway(server, address):
 def test_global_addresses_pass(server):
     report = check(server, None, ["193.0.10.1", "2001:67c:2e8::1"])
     assert [c.status for c in report.checks] == ["pass", "pass"]
+
+
+def _full_rules(ip) -> CheckResult:
+    return _judge_address(ip, str(ip), {"address": str(ip), "version": ip.version}, config())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6),
+                 st.ip_addresses(network="2000::/3")))
+def test_the_unlisted_shortcut_is_taken_only_where_every_rule_passes(ip):
+    # given: an address outside every network the rules read
+    assume(not _listed(ip))
+    # when / then: the full rules agree it is a plain global address
+    result = _full_rules(ip)
+    assert (result.status, result.detail) == ("pass", f"{ip} is a global host address")
+
+
+def test_every_network_the_rules_read_is_listed_up_to_its_edges():
+    # given: our tables and the stdlib's own special networks
+    nets = [net for table in (_REFUSED, _PRIVATE) for rows in table.values()
+            for net, _why in rows]
+    for constants in (ipaddress._IPv4Constants, ipaddress._IPv6Constants):
+        for value in vars(constants).values():
+            nets += [v for v in (value if isinstance(value, list) else [value])
+                     if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network)]
+    # then: first and last address of each are listed (the full rules judge them) ...
+    assert len(nets) > 40
+    for net in nets:
+        assert _listed(net.network_address) and _listed(net.broadcast_address), net
+    # ... and just outside each listed range, the shortcut is right too
+    for version, (firsts, lasts) in _LISTED.items():
+        kind = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        limit = 2 ** (32 if version == 4 else 128) - 1
+        for value in [f - 1 for f in firsts if f > 0] + [x + 1 for x in lasts if x < limit]:
+            ip = kind(value)
+            if not _listed(ip):
+                assert _full_rules(ip).status == "pass", ip
 
 
 # --- SPF --------------------------------------------------------------------------------
