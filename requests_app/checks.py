@@ -106,6 +106,10 @@ def worst_status(statuses: Iterable[str]) -> CheckStatus:
 _HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Names that are not host names (``_spf``, ``_dmarc``, DKIM selectors) may use "_".
 _DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+# A name that is already in normal form: lower-case host labels, at least two, no final
+# dot, a top label that is not all digits (the rules of normalise_fqdn, in one pattern).
+_PLAIN_FQDN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                         r"(?![0-9]+\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _IDN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
@@ -150,6 +154,13 @@ def normalise_fqdn(value: str) -> str:
     most 63 and names of at most 253 characters, and a top label that is not numeric (so
     an IPv4 address is not taken for a name).
     """
+    if (isinstance(value, str) and len(value) <= 253 and _PLAIN_FQDN.fullmatch(value)
+            and "xn--" not in value):
+        return value  # already normalised (as every stored name is): one regex, no copies
+    return _normalise_fqdn_in_full(value)
+
+
+def _normalise_fqdn_in_full(value: str) -> str:
     labels = _ascii_labels(value, "host name", _HOST_LABEL)
     if len(labels) < 2:
         raise ValueError(f"host name {value!r} is not fully qualified (add its domain)")
@@ -291,11 +302,6 @@ def _result(check_id: str, subject: str, status: CheckStatus, detail: str,
 # --- look-ups shared within a run -------------------------------------------------------
 
 
-def _consume(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved, so asyncio does not log "never retrieved"
-
-
 class _Lookups:
     """In-flight and finished look-ups by (name, type), shared by the checks of a batch."""
 
@@ -314,14 +320,13 @@ class _Lookups:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise TransientDnsError(f"{name} {rdtype}: no time left in this run")
-            task = self.client.query(name, rdtype, lifetime=remaining)
-            task.add_done_callback(_consume)
-            self.tasks[name, rdtype] = task
+            task = self.tasks[name, rdtype] = self.client.query(name, rdtype, lifetime=remaining)
         return task
 
     def close(self) -> None:
         for task in self.tasks.values():
-            task.cancel()
+            if not task.cancel() and not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not log "never retrieved"
         self.client.close()
 
 
@@ -1184,7 +1189,8 @@ def run_many_sync(specs: Sequence[CheckSpec], config: CheckConfig,
 
 def _run_shard(args: tuple[list[CheckSpec], CheckConfig, list[str], int]) -> list[Report]:
     specs, config, nameservers, concurrency = args
-    resolver = make_resolver(nameservers, config.lifetime)
+    # a fresh resolver per shard: its cache could never hit, the run's memo shares answers
+    resolver = make_resolver(nameservers, config.lifetime, cache=False)
     return run_many_sync(specs, config, resolver, concurrency=concurrency)
 
 

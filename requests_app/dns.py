@@ -4,14 +4,15 @@ Why a wrapper: dnspython signals "the name has no such record" with exceptions
 (``NXDOMAIN``, ``NoAnswer``) and "we could not find out" with other exceptions (``Timeout``,
 ``NoNameservers``). The checks must never confuse the two: a missing record is a
 definitive answer (the request fails), an unanswered query is not (the check is an
-``error`` and the task retries). So look-ups here *return* definitive answers as frozen
-dataclasses and *raise* only :class:`TransientDnsError`.
+``error`` and the task retries). So look-ups here *return* definitive answers as
+(immutable) named tuples and *raise* only :class:`TransientDnsError`.
 
 :class:`DnsClient` is the fast path for many concurrent look-ups (the check engine, the
 benchmark): dnspython's asyncio resolver opens a socket and builds full message objects
 per query, which costs ~0.7 ms of CPU per query on a small VM; the client keeps one UDP
-socket per server, matches replies by ID and question, and decodes only the record
-types the checks read (falling back to dnspython for TCP and any other type).
+socket per server, matches replies by ID and question, decodes only the record types
+the checks read (falling back to dnspython for TCP and any other type), and runs each
+look-up from socket callbacks rather than as a task.
 
 The resolver is built once from settings (``DNS_NAMESERVERS``, ``DNS_LIFETIME_SECONDS``)
 by the caller and passed in, so tests point it at a real server on loopback.
@@ -23,15 +24,15 @@ import asyncio
 import enum
 import functools
 import ipaddress
-import random
 import struct
 import weakref
 from collections import OrderedDict
 from collections import deque
 from collections.abc import Coroutine
 from collections.abc import Sequence
-from dataclasses import dataclass
+from random import getrandbits
 from typing import Any
+from typing import NamedTuple
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -72,13 +73,15 @@ class DnsStatus(enum.StrEnum):
     NODATA = "nodata"  # the name exists, but has no record of this type
 
 
-@dataclass(frozen=True)
-class DnsAnswer:
+class DnsAnswer(NamedTuple):
     """One definitive answer, with what an approver needs to judge it without ``dig``.
 
     ``chain`` lists the names walked through CNAMEs, starting with the queried name and
     ending with ``canonical_name``; ``values`` are the records in presentation form (TXT
     strings of one record are concatenated, as SPF, DMARC and DKIM require).
+
+    A named tuple (immutable, like the frozen dataclass it was) because a batch makes
+    one per look-up and a tuple is built in a third of the time.
     """
 
     name: str
@@ -542,9 +545,9 @@ class DnsClient:
             return
         query.next_server += 1
         query.server, query.proto = server, proto
-        qid = random.randrange(65536)  # noqa: S311 - not a secret; spoofing is out of scope
+        qid = getrandbits(16)  # not a secret: spoofing is out of scope
         while qid in proto.pending:
-            qid = random.randrange(65536)  # noqa: S311
+            qid = getrandbits(16)
         query.qid = qid
         try:
             proto.transport.sendto(struct.pack("!6H", qid, 0x0100, 1, 0, 0, 0) + query.question)

@@ -199,7 +199,10 @@ def recheck_batch(rows: list[_Row], *, resolver: Any = None, stats: RecheckStats
                                    processes=settings.RELAY_RECHECK_PROCESSES,
                                    concurrency=settings.RELAY_RECHECK_CONCURRENCY, pool=pool)
     else:
-        resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
+        # No answer cache: a re-verification wants today's answers, and within the batch
+        # the engine asks each name once anyway.
+        resolver = resolver or make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime,
+                                             cache=False)
         reports = run_many_sync(specs, config, resolver,
                                 concurrency=settings.RELAY_RECHECK_CONCURRENCY)
     _record(rows, reports, timezone.now(), stats)

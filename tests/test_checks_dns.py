@@ -21,6 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from requests_app.checks import _LISTED
+from requests_app.checks import _PLAIN_FQDN
 from requests_app.checks import _PRIVATE
 from requests_app.checks import _REFUSED
 from requests_app.checks import DEADLINE_MARGIN
@@ -30,6 +31,7 @@ from requests_app.checks import CheckSpec
 from requests_app.checks import Report
 from requests_app.checks import _judge_address
 from requests_app.checks import _listed
+from requests_app.checks import _normalise_fqdn_in_full
 from requests_app.checks import normalise_address
 from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks
@@ -749,6 +751,24 @@ def test_normalise_fqdn_raises_only_value_error_and_is_idempotent(text):
 
 
 _LABEL = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(alphabet="abz09-._xnAZ", max_size=40),
+                 st.lists(_LABEL, min_size=1, max_size=4).map(".".join)))
+def test_the_normal_form_shortcut_agrees_with_the_full_rules(text):
+    # the shortcut returns a name as it is only where the full rules would return it too
+    try:
+        full = _normalise_fqdn_in_full(text)
+    except ValueError:
+        full = None
+    try:
+        fast = normalise_fqdn(text)
+    except ValueError:
+        fast = None
+    assert fast == full
+    if _PLAIN_FQDN.fullmatch(text) and "xn--" not in text:
+        assert full == text
 
 
 @settings(max_examples=200, deadline=None)
