@@ -31,6 +31,9 @@ from collections import deque
 from collections.abc import Coroutine
 from collections.abc import Sequence
 from random import getrandbits
+from socket import AF_INET
+from socket import AF_INET6
+from socket import inet_ntop
 from typing import Any
 from typing import NamedTuple
 
@@ -282,9 +285,11 @@ def _read_name(buf: bytes, pos: int) -> tuple[str, int]:
 
 def _decode(buf: bytes, rtype: int, start: int, end: int) -> str:
     if rtype == 1 and end - start == 4:
-        return str(ipaddress.IPv4Address(buf[start:end]))
+        return inet_ntop(AF_INET, buf[start:end])
     if rtype == 28 and end - start == 16:
-        return str(ipaddress.IPv6Address(buf[start:end]))
+        text = inet_ntop(AF_INET6, buf[start:end])
+        # the C text is Python's canonical form but for embedded IPv4 ("::ffff:1.2.3.4")
+        return text if "." not in text else str(ipaddress.IPv6Address(buf[start:end]))
     if rtype in _NAME_TYPES:
         return _read_name(buf, start)[0]
     if rtype == 15:

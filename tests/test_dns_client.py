@@ -8,13 +8,19 @@ lifetime bounds everything) while it drives look-ups by callbacks instead of tas
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 
 import pytest
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from requests_app.dns import DnsClient
 from requests_app.dns import DnsStatus
 from requests_app.dns import TransientDnsError
+from requests_app.dns import _decode
 from requests_app.dns import make_resolver
 from tests.support.dnsserver import DnsTestServer
 
@@ -161,3 +167,16 @@ def test_answers_are_cached_within_their_ttl():
     with DnsTestServer(ZONE) as server:
         first, second = run(scenario(server.nameserver, server))
     assert first.values == second.values == ("193.0.10.1",)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.ip_addresses())
+@example(ipaddress.IPv6Address("::ffff:193.0.10.1"))  # where C and Python texts differ
+@example(ipaddress.IPv6Address("::193.0.10.1"))
+@example(ipaddress.IPv6Address("2001:db8:0:1::1"))
+def test_addresses_are_decoded_in_pythons_canonical_text(ip):
+    # the C decoder must write what the requests store (str of ipaddress), or a stored
+    # address would not match its own DNS answer
+    packed = ip.packed
+    rtype = 1 if ip.version == 4 else 28
+    assert _decode(packed, rtype, 0, len(packed)) == str(ip)
