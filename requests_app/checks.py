@@ -1199,7 +1199,7 @@ def run_many_sharded(specs: Sequence[CheckSpec], config: CheckConfig,
                      concurrency: int = 100, pool: Any = None) -> list[Report]:
     """``run_many`` split over ``processes`` (each its own event loop), reports in order.
 
-    Why: the engine is CPU-bound once answers are quick (0.65-0.85 ms of CPU per request
+    Why: the engine is CPU-bound once answers are quick (about 0.38 ms of CPU per request
     here), so one event loop uses one core. Inside a process that may not have children
     (a daemonic Celery prefork child) it runs in-process instead; there, more Celery
     worker processes are the way to use more cores. Pass ``pool`` (a
