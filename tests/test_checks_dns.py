@@ -669,7 +669,8 @@ def test_a_batch_runs_checks_whose_answers_are_in_without_a_task_each(server):
     reports, tasks = _counting_tasks(run_many(specs, config(), resolver, concurrency=10))
     # then: answers asked ahead are in when a request's turn comes, so checks finish in
     # their first step; the tasks are the 10 workers and the few checks that wait (the
-    # shared SPF include, asked first by the earliest requests): 21 here, 71 without
+    # shared SPF include, asked first by the earliest requests): 21 here; 71 when a
+    # request does not wait for its answers asked ahead
     assert [r.verdict for r in reports] == ["pass"] * 40
     assert tasks < 0.15 * 6 * 40, tasks
 
