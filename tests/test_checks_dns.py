@@ -690,6 +690,29 @@ def test_look_ups_are_not_tasks(server):
     assert tasks == 1
 
 
+def test_asking_ahead_asks_nothing_the_checks_would_not_ask():
+    # given: requests of every shape (server with DKIM, CNAME, IDN, account, no PTR ...)
+    specs = [
+        CheckSpec("host.example.test", ("193.0.10.1", "2001:67c:2e8::1"),
+                  ("good.example.test",), "s1"),
+        CheckSpec("alias.example.test", ("193.0.10.2",), ("mail.example.co.uk",), "s2"),
+        CheckSpec("noptr.example.test", ("193.0.10.5", "10.0.0.1"), ("nospf.example.test",)),
+        CheckSpec(None, (), ("redir.example.test", "mxauth.example.test")),
+        CheckSpec("missing.example.test", ("193.0.10.4",), ()),
+    ]
+    with DnsTestServer(ZONE, record=True) as one_by_one, \
+            DnsTestServer(ZONE, record=True) as batched:
+        # when: each request on its own (nothing asked ahead), then as one batch
+        alone = [run_checks_sync(s, config(), [one_by_one.nameserver]) for s in specs]
+        together = asyncio.run(run_many(specs, config(),
+                                        make_resolver([batched.nameserver], 2.0, cache=False),
+                                        concurrency=2))
+    # then: the same reports from the same questions, each asked once in the batch
+    assert [r.as_dict() for r in together] == [r.as_dict() for r in alone]
+    assert set(batched.questions) == set(one_by_one.questions)
+    assert len(batched.questions) == len(set(batched.questions))
+
+
 def test_an_invalid_request_in_a_batch_raises_as_before_any_other_is_reported(server):
     specs = [CheckSpec("host.example.test", ("193.0.10.1",)), CheckSpec("*.example.test"),
              CheckSpec("host.example.test", ("193.0.10.1",))]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import struct
 import sys
@@ -172,6 +173,10 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
+        if self.server.questions is not None:
+            with contextlib.suppress(Exception):  # garbage is not a question
+                q = DNSRecord.parse(data).q
+                self.server.questions.append((_key(str(q.qname)), QTYPE[q.qtype]))
         reply = self.server.zone.respond(data, tcp=False)
         if reply is None:
             return
@@ -194,8 +199,11 @@ class DnsTestServer:
         drop: Iterable[str] = (),
         port: int = 0,
         latency_ms: float = 0.0,
+        record: bool = False,
     ):
         self.servfail, self.drop = set(servfail), set(drop)
+        # with record=True, every UDP question as (lower-case name, type), in arrival order
+        self.questions: list[tuple[str, str]] | None = [] if record else None
         self.zone = Zone(zone_text, self.servfail, self.drop)
         self.latency = latency_ms / 1000.0
         self.port = port
