@@ -160,6 +160,11 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_hand_over": obj.state == "active" and obj.is_team_member(request.user),
         "other_teams": Team.objects.exclude(pk=obj.team_id).order_by("slug").values_list(
             "slug", flat=True) if obj.state == "active" else [],
+        # An account logs in only once it is in the relay-allow group: show where the
+        # latest group change stands, so "active" with a pending change is not a mystery.
+        "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
+            "action", "status", "attempts", "last_error", "done_at", "done_by").first()
+        if obj.kind == "account" else None,
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 

@@ -458,6 +458,56 @@ def test_mark_done_records_who(no_directory, client, account_request, approver):
     assert len(directory_events(account_request)) == 2
 
 
+def test_request_page_shows_where_the_group_change_stands(
+    no_directory, client, account_request, approver, requester, server_request
+):
+    # given an approved account whose group change waits for an administrator
+    with transaction.atomic():
+        change = directory_change_enqueue(request=account_request, action=ADD)
+    client.force_login(requester)
+
+    # when its owner opens the request
+    html = client.get(f"/requests/{account_request.pk}/").content.decode()
+
+    # then they see why a login would fail for now
+    assert "Relay group membership" in html
+    assert "Add to relay group: <strong class=\"directory-manual\">manual to-do</strong>" in html
+    assert "until then the relay refuses this account's login" in html
+
+    # when an approver has applied it by hand
+    directory_mark_done_manually(change_id=change.pk, by=approver)
+    html = client.get(f"/requests/{account_request.pk}/").content.decode()
+
+    # then the page says so, and by whom
+    assert "<strong class=\"directory-done\">done</strong>" in html
+    assert "by bob" in html
+    assert "refuses this account" not in html
+
+    # and a server request has no such section
+    assert "Relay group membership" not in client.get(
+        f"/requests/{server_request.pk}/").content.decode()
+
+
+@pytest.mark.ldap
+def test_request_page_shows_a_change_that_waits_for_the_directory(
+    directory, client, account_request, requester, django_capture_on_commit_callbacks
+):
+    # given the directory was down when the provisioner tried
+    change = enqueue(account_request, ADD, django_capture_on_commit_callbacks())
+    directory.stop()
+    with pytest.raises(DirectoryUnavailable):
+        directory_apply(change_id=change.pk)
+
+    # when the owner opens the request
+    client.force_login(requester)
+    html = client.get(f"/requests/{account_request.pk}/").content.decode()
+
+    # then the page says it is retried, how often it was tried, and the last error
+    assert "<strong class=\"directory-pending\">pending</strong>" in html
+    assert "retries automatically (1 attempt so far)" in html
+    assert "LDAPSocketOpenError" in html
+
+
 def test_mark_done_refuses_non_approver(no_directory, account_request, requester):
     # given a manual change
     with transaction.atomic():
