@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
 
+import idna
 from publicsuffixlist import PublicSuffixList
 
 from requests_app.dns import DnsAnswer
@@ -127,12 +128,17 @@ def _ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[st
         if "*" in label:
             raise ValueError(f"{what} {text!r}: wildcards are not allowed")
         try:
-            # Python's codec is IDNA 2003 (dnspython uses the same without the idna package).
-            ascii_label = label.lower() if label.isascii() else label.encode("idna").decode()
-            ascii_label = ascii_label.lower()
-            if ascii_label.startswith("xn--"):
-                ascii_label.encode().decode("idna")  # rejects broken punycode
-        except UnicodeError:
+            if label.isascii():
+                ascii_label = label.lower()
+                if ascii_label.startswith("xn--"):
+                    idna.decode(ascii_label)  # rejects broken punycode, disallowed code points
+            else:
+                # IDNA 2008 with the UTS #46 mapping (case, width), non-transitional: "ß"
+                # stays "ß" (straße -> xn--strae-oqa), as registries and browsers have it.
+                ascii_label = idna.encode(label, uts46=True, transitional=False).decode()
+                if "." in ascii_label:  # a character that maps to a dot: not one label
+                    raise UnicodeError(ascii_label)
+        except UnicodeError:  # idna.IDNAError is one
             raise ValueError(f"{what} {text!r}: {label!r} is not a valid "
                              "internationalised label") from None
         if len(ascii_label) > 63:

@@ -799,6 +799,9 @@ def test_config_rejects_bad_settings():
     ("Host.Example.TEST.", "host.example.test"),
     ("bücher.example", "xn--bcher-kva.example"),
     ("BÜCHER.example", "xn--bcher-kva.example"),
+    ("straße.example", "xn--strae-oqa.example"),  # IDNA 2008: ß is not "ss"
+    ("Ｂücher.example", "xn--bcher-kva.example"),  # fullwidth letters are mapped (UTS #46)
+    ("XN--BCHER-KVA.example", "xn--bcher-kva.example"),
     ("mail。example。com", "mail.example.com"),
     (" a-b.example.org ", "a-b.example.org"),
 ])
@@ -810,6 +813,7 @@ def test_normalise_fqdn_examples(raw, expected):
     "", ".", "example", "*.example.test", "a..example.test", ".example.test",
     "-a.example.test", "a-.example.test", "a_b.example.test", "x" * 64 + ".test",
     ".".join(["a" * 63] * 4) + ".test", "1.2.3.4", "a b.test", "a.example.test..",
+    "😀.example", "xn--ls8h.example", "xn--abc.example", "⒈example.test",
 ])
 def test_normalise_fqdn_rejects(raw):
     with pytest.raises(ValueError):
