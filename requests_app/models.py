@@ -193,6 +193,7 @@ class RequestState(models.TextChoices):
     NEEDS_CHANGES = "needs_changes", _("Needs changes")
     PENDING_APPROVAL = "pending_approval", _("Pending approval")
     PROVISIONING = "provisioning", _("Provisioning")
+    PROVISIONING_FAILED = "provisioning_failed", _("Provisioning failed")
     ACTIVE = "active", _("Active")
     REJECTED = "rejected", _("Rejected")
     WITHDRAWN = "withdrawn", _("Withdrawn")
@@ -316,6 +317,38 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     check_summary = models.JSONField(_("check summary"), default=dict, blank=True)
     checks_ran_at = models.DateTimeField(_("checks ran at"), null=True, blank=True)
     check_attempts = models.PositiveIntegerField(_("check attempts"), default=0)
+    checked_fingerprint = models.CharField(
+        _("checked content fingerprint"),
+        max_length=64,
+        blank=True,
+        help_text=_(
+            "sha256 of the checked fields (FQDN, addresses, senders, selector) the current "
+            "verdict was computed for; a verdict of other content is stale."
+        ),
+    )
+    check_next_attempt_at = models.DateTimeField(
+        _("next check attempt"),
+        null=True,
+        blank=True,
+        help_text=_("When the scheduled retry of the checks is due (one retry chain)."),
+    )
+    provision_attempts = models.PositiveIntegerField(
+        _("provisioning attempts"),
+        default=0,
+        help_text=_("Config builds that tried and failed to include this request."),
+    )
+    provision_error = models.TextField(
+        _("provisioning error"),
+        blank=True,
+        help_text=_("Why the last config build left this request out."),
+    )
+    idempotency_key = models.CharField(
+        _("idempotency key"),
+        max_length=100,
+        blank=True,
+        help_text=_("Client-chosen key: a retried create with the same key returns the "
+                    "first request instead of making a second."),
+    )
     search_text = models.TextField(_("search text"), blank=True, editable=False)
     # lifecycle after approval
     recertify_by = models.DateField(_("recertify by"), null=True, blank=True, db_index=True)
@@ -355,6 +388,12 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
                 condition=~models.Q(kind="server") | ~models.Q(fqdn=""),
                 name="request_server_has_fqdn",
                 violation_error_message=_("A server request needs an FQDN."),
+            ),
+            models.UniqueConstraint(
+                fields=("created_by", "idempotency_key"),
+                condition=~models.Q(idempotency_key=""),
+                name="request_idempotency_key_unique",
+                violation_error_message=_("A request with this idempotency key exists."),
             ),
             models.CheckConstraint(
                 condition=~models.Q(kind="account") | ~models.Q(account_name=""),
@@ -777,6 +816,13 @@ class RelayConfigVersion(models.Model):
     server_count = models.PositiveIntegerField(_("server entries"), default=0)
     account_count = models.PositiveIntegerField(_("account entries"), default=0)
     reason = models.CharField(_("reason"), max_length=200, blank=True)
+    skipped = models.JSONField(
+        _("entries left out"),
+        default=list,
+        blank=True,
+        help_text=_("Entries that could not be rendered: [{request, reason}], flagged to "
+                    "approvers; the rest of the version still goes out."),
+    )
 
     class Meta:
         ordering = ("-number",)
