@@ -7,7 +7,13 @@ import os
 from celery import Celery
 from celery.signals import setup_logging
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "onboarding.settings.local")
+# Importing the package (``onboarding/__init__.py`` imports this module) must not pick
+# the settings of a web process: gunicorn imports ``onboarding.wsgi`` and only then would
+# that module set its default, too late if this one had already chosen. So the default
+# here is the same as wsgi.py's and asgi.py's, production; ``manage.py``, ``dev.py`` and
+# the tests name their settings explicitly (docs/architecture.md, "Runtime and
+# concurrency").
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "onboarding.settings.production")
 
 app = Celery("onboarding")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -1,4 +1,8 @@
-"""WSGI entry point for gunicorn."""
+"""WSGI entry point for gunicorn: production settings unless DJANGO_SETTINGS_MODULE says.
+
+The package is imported before this module runs (``onboarding/__init__.py`` loads the
+Celery app), so the package's default is production too: nothing picks ``local`` first.
+"""
 
 import os
 

@@ -24,7 +24,9 @@ env = environ.Env()
 # https://docs.djangoproject.com/en/5.2/ref/settings/#debug
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # https://docs.djangoproject.com/en/5.2/ref/settings/#secret-key
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="insecure-dev-key-change-me")
+# The public development key; production refuses it (settings/production.py).
+DEV_SECRET_KEY = "insecure-dev-key-change-me"  # noqa: S105 - public on purpose
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=DEV_SECRET_KEY)
 # https://docs.djangoproject.com/en/5.2/ref/settings/#allowed-hosts
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 # https://docs.djangoproject.com/en/5.2/ref/settings/#csrf-trusted-origins
@@ -88,8 +90,24 @@ DATABASES = {
     ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Wait for the worker's write lock instead of failing with "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Concurrent writers (web threads, gunicorn workers, the Celery worker) queue up
+    # instead of failing with "database is locked" (docs/architecture.md, "Runtime and
+    # concurrency"):
+    # * IMMEDIATE: every transaction takes the write lock at BEGIN. A deferred one reads
+    #   first and upgrades later; if another writer committed meanwhile, SQLite answers
+    #   SQLITE_BUSY at once, without waiting (the busy timeout cannot help there).
+    #   SQLite has no SELECT ... FOR UPDATE either: the immediate lock is what makes
+    #   "lock the row, check the state, transition" race-free on it.
+    # * timeout: the busy timeout, how long BEGIN IMMEDIATE waits for the lock (seconds).
+    # * WAL: readers never wait for the writer and the writer never waits for readers.
+    # * synchronous=FULL: a commit is on disk before the user is told it happened, even
+    #   across a power cut (NORMAL would only protect against corruption); ~0.5 ms per
+    #   commit measured here.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
+    })
     # A file (not :memory:) so a real Celery worker process can share the test DB.
     # One file per test process, so parallel runs on one machine never share it.
     DATABASES["default"]["TEST"] = {
@@ -162,11 +180,23 @@ CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=240
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
+# Two different needs when the broker is down (docs/architecture.md, "Runtime and
+# concurrency"):
+# * the worker (and the beat embedded in it, or a separate beat) must outlive the
+#   outage: it retries connecting for ever (2 s, 4 s, ... then every 30 s) and resumes
+#   consuming when the broker is back. MAX_RETRIES applies only to those long-lived
+#   connections (worker consumer, beat), not to publishing.
+CELERY_BROKER_CONNECTION_RETRY = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# When the broker is down, publishing must fail fast: the outbox in the database
-# keeps the work and the periodic sweep re-dispatches it.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# * publishing from a web request must fail fast: the outbox in the database keeps the
+#   work and the periodic sweep re-dispatches it. Each connection attempt gives up
+#   after TIMEOUT seconds and a publish tries twice, so a request waits at most ~4.5 s
+#   for an unreachable broker (a refused connection fails at once).
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
-CELERY_BROKER_CONNECTION_MAX_RETRIES = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5,
+}
 CELERY_BEAT_SCHEDULE = {
     # "*/1 * * * *": every minute, re-dispatch work whose message never reached the broker.
     "sweep-pending-work": {

@@ -1,6 +1,9 @@
 """Production: security switched on; every value still comes from the environment."""
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .base import *  # noqa: F403
+from .base import DEV_SECRET_KEY
 from .base import env
 
 DEBUG = False
@@ -16,6 +19,13 @@ SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+# The development default is public (it is in this repository): a deployment that copied
+# it signs sessions and password-reset links with a key anyone can read.
+if SECRET_KEY == DEV_SECRET_KEY or SECRET_KEY.startswith(("insecure-", "django-insecure-")):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is the public development key (or another 'insecure-' key): "
+        "set a long random value for production."
+    )
 EMAIL_BACKEND = env.str(
     "DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend"
 )

@@ -31,10 +31,12 @@ def database_url() -> str:
 
 
 @contextmanager
-def celery_worker(extra_env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[
-    subprocess.Popen[str]
-]:
-    """Run ``celery worker`` until the block ends; the test process publishes for real."""
+def celery_worker(extra_env: dict[str, str] | None = None, timeout: float = 60,
+                  extra_args: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
+    """Run ``celery worker`` until the block ends; the test process publishes for real.
+
+    ``extra_args`` go to the worker's command line (``-B`` embeds beat, as dev.py does).
+    """
     from onboarding.celery import app
 
     env = {
@@ -55,7 +57,8 @@ def celery_worker(extra_env: dict[str, str] | None = None, timeout: float = 60) 
         pass
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "onboarding", "worker", "--pool=solo",
-         "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle"],
+         "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
+         *extra_args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     ready = threading.Event()
