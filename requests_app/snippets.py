@@ -3,10 +3,20 @@
 Accounts always use TLS (STARTTLS on the submission port, or implicit TLS): the relay
 refuses plain text. No password is ever stored or shown; snippets carry a placeholder
 and the credential comes from the directory.
+
+Every value placed in a snippet is encoded for the snippet's language, whatever the
+validators let in: a requester copies the text into a program or a shell, so a value
+such as ``"+__import__('os').system('id')+"@x.org`` (stored before a rule change, or
+written past the validators) must stay a string there, never become code. Python and
+JavaScript get double-quoted ASCII-only string literals (so also no U+2028, no
+``</script>``), the shell gets ``shlex.quote``; Postfix's files have no quoting at all,
+so a value outside the plain host/account alphabet is not rendered into them.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -17,7 +27,14 @@ from .models import RelayRequest
 from .models import RequestKind
 from .models import TlsMode
 
-__all__ = ["PASSWORD_PLACEHOLDER", "Snippet", "relay_endpoint", "snippets_for"]
+__all__ = [
+    "PASSWORD_PLACEHOLDER",
+    "Snippet",
+    "js_string",
+    "python_string",
+    "relay_endpoint",
+    "snippets_for",
+]
 
 PASSWORD_PLACEHOLDER = "<password from the directory>"
 
@@ -57,24 +74,85 @@ TITLES = {
 }
 
 
+def _escaped_string(value: str, *, astral: str) -> str:
+    """A double-quoted literal of ``value`` using only printable ASCII.
+
+    Shared by Python and JavaScript, whose escapes agree for everything used here:
+    backslash and double quote are escaped, and every other character outside
+    printable ASCII (control characters, newlines, U+2028/U+2029, non-ASCII) becomes
+    ``\\xNN`` or ``\\uNNNN``; ``<``, ``>`` and ``&`` too, so a literal pasted into an
+    HTML ``<script>`` block cannot close it. ``astral`` formats code points above U+FFFF.
+    """
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif 0x20 <= code < 0x7F and char not in "<>&":
+            out.append(char)
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(astral.format(code))
+    out.append('"')
+    return "".join(out)
+
+
+def python_string(value: str) -> str:
+    """A Python string literal that evaluates to exactly ``value``."""
+    return _escaped_string(value, astral="\\U{:08x}")
+
+
+def js_string(value: str) -> str:
+    """A JavaScript string literal that evaluates to exactly ``value`` (ES2015 escapes)."""
+    return _escaped_string(value, astral="\\u{{{:x}}}")
+
+
+# What Postfix's main.cf and sasl_passwd can take unquoted: no space, comment, comma,
+# bracket or control character. Validated hosts and account names always match.
+_POSTFIX_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _postfix_value(value: str) -> str | None:
+    return value if _POSTFIX_SAFE.fullmatch(value) else None
+
+
+def _encoded(values: dict[str, str | int]) -> dict[str, dict[str, str]]:
+    """Each value as a Python literal, a JavaScript literal and a shell word."""
+    return {
+        "py": {k: python_string(str(v)) for k, v in values.items()},
+        "js": {k: js_string(str(v)) for k, v in values.items()},
+        "sh": {k: shlex.quote(str(v)) for k, v in values.items()},
+    }
+
+
 def snippets_for(request: RelayRequest) -> list[Snippet]:
+    """The snippets for a request's kind and TLS mode, every value encoded for its target."""
     endpoint = relay_endpoint()
     account = request.kind == RequestKind.ACCOUNT
     smtps = account and request.tls_mode == TlsMode.SMTPS
-    port = endpoint.smtps_port if smtps else endpoint.submission_port
-    if not account:
-        # Allowlisted servers use the submission port with opportunistic STARTTLS.
-        port = endpoint.submission_port
+    # Allowlisted servers use the submission port with opportunistic STARTTLS.
+    port = int(endpoint.smtps_port if smtps else endpoint.submission_port)
     sender = (request.sender_addresses or [f"noreply@{d}" for d in request.sender_domains]
               or ["noreply@example.org"])[0]
-    context = {
-        "host": endpoint.host,
+    account_name = request.account_name if account else ""
+    context: dict[str, object] = {
         "port": port,
-        "account": request.account_name if account else "",
         "is_account": account,
         "smtps": smtps,
         "password": PASSWORD_PLACEHOLDER,
-        "sender": sender,
+        # Postfix files: the raw value only when it needs no quoting (else None)
+        "postfix_host": _postfix_value(endpoint.host),
+        "postfix_account": _postfix_value(account_name) if account else "",
+        **_encoded({
+            "host": endpoint.host,
+            "account": account_name,
+            "sender": sender,
+            "greeting": f"Hello through {endpoint.host}",
+            "connect": f"{endpoint.host}:{port}",
+        }),
     }
     keys = ["postfix", *(["sasl_passwd"] if account else []), "django", "smtplib",
             "nodemailer", "test"]
