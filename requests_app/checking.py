@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from typing import Protocol
 
@@ -68,8 +69,15 @@ def run_checks_for(request: CheckedFields) -> dict[str, Any]:
 
 
 def quick_check_report(*, fqdn: str, addresses: list[str]) -> dict[str, Any]:
-    """The server form's as-you-type check: address policy, forward and reverse only."""
+    """The server form's as-you-type check: address policy, forward and reverse only.
+
+    It runs on a web worker, so its whole DNS work gets the shorter of
+    ``RELAYDESK_QUICK_CHECK_SECONDS`` and ``DNS_LIFETIME_SECONDS``: what does not
+    answer by then is reported as ``error`` (the real checks retry later anyway).
+    """
     spec = CheckSpec(fqdn=fqdn, addresses=tuple(addresses), sender_domains=(),
                      dkim_selector=None)
-    report = run_checks_sync(spec, check_config(), list(settings.DNS_NAMESERVERS))
+    lifetime = min(settings.DNS_LIFETIME_SECONDS, settings.RELAYDESK_QUICK_CHECK_SECONDS)
+    config = dataclasses.replace(check_config(), lifetime=lifetime)
+    report = run_checks_sync(spec, config, list(settings.DNS_NAMESERVERS))
     return report.as_dict()

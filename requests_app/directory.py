@@ -63,6 +63,7 @@ __all__ = [
     "directory_apply",
     "directory_give_up",
     "directory_mark_done_manually",
+    "own_team_change",
     "pending_manual_changes",
     "render_ldif",
 ]
@@ -496,7 +497,10 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
     """An approver confirms an administrator applied the LDIF; records who, in the trail.
 
     Only open to-dos (``manual`` or ``failed``) can be confirmed: a ``pending`` change
-    belongs to the provisioner, and a ``done`` one is already settled.
+    belongs to the provisioner, and a ``done`` one is already settled. Segregation of
+    duties, as for decisions: an approver who is a member of the account's team (or
+    filed the request) cannot confirm its change; another approver must, so nobody
+    vouches alone for their own team's relay access.
     """
     from .services import ActionConflict
 
@@ -505,6 +509,12 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
     change = _locked_change(change_id)
     if change is None:
         raise DirectoryChange.DoesNotExist(f"directory change {change_id} does not exist")
+    if own_team_change(change, by):
+        raise PermissionDenied(
+            f"Directory change #{change.pk} is for an account of your own team "
+            f"(request #{change.request_id}); another approver must mark it done "
+            "(segregation of duties)."
+        )
     if change.status not in (DirectoryChange.Status.MANUAL, DirectoryChange.Status.FAILED):
         raise ActionConflict(
             f"Directory change #{change.pk} is {change.get_status_display()}; "
@@ -519,6 +529,15 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
         previous_status=previous,
     )
     return change
+
+
+def own_team_change(change: DirectoryChange, user: AbstractBaseUser) -> bool:
+    """Whether ``user`` is on the requesting side of the change's request."""
+    request = change.request
+    return (
+        request.is_team_member(user)
+        or user.pk in (request.created_by_id, request.submitted_by_id)
+    )
 
 
 def pending_manual_changes() -> QuerySet[DirectoryChange]:

@@ -18,6 +18,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from .directory import directory_mark_done_manually
+from .directory import own_team_change
 from .directory import pending_manual_changes
 from .models import DirectoryChange
 from .models import is_approver
@@ -36,10 +37,14 @@ def _require_approver(request: HttpRequest) -> None:
 def directory_todo(request: HttpRequest) -> HttpResponse:
     """List manual and failed directory changes with their LDIF, oldest first."""
     _require_approver(request)
+    changes = list(pending_manual_changes())
+    for change in changes:
+        # Segregation of duties: no "Mark done" on the approver's own team's changes.
+        change.own_team = own_team_change(change, request.user)
     return render(
         request,
         "requests_app/directory_todo.html",
-        {"changes": pending_manual_changes()},
+        {"changes": changes},
     )
 
 
@@ -54,8 +59,9 @@ def directory_change_mark_done(request: HttpRequest, pk: int) -> HttpResponse:
         change = directory_mark_done_manually(change_id=pk, by=request.user)
     except DirectoryChange.DoesNotExist:
         raise Http404("No such directory change.") from None
-    except (ActionConflict, PermissionDenied) as exc:
+    except ActionConflict as exc:
         messages.error(request, str(exc))
+    # PermissionDenied propagates: a 403 page with the reason, and nothing was written.
     else:
         messages.success(
             request,

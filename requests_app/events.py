@@ -20,6 +20,7 @@ __all__ = [
     "request_created_event",
     "request_handover_event",
     "request_override_event",
+    "request_renewal_detached_event",
     "request_transition_event",
     "request_updated_event",
     "system_event",
@@ -147,7 +148,12 @@ def request_handover_event(
     from_team: str,
     to_team: str,
     comment: str = "",
+    detached_renewals: list[int] | None = None,
 ) -> RequestEvent:
+    """``detached_renewals``: the old team's renewals that no longer replace the entry."""
+    parameters: dict[str, Any] = {"from_team": from_team, "to_team": to_team}
+    if detached_renewals:
+        parameters["detached_renewals"] = list(detached_renewals)
     return _insert(
         request,
         RequestEvent.Type.HANDOVER,
@@ -156,7 +162,31 @@ def request_handover_event(
         from_state=request.state,
         to_state=request.state,
         comment=comment,
-        parameters={"from_team": from_team, "to_team": to_team},
+        parameters=parameters,
+    )
+
+
+def request_renewal_detached_event(
+    renewal: RelayRequest,
+    *,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    entry_id: int,
+    to_team: str,
+) -> RequestEvent:
+    """A renewal's ``replaces`` link was cleared because its entry changed hands."""
+    return _insert(
+        renewal,
+        RequestEvent.Type.UPDATED,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=renewal.state,
+        to_state=renewal.state,
+        comment=(
+            f"No longer replaces #{entry_id}: that entry was handed over to team {to_team}. "
+            "If approved, this request becomes a separate entry."
+        ),
+        parameters={"changes": {"replaces": [entry_id, None]}, "handover_of": entry_id},
     )
 
 

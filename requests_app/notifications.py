@@ -118,6 +118,9 @@ def notification_enqueue(
             for c in request.checks.filter(status__in=("fail", "error"))
         ] if kind in ("checks_failed", "checks_error") else [],
     }
+    if kind == "handover" and event is not None and event.parameters.get("detached_renewals"):
+        # The new owners must learn which pending renewals no longer replace their entry.
+        context["detached_renewals"] = list(event.parameters["detached_renewals"])
     notification, _created = notification_record(
         request=request, kind=kind, key=key, recipients=recipients, context=context)
     return notification

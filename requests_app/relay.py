@@ -166,8 +166,14 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
 
 
 def _supersede_replaced(waiting: list[RelayRequest]) -> None:
-    """A renewal that goes live replaces the entry it renews, in the same version."""
-    replaced_ids = [r.replaces_id for r in waiting if r.replaces_id]
+    """A renewal that goes live replaces the entry it renews, in the same version.
+
+    Only a renewal of the entry's current team replaces it: one drafted by a team that
+    has since handed the entry over never removes the new owners' entry (the handover
+    clears such links; this is the second line of defence).
+    """
+    replaced_ids = [r.replaces_id for r in waiting
+                    if r.replaces_id and r.team_id == r.replaces.team_id]
     if not replaced_ids:
         return
     for old in RelayRequest.objects.select_for_update().filter(

@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
 from . import selectors
 from .models import RelayConfigVersion
@@ -35,9 +35,13 @@ def _token_ok(request: HttpRequest) -> bool:
     return hmac.compare_digest(token.strip().encode(), expected.encode())
 
 
-@require_GET
+@require_safe
 def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
-    """``GET /relay-config/<name>`` for config management, with ETag and 304."""
+    """``GET /relay-config/<name>`` for config management, with ETag and 304.
+
+    ``HEAD`` answers with the same status and headers (ETag, Content-Length, version)
+    and no body, so a puller can ask whether a file changed without fetching it.
+    """
     if not _token_ok(request):
         response = HttpResponse("a valid relay-config token is required\n", status=401,
                                 content_type="text/plain")
@@ -54,7 +58,10 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
         response = HttpResponse(status=304)
     else:
         content_type = "application/json" if name.endswith(".json") else "text/plain"
-        response = HttpResponse(body, content_type=f"{content_type}; charset=us-ascii")
+        response = HttpResponse(b"" if request.method == "HEAD" else body,
+                                content_type=f"{content_type}; charset=us-ascii")
+        # The length of the body a GET returns, for HEAD as well (RFC 9110 9.3.2).
+        response["Content-Length"] = str(len(body))
     response["ETag"] = etag
     response["X-Relay-Config-Version"] = str(version.number)
     response["Cache-Control"] = "no-cache"

@@ -7,6 +7,7 @@ does not leak.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from django.db.models import F
@@ -28,10 +29,12 @@ if TYPE_CHECKING:
 __all__ = [
     "QUEUE_STATES",
     "event_list_for_user",
+    "events_for_display",
     "request_get_for_user",
     "request_list_for_user",
     "request_queue",
     "sees_everything",
+    "source_ip_visible",
     "team_list_for_user",
 ]
 
@@ -112,3 +115,32 @@ def event_list_for_user(user: AbstractBaseUser) -> QuerySet[RequestEvent]:
         return qs
     team_ids = Membership.objects.filter(user=user).values("team_id")
     return qs.filter(request__team_id__in=team_ids)
+
+
+def source_ip_visible(user: AbstractBaseUser | None, event: RequestEvent) -> bool:
+    """Whether ``user`` may see the address an event came from.
+
+    Approvers and auditors see every source IP (the audit trail's "from where");
+    anyone else only the address of their own actions. A requester must not learn
+    where the approvers work from.
+    """
+    if user is None or not user.is_authenticated:
+        return False
+    if sees_everything(user):
+        return True
+    return event.actor_id is not None and event.actor_id == user.pk
+
+
+def events_for_display(
+    user: AbstractBaseUser, events: Iterable[RequestEvent]
+) -> list[RequestEvent]:
+    """The events as ``user`` may see them: source IPs they may not see are blanked.
+
+    Blanked on the in-memory rows only; events are insert-only (``save`` refuses an
+    update), so this can never reach the database.
+    """
+    shown = list(events)
+    for event in shown:
+        if event.source_ip and not source_ip_visible(user, event):
+            event.source_ip = None
+    return shown

@@ -16,6 +16,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -47,11 +48,13 @@ __all__ = [
     "dispatch_on_commit",
     "request_act",
     "request_create",
+    "request_create_once",
     "request_expire",
     "request_handover",
     "request_record_checks",
     "request_renew",
     "request_update",
+    "validate_idempotency_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -312,11 +315,18 @@ def request_create(
     data: dict[str, Any],
     source_ip: str | None = None,
     submit: bool = False,
+    idempotency_key: str = "",
 ) -> RelayRequest:
-    """Create a draft (and optionally submit it) from already-cleaned field values."""
+    """Create a draft (and optionally submit it) from already-cleaned field values.
+
+    A non-empty ``idempotency_key`` is stored with the row; the unique constraint on
+    (creator, key) makes a second insert with the same key fail (see
+    :func:`request_create_once`, which turns that into "return the first request").
+    """
     team_obj = _team_for(by, team)
     fields = {k: v for k, v in data.items() if k in EDITABLE_FIELDS}
-    request = RelayRequest(kind=kind, team=team_obj, created_by=by, **fields)
+    request = RelayRequest(kind=kind, team=team_obj, created_by=by,
+                           idempotency_key=idempotency_key, **fields)
     if kind == RequestKind.ACCOUNT:
         request.fqdn, request.ipv4, request.ipv6 = "", [], []
     _raise_if_invalid(request)
@@ -326,6 +336,54 @@ def request_create(
         request_act(request_id=request.pk, action="submit", by=by, source_ip=source_ip)
         request.refresh_from_db()
     return request
+
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 100
+
+
+def validate_idempotency_key(value: str | None) -> str:
+    """The client's idempotency key: empty (none), or 1-100 visible ASCII characters.
+
+    Visible ASCII only (no spaces or control characters), so the key is safe in logs
+    and in an HTTP header, and two clients cannot differ only by invisible characters.
+    """
+    key = value or ""
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH or not all("!" <= ch <= "~" for ch in key):
+        raise ValidationError(
+            {"idempotency_key": [_(
+                "Idempotency-Key must be 1 to %(max)d visible ASCII characters "
+                "(letters, digits, punctuation; no spaces)."
+            ) % {"max": IDEMPOTENCY_KEY_MAX_LENGTH}]},
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def request_create_once(
+    *, by: AbstractBaseUser, idempotency_key: str, **kwargs: Any
+) -> tuple[RelayRequest, bool]:
+    """``request_create`` that a double click or a client retry cannot run twice.
+
+    Returns ``(request, created)``: with a key this user already used, the request
+    first created with it (``created`` False), whatever the body says now. The insert
+    is tried first and the unique constraint on (creator, key) decides, so two
+    concurrent creates with one key make one row: the loser's insert fails inside its
+    savepoint, nothing of it is kept (no event, no task), and it returns the winner's
+    row, which it can read once the winner committed (PostgreSQL makes the loser's
+    insert wait for that).
+    """
+    key = validate_idempotency_key(idempotency_key)
+    if not key:
+        return request_create(by=by, **kwargs), True
+    try:
+        with transaction.atomic():
+            return request_create(by=by, idempotency_key=key, **kwargs), True
+    except IntegrityError:
+        first = RelayRequest.objects.filter(created_by=by, idempotency_key=key).first()
+        if first is None:  # some other constraint: not ours to swallow
+            raise
+        log.info("idempotent replay of request %s (key %r)", first.pk, key)
+        return first, False
 
 
 @transaction.atomic
@@ -432,6 +490,15 @@ def request_record_checks(
 # --- ownership and renewal -------------------------------------------------------------
 
 RENEWABLE_STATES = (RequestState.ACTIVE, RequestState.EXPIRED, RequestState.REVOKED)
+# A handover detaches the old team's renewals in these states (see request_handover) ...
+DETACHED_ON_HANDOVER = (
+    RequestState.DRAFT,
+    RequestState.CHECKING,
+    RequestState.NEEDS_CHANGES,
+    RequestState.PENDING_APPROVAL,
+)
+# ... and waits for these: approved, the renewal replaces the entry when it goes live.
+APPROVED_NOT_LIVE = (RequestState.PROVISIONING, RequestState.PROVISIONING_FAILED)
 
 
 @transaction.atomic
@@ -447,6 +514,15 @@ def request_handover(
 
     The giver must be a member of the current team; the receiving team only has to
     exist (it learns by mail and can hand it back). Not a state change, but audited.
+
+    Renewals the old team drafted and that are not yet approved (draft, checking,
+    needs changes, pending approval) would, once live, supersede an entry that now
+    belongs to someone else, without the new owners having agreed. So they are
+    detached: their ``replaces`` link is cleared (an audited edit on each), they go on
+    as separate requests of the old team, and the handover mail names them. A renewal
+    already approved (provisioning, or provisioning failed) is about to replace the
+    entry: the handover is refused until it is live or rejected, and then the live
+    entry is the one to hand over.
     """
     request = _locked(request_id)
     if not request.is_team_member(by):
@@ -459,17 +535,43 @@ def request_handover(
     if target.pk == request.team_id:
         raise ValidationError({"team": [_("The entry already belongs to this team.")]},
                               code="same_team")
+    # Lock the renewals too: an approval of one of them waits for this handover (and
+    # then finds no link to the entry), or this handover waits for the approval (and
+    # then refuses).
+    renewals = list(
+        RelayRequest.objects.select_for_update()
+        .filter(replaces_id=request.pk, state__in=(*DETACHED_ON_HANDOVER, *APPROVED_NOT_LIVE))
+        .select_related("created_by")
+        .order_by("pk")
+    )
+    approved = [r for r in renewals if r.state in APPROVED_NOT_LIVE]
+    if approved:
+        raise ActionConflict(
+            _("Renewal %(ids)s of this entry is approved and about to replace it; hand over "
+              "the entry once that renewal is live (or rejected).")
+            % {"ids": ", ".join(f"#{r.pk}" for r in approved)}
+        )
     old_team = request.team
     request.team = target
     request.save(update_fields=["team"])
+    if renewals:
+        RelayRequest.objects.filter(pk__in=[r.pk for r in renewals]).update(replaces=None)
+        for renewal in renewals:
+            events.request_renewal_detached_event(
+                renewal, actor=by, source_ip=source_ip, entry_id=request.pk,
+                to_team=target.slug,
+            )
     event = events.request_handover_event(
         request, actor=by, source_ip=source_ip, from_team=old_team.slug,
         to_team=target.slug, comment=comment,
+        detached_renewals=[r.pk for r in renewals],
     )
     from . import notifications
 
-    notifications.notification_enqueue(request=request, trigger="handover", event=event,
-                                       extra_recipients=[old_team.contact_email])
+    notifications.notification_enqueue(
+        request=request, trigger="handover", event=event,
+        extra_recipients=[old_team.contact_email, *(r.created_by.email for r in renewals)],
+    )
     return request
 
 

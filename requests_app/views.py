@@ -4,6 +4,8 @@ service, map its errors to messages, redirect (POST/redirect/GET)."""
 from __future__ import annotations
 
 import csv
+import unicodedata
+import uuid
 from typing import Any
 
 from django.contrib import messages
@@ -26,6 +28,7 @@ from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
+from .models import RelayRequest
 from .models import RequestKind
 from .models import Team
 
@@ -98,10 +101,14 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
         return render(request, "requests_app/relayrequest_choose.html", status=404)
     form_class = form_class_for(kind)
     form = form_class(request.POST or None, user=request.user)
+    # One token per rendered form (hidden field): a double click or a resent POST carries
+    # the same token, and the service then returns the request the first POST created.
+    token = request.POST.get(FORM_TOKEN_FIELD, "") if request.method == "POST" else ""
     if request.method == "POST" and form.is_valid():
         try:
-            obj = services.request_create(
+            obj, created = services.request_create_once(
                 by=request.user,
+                idempotency_key=token,
                 team=form.cleaned_data["team"],
                 kind=kind,
                 data=form.service_data(),
@@ -111,13 +118,26 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
         except ValidationError as exc:
             _add_errors(form, exc)
         else:
-            messages.success(request, f"Request #{obj.pk} saved ({obj.get_state_display()}).")
+            if created:
+                messages.success(request,
+                                 f"Request #{obj.pk} saved ({obj.get_state_display()}).")
+            else:
+                messages.info(request, f"Request #{obj.pk} was already saved: this form was "
+                                       "sent more than once, and only one request was made.")
             return redirect(obj)
+    try:
+        token = services.validate_idempotency_key(token) or uuid.uuid4().hex
+    except ValidationError:
+        token = uuid.uuid4().hex
     return render(
         request,
         "requests_app/relayrequest_form.html",
-        {"form": form, "kind": kind, "kind_label": RequestKind(kind).label},
+        {"form": form, "kind": kind, "kind_label": RequestKind(kind).label,
+         "form_token_field": FORM_TOKEN_FIELD, "form_token": token},
     )
+
+
+FORM_TOKEN_FIELD = "idempotency_key"
 
 
 def _add_errors(form: Any, exc: ValidationError) -> None:
@@ -147,7 +167,8 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     context = {
         "obj": obj,
         "checks": list(obj.checks.all()),
-        "events": list(obj.events.all()),
+        # Approvers' and other people's source IPs are for approvers and auditors only.
+        "events": selectors.events_for_display(request.user, obj.events.all()),
         "actions": actions,
         "decision_form": DecisionForm(),
         "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
@@ -158,8 +179,10 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "kind", "status", "attempts", "last_error", "created_at")),
         "can_renew": obj.state in services.RENEWABLE_STATES and obj.is_team_member(request.user),
         "can_hand_over": obj.state == "active" and obj.is_team_member(request.user),
-        "other_teams": Team.objects.exclude(pk=obj.team_id).order_by("slug").values_list(
-            "slug", flat=True) if obj.state == "active" else [],
+        # Suggestions for the handover field: only the user's own other teams, never the
+        # list of every team (team slugs are not shown to people outside those teams).
+        "other_teams": selectors.team_list_for_user(request.user).exclude(
+            pk=obj.team_id).values_list("slug", flat=True) if obj.state == "active" else [],
         # An account logs in only once it is in the relay-allow group: show where the
         # latest group change stands, so "active" with a pending change is not a mystery.
         "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
@@ -169,9 +192,24 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "requests_app/relayrequest_detail.html", context)
 
 
+def _owned_or_403(request: HttpRequest, pk: int, what: str) -> RelayRequest:
+    """The request for a page that changes it: 404 if the user cannot see it, 403 if
+    they can (approvers, auditors) but are not in the owning team."""
+    obj = selectors.request_get_for_user(request.user, pk)
+    if not obj.is_team_member(request.user):
+        raise PermissionDenied(
+            f"Only members of the owning team can {what} request #{obj.pk}."
+        )
+    return obj
+
+
 @login_required
 def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    obj = selectors.request_get_for_user(request.user, pk)
+    obj = _owned_or_403(request, pk, "edit")
+    if obj.state not in services.EDITABLE_STATES:
+        messages.error(request, f"A request in state '{obj.get_state_display().lower()}' "
+                                "cannot be edited.")
+        return redirect(obj)
     form_class = form_class_for(obj.kind)
     form = form_class(request.POST or None, user=request.user, initial=initial_for(obj))
     form.fields["team"].disabled = True
@@ -241,7 +279,7 @@ ACTION_LABELS = {
 @require_POST
 def request_renew(request: HttpRequest, pk: int) -> HttpResponse:
     """Start a new draft from an entry (recertify with changes, or ask again)."""
-    obj = selectors.request_get_for_user(request.user, pk)
+    obj = _owned_or_403(request, pk, "renew")
     try:
         copy = services.request_renew(request_id=obj.pk, by=request.user,
                                       source_ip=client_ip(request))
@@ -255,7 +293,7 @@ def request_renew(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
-    obj = selectors.request_get_for_user(request.user, pk)
+    obj = _owned_or_403(request, pk, "hand over")
     try:
         services.request_handover(request_id=obj.pk, by=request.user,
                                   to_team=request.POST.get("team", ""),
@@ -312,10 +350,13 @@ def request_events_csv(request: HttpRequest) -> StreamingHttpResponse:
     def rows() -> Any:
         yield writer.writerow(CSV_COLUMNS)
         for e in events.iterator(chunk_size=2000):
+            # Every text cell goes through _csv_safe: usernames may start with "+", "-"
+            # or "@", slugs with "-", and old rows hold whatever was typed then.
             yield writer.writerow([
-                e.created_at.isoformat(), e.request_id, e.request.team.slug,
-                e.request.subject, e.type, e.actor_name, e.source_ip or "", e.from_state,
-                e.to_state, _csv_safe(e.comment), _csv_safe(str(e.parameters)),
+                e.created_at.isoformat(), e.request_id, _csv_safe(e.request.team.slug),
+                _csv_safe(e.request.subject), e.type, _csv_safe(e.actor_name),
+                e.source_ip or "", e.from_state, e.to_state, _csv_safe(e.comment),
+                _csv_safe(str(e.parameters)),
             ])
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
@@ -323,8 +364,23 @@ def request_events_csv(request: HttpRequest) -> StreamingHttpResponse:
     return response
 
 
+# What spreadsheets read as the start of a formula (plus the full-width forms, which
+# some of them fold to ASCII), and what they skip before looking for one.
+_FORMULA_TRIGGERS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
+_SKIPPED_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
 def _csv_safe(value: str) -> str:
-    """Neutralise spreadsheet formulas (CSV injection) in free text."""
-    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
+    """Neutralise spreadsheet formulas (CSV injection) in a text cell.
+
+    A cell is a formula if its first character is a trigger, but also if a trigger
+    follows leading whitespace or control/format characters (a space, a newline, NUL, a
+    zero-width space): spreadsheets skip those. Such a cell gets a leading apostrophe,
+    which spreadsheets show as text; the value itself is otherwise unchanged.
+    """
+    for ch in value:
+        if ch in _FORMULA_TRIGGERS:
+            return "'" + value
+        if not (ch.isspace() or unicodedata.category(ch) in _SKIPPED_CATEGORIES):
+            return value
     return value

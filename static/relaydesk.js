@@ -53,6 +53,7 @@
       p.appendChild(document.createTextNode(" " + c.id + " (" + c.subject + "): " + c.detail));
       box.appendChild(p);
     });
+    if (report.detail) { var d = document.createElement("p"); d.className = "muted"; d.textContent = report.detail; box.appendChild(d); }
     if (report.errors) { var e = document.createElement("p"); e.className = "error"; e.textContent = JSON.stringify(report.errors); box.appendChild(e); }
     panel.hidden = false;
   }

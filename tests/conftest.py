@@ -52,6 +52,16 @@ def _dns_settings(settings: object, dns_server: DnsTestServer) -> None:
     settings.RELAY_APPROVED_SENDER_DOMAINS = ["example.org"]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    """Each test starts with an empty cache: rate-limit counters are keyed by user id,
+    and ids repeat from test to test once their rows are rolled back."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 @pytest.fixture
 def team():
     return TeamFactory(slug="payments", name="Payments")

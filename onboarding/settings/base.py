@@ -226,6 +226,14 @@ RELAY_LAB_NETWORKS = env.list("RELAY_LAB_NETWORKS", default=[])
 RELAY_ALLOW_PRIVATE = env.bool("RELAY_ALLOW_PRIVATE", default=False)
 RELAY_APPROVED_SENDER_DOMAINS = env.list("RELAY_APPROVED_SENDER_DOMAINS", default=[])
 RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
+# The form's as-you-type check runs on a web worker: at most this many per user and
+# minute (0 = no limit; counted in the default cache, per process unless CACHES is
+# shared), and its DNS work ends after this many seconds (or DNS_LIFETIME_SECONDS if
+# that is shorter).
+RELAYDESK_QUICK_CHECK_PER_MINUTE = env.int("RELAYDESK_QUICK_CHECK_PER_MINUTE", default=20)
+RELAYDESK_QUICK_CHECK_SECONDS = env.float("RELAYDESK_QUICK_CHECK_SECONDS", default=2.0)
+# redis://host:6379/1 shares the quick-check counters between web processes.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 # ---------------------------------------------------------------------------
 # Lifecycle after approval

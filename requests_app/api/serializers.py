@@ -12,6 +12,7 @@ from ..models import RelayRequest
 from ..models import RequestEvent
 from ..models import RequestKind
 from ..models import TlsMode
+from ..selectors import source_ip_visible
 from ..validators import split_list
 from ..validators import validate_account_name
 from ..validators import validate_dkim_selector
@@ -64,6 +65,15 @@ class RequestEventSerializer(serializers.ModelSerializer):
             "id", "time", "type", "actor", "source_ip", "from_state", "to_state", "comment",
             "parameters",
         )
+
+    def to_representation(self, instance: RequestEvent) -> dict[str, Any]:
+        """``source_ip`` is null unless the caller may see it (approvers, auditors, or
+        the actor themself); without a request in the context nobody may."""
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        if not source_ip_visible(getattr(request, "user", None), instance):
+            data["source_ip"] = None
+        return data
 
 
 class RelayRequestSerializer(serializers.ModelSerializer):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.utils import inline_serializer
 from rest_framework import mixins
@@ -15,6 +18,7 @@ from rest_framework.decorators import action
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 
 from .. import selectors
 from .. import services
@@ -26,7 +30,7 @@ from .serializers import QuickCheckSerializer
 from .serializers import RelayRequestSerializer
 from .serializers import RequestEventSerializer
 
-__all__ = ["RelayRequestViewSet", "quick_check"]
+__all__ = ["QuickCheckThrottle", "RelayRequestViewSet", "quick_check"]
 
 ActionSerializer = inline_serializer(
     "ActionInput", fields={"comment": serializers.CharField(required=False, allow_blank=True)}
@@ -61,19 +65,41 @@ class RelayRequestViewSet(
             qs = qs.filter(drifted_at__isnull=False)
         return qs.order_by("-created_at", "-pk")
 
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+            description="Up to 100 visible ASCII characters. A retry with a key this user "
+                        "already used returns the first request (200, header "
+                        "Idempotent-Replayed: true) instead of creating a second one.",
+        )],
+        responses={201: RelayRequestSerializer, 200: RelayRequestSerializer},
+    )
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Create a request; ``Idempotency-Key`` makes a retried create return the first."""
+        # Checked before the body, so a bad key is named as such whatever the body holds.
+        services.validate_idempotency_key(request.headers.get("Idempotency-Key", ""))
+        self._replayed = False
+        response = super().create(request, *args, **kwargs)
+        if self._replayed:
+            response.status_code = status.HTTP_200_OK
+            response["Idempotent-Replayed"] = "true"
+        return response
+
     def perform_create(self, serializer: RelayRequestSerializer) -> None:
         data = dict(serializer.validated_data)
         team = data.pop("team")
         kind = data.pop("kind")
         submit = data.pop("submit", False)
-        serializer.instance = services.request_create(
+        serializer.instance, created = services.request_create_once(
             by=self.request.user,
+            idempotency_key=self.request.headers.get("Idempotency-Key", ""),
             team=team,
             kind=kind,
             data=data,
             source_ip=client_ip(self.request),
             submit=submit,
         )
+        self._replayed = not created
 
     def perform_update(self, serializer: RelayRequestSerializer) -> None:
         data = dict(serializer.validated_data)
@@ -95,7 +121,8 @@ class RelayRequestViewSet(
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str | None = None) -> Response:
         obj = self.get_object()
-        return Response(RequestEventSerializer(obj.events.all(), many=True).data)
+        return Response(RequestEventSerializer(
+            obj.events.all(), many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=CheckResultSerializer(many=True))
     @action(detail=True, methods=["get"])
@@ -158,6 +185,23 @@ for _name in services.USER_ACTIONS:
     setattr(RelayRequestViewSet, _name, _make_action(_name))
 
 
+class QuickCheckThrottle(SimpleRateThrottle):
+    """Per-user budget of quick checks (DRF's sliding window in Django's cache).
+
+    The rate is read from the setting on every use, so a changed setting applies at
+    once; 0 turns the limit off.
+    """
+
+    scope = "quick_check"
+
+    def get_rate(self) -> str | None:
+        per_minute = settings.RELAYDESK_QUICK_CHECK_PER_MINUTE
+        return f"{per_minute}/min" if per_minute > 0 else None
+
+    def get_cache_key(self, request: Request, view: Any) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": request.user.pk}
+
+
 @extend_schema(
     request=QuickCheckSerializer,
     responses=inline_serializer(
@@ -169,8 +213,20 @@ for _name in services.USER_ACTIONS:
 def quick_check(request: Request) -> Response:
     """Address policy, forward and reverse checks for the form as the requester types.
 
-    Bounded by ``DNS_LIFETIME_SECONDS``; nothing is stored.
+    It runs on the web worker that answers, so it is bounded twice: each user gets
+    ``RELAYDESK_QUICK_CHECK_PER_MINUTE`` calls a minute (then 429 with Retry-After), and
+    the DNS work ends after ``RELAYDESK_QUICK_CHECK_SECONDS``. Nothing is stored.
     """
+    throttle = QuickCheckThrottle()
+    if not throttle.allow_request(request, None):
+        wait = max(1, math.ceil(throttle.wait() or 60))
+        return Response(
+            {"detail": f"Too many quick checks: at most {throttle.num_requests} a minute "
+                       f"per user. Try again in {wait} s.",
+             "checks": []},
+            status=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(wait)},
+        )
     serializer = QuickCheckSerializer(data=request.data)
     if not serializer.is_valid():
         return Response({"errors": serializer.errors, "checks": []}, status=400)
