@@ -60,6 +60,7 @@ __all__ = [
     "CheckSpec",
     "CheckStatus",
     "Report",
+    "VERDICT_ORDER",
     "batch_event_loop",
     "gc_paused",
     "normalise_address",
@@ -93,11 +94,19 @@ class CheckStatus(enum.StrEnum):
     ERROR = "error"  # DNS could not answer: retried, never taken as pass or fail
 
 
-_RANK = {CheckStatus.PASS: 0, CheckStatus.WARN: 1, CheckStatus.FAIL: 2, CheckStatus.ERROR: 3}
+# Best to worst. A definite failure outranks an unanswered look-up: however the DNS
+# error would have ended, the request already cannot go through as it is, so it goes
+# back to the requester at once instead of waiting out the retries.
+VERDICT_ORDER = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.ERROR, CheckStatus.FAIL)
+_RANK = {status: rank for rank, status in enumerate(VERDICT_ORDER)}
 
 
 def worst_status(statuses: Iterable[str]) -> CheckStatus:
-    """The verdict: ``error`` > ``fail`` > ``warn`` > ``pass`` (``pass`` when empty)."""
+    """The verdict: ``fail`` > ``error`` > ``warn`` > ``pass`` (``pass`` when empty).
+
+    The one definition of the order: the engine's reports, the recorded verdict of a
+    request and the CLI's exit code all come from here.
+    """
     return max((CheckStatus(s) for s in statuses), key=_RANK.__getitem__,
                default=CheckStatus.PASS)
 
@@ -332,6 +341,11 @@ class _Lookups:
 
     def close(self) -> None:
         for future in self.asked.values():
+    note = ""
+    if refused:
+        evidence["not_compared"] = list(refused)
+        note = (f"; {', '.join(refused)} not compared (refused by the address policy, "
+                "not looked up)")
             if not future.cancel() and not future.cancelled():
                 future.exception()  # retrieved, so asyncio does not log "never retrieved"
         self.client.close()
@@ -502,7 +516,14 @@ async def _addresses(run: _Run, fqdn: str) -> tuple[DnsAnswer, DnsAnswer]:
     return await asyncio.shield(a_task), await asyncio.shield(aaaa_task)
 
 
-async def _check_forward(run: _Run, fqdn: str, addresses: Sequence[str]) -> CheckResult:
+async def _check_forward(run: _Run, fqdn: str, addresses: Sequence[str],
+                         refused: Sequence[str] = ()) -> CheckResult:
+    """The name's A/AAAA must contain every accepted address (``addresses``).
+
+    Addresses the policy ``refused`` are not compared: the name need not resolve to
+    them (that would be a second failure for one fault), and one it does resolve to is
+    not "extra". The evidence lists them under ``not_compared`` so the page says why.
+    """
     a, aaaa = await _addresses(run, fqdn)
     chain = list(a.chain if len(a.chain) >= len(aaaa.chain) else aaaa.chain)
     found = sorted({*a.values, *aaaa.values}, key=_address_key)
@@ -512,22 +533,27 @@ async def _check_forward(run: _Run, fqdn: str, addresses: Sequence[str]) -> Chec
     if a.status is DnsStatus.NXDOMAIN and aaaa.status is DnsStatus.NXDOMAIN:
         where = f" (CNAME target {chain[-1]})" if len(chain) > 1 else ""
         return _result("forward", fqdn, CheckStatus.FAIL,
-                       f"{fqdn} does not exist (NXDOMAIN){where}", **evidence)
+                       f"{fqdn} does not exist (NXDOMAIN){where}{note}", **evidence)
     missing = [x for x in addresses if x not in found]
-    extra = [x for x in found if x not in addresses]
+    extra = [x for x in found if x not in addresses and x not in refused]
     evidence.update(missing=missing, extra=extra)
     if not found:
-        return _result("forward", fqdn, CheckStatus.FAIL, f"{fqdn} has no A or AAAA record",
-                       **evidence)
+        return _result("forward", fqdn, CheckStatus.FAIL,
+                       f"{fqdn} has no A or AAAA record{note}", **evidence)
     if missing:
         return _result("forward", fqdn, CheckStatus.FAIL,
-                       f"{fqdn} does not resolve to {', '.join(missing)}", **evidence)
+                       f"{fqdn} does not resolve to {', '.join(missing)}{note}", **evidence)
     if extra:
         return _result("forward", fqdn, CheckStatus.WARN,
-                       f"{fqdn} also resolves to {', '.join(extra)}, not in the request",
+                       f"{fqdn} also resolves to {', '.join(extra)}, not in the request{note}",
                        **evidence)
-    return _result("forward", fqdn, CheckStatus.PASS,
-                   f"{fqdn} resolves to exactly the requested addresses", **evidence)
+    if not refused:
+        what = "resolves to exactly the requested addresses"
+    elif addresses:
+        what = "resolves to every accepted address"
+    else:
+        what = "exists; no accepted address to compare"
+    return _result("forward", fqdn, CheckStatus.PASS, f"{fqdn} {what}{note}", **evidence)
 
 
 def _address_key(text: str) -> tuple[int, bytes]:
@@ -938,7 +964,13 @@ _T = TypeVar("_T")
 
 @dataclass
 class _Plan:
-    """A request's normalised inputs and the look-ups its checks begin with."""
+    """A request's normalised inputs and the look-ups its checks begin with.
+
+    ``addresses`` are those the address policy accepted: only they are compared with
+    the FQDN and looked up in reverse. ``refused`` are well-formed addresses the policy
+    refused: never looked up (their ``address_policy`` fail already decides the
+    verdict, and a PTR query for an internal address tells outside resolvers about it).
+    """
 
     fqdn: str | None
     domains: list[str]
@@ -966,9 +998,12 @@ def _plan(spec: CheckSpec, config: CheckConfig) -> _Plan:
     selector = _dns_name(spec.dkim_selector, "DKIM selector") if spec.dkim_selector else None
     raw = _unique(a.strip() for a in spec.addresses)
     immediate = [_check_address(a, config) for a in raw]
-    # forward/reverse use every well-formed address, even one the policy refuses
-    addresses = _unique(r.subject for r in immediate if "version" in r.evidence)
-    return _Plan(fqdn, domains, selector, immediate, addresses)
+    # forward/reverse use only what the policy accepts; a refused address is not asked
+    # about in DNS at all (a malformed one has no "version" and is neither)
+    addresses = _unique(r.subject for r in immediate if r.status is CheckStatus.PASS)
+    refused = _unique(r.subject for r in immediate
+                      if r.status is not CheckStatus.PASS and "version" in r.evidence)
+    return _Plan(fqdn, domains, selector, immediate, addresses, refused)
 
 
 @types.coroutine
@@ -1002,7 +1037,7 @@ async def _run(plan: _Plan, config: CheckConfig, lookups: _Lookups) -> Report:
     run = _Run(config, lookups)
     jobs: list[tuple[str, str, Callable[[], Awaitable[CheckResult]]]] = []
     if fqdn is not None:
-        jobs.append(("forward", fqdn, lambda: _check_forward(run, fqdn, addresses)))
+        jobs.append(("forward", fqdn, lambda: _check_forward(run, fqdn, addresses, refused)))
         jobs += [("reverse", a, functools.partial(_check_reverse, run, fqdn, a))
                  for a in addresses]
     jobs += [("sender_spf", d, functools.partial(_check_spf, run, d)) for d in domains]
@@ -1013,6 +1048,7 @@ async def _run(plan: _Plan, config: CheckConfig, lookups: _Lookups) -> Report:
     results: list[CheckResult | None] = list(plan.immediate)
     waiting: list[tuple[int, str, str, asyncio.Task[CheckResult]]] = []
     for check_id, subject, make in jobs:
+    refused: list[str] = field(default_factory=list)
         coro = _guard(check_id, subject, make())
         try:
             step = coro.send(None)
@@ -1067,6 +1103,7 @@ def batch_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
+    refused = plan.refused
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:

@@ -72,7 +72,17 @@ def request_updated_event(
     source_ip: str | None,
     changes: dict[str, list[Any]],
 ) -> RequestEvent:
-    """``changes`` maps each edited field to ``[old, new]`` so the trail shows the diff."""
+    discarded_checks: dict[str, Any] | None = None,
+    """``changes`` maps each edited field to ``[old, new]`` so the trail shows the diff.
+
+    ``discarded_checks``: the verdict (and its fingerprint) an edit of a checked field
+    threw away, so the trail shows why the request has to be checked again.
+    """
+    parameters: dict[str, Any] = {"changes": changes}
+    comment = ""
+    if discarded_checks:
+        parameters["discarded_checks"] = discarded_checks
+        comment = "Checked content changed: the check results were discarded."
     return _insert(
         request,
         RequestEvent.Type.UPDATED,
@@ -80,7 +90,8 @@ def request_updated_event(
         source_ip=source_ip,
         from_state=request.state,
         to_state=request.state,
-        parameters={"changes": changes},
+        comment=comment,
+        parameters=parameters,
     )
 
 

@@ -7,6 +7,8 @@ transition permission, call the transition, save, write the event and schedule w
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "APPROVERS_GROUP",
     "AUDITORS_GROUP",
+    "CHECKED_FIELDS",
+    "POLICY_REFUSED",
     "ApprovedSenderDomain",
     "CheckResult",
     "CheckRun",
@@ -42,6 +46,9 @@ __all__ = [
     "Team",
     "TimeStampedModel",
     "TlsMode",
+    "checks_current",
+    "checks_policy_clear",
+    "content_fingerprint",
     "is_approver",
     "is_auditor",
 ]
@@ -202,7 +209,10 @@ class RequestState(models.TextChoices):
 
 
 class CheckStatus(models.TextChoices):
-    """Ordered from best to worst; a verdict is the worst status seen."""
+    """One check's outcome. A verdict is the worst status seen, in the order
+    ``pass`` < ``warn`` < ``error`` < ``fail`` (``checks.worst_status``, the one
+    definition): a definite failure outranks a look-up that could not be answered.
+    The choices keep their historical order; it is not the ranking."""
 
     PASS = "pass", _("pass")
     WARN = "warn", _("warn")
@@ -233,6 +243,44 @@ def _system_only(instance: RelayRequest, user: AbstractBaseUser) -> bool:
 
 
 # --- conditions: pure, read only the instance -----------------------------------------
+
+# What the checks read of a request: a change to any of these makes a verdict stale.
+CHECKED_FIELDS = (
+    "kind", "fqdn", "ipv4", "ipv6", "sender_domains", "sender_addresses", "dkim_selector",
+)
+# ``check_summary`` key listing the addresses the address policy refused in that run.
+POLICY_REFUSED = "policy_refused"
+
+
+def content_fingerprint(request: object) -> str:
+    """sha256 of the checked fields in canonical JSON (sorted keys, no spaces, UTF-8).
+
+    Why: a verdict is only worth something for the content it was computed on. The
+    check task fingerprints the row it loaded and the result is stored with the
+    verdict, so approve and override can tell a run of the current content from one
+    of content edited since. Lists keep their stored order: any stored change counts.
+    Works on a model row or any object with the same attributes (the recheck's rows).
+    """
+    content = {name: getattr(request, name) for name in CHECKED_FIELDS}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checks_current(instance: RelayRequest) -> bool:
+    """The stored verdict was computed on exactly the request's current content."""
+    fingerprint = instance.checked_fingerprint
+    return bool(fingerprint) and fingerprint == content_fingerprint(instance)
+
+
+def checks_policy_clear(instance: RelayRequest) -> bool:
+    """No address of the current run was refused by the address policy.
+
+    A hard stop: loopback, private (unless allowed), link-local, multicast,
+    documentation and the other special ranges never reach the relay, whatever an
+    approver writes, so neither override nor approval may pass such a run.
+    """
+    summary = instance.check_summary if isinstance(instance.check_summary, dict) else {}
+    return not summary.get(POLICY_REFUSED)
 
 
 def checks_allow_approval(instance: RelayRequest) -> bool:
@@ -426,6 +474,13 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     def addresses(self) -> list[str]:
         return [*self.ipv6, *self.ipv4]
 
+    @property
+    def checks_stale(self) -> bool:
+        """Checks ran, but not on the current content: edited since, or run before
+        verdicts were bound to content. Approve and override wait for a fresh run."""
+        ran = self.checks_ran_at is not None or bool(self.check_verdict)
+        return ran and not checks_current(self)
+
     def is_team_member(self, user: AbstractBaseUser | None) -> bool:
         if user is None or not user.is_authenticated:
             return False
@@ -448,6 +503,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         self.submitted_at = timezone.now()
         self.override_reason = ""
         self.check_attempts = 0
+        self.check_next_attempt_at = None  # a new retry chain starts
 
     @transition(
         field=state,
@@ -458,6 +514,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     def recheck(self, by: AbstractBaseUser) -> None:
         self.override_reason = ""
         self.check_attempts = 0
+        self.check_next_attempt_at = None  # a new retry chain starts
 
     @transition(
         field=state,
@@ -482,7 +539,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         source=[RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL],
         target=RequestState.PENDING_APPROVAL,
         permission=_is_independent_approver,
-        conditions=[checks_need_override],
+        conditions=[checks_current, checks_policy_clear, checks_need_override],
     )
     def override_checks(self, by: AbstractBaseUser, reason: str) -> None:
         self.override_reason = reason
@@ -492,7 +549,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         source=RequestState.PENDING_APPROVAL,
         target=RequestState.PROVISIONING,
         permission=_is_independent_approver,
-        conditions=[checks_allow_approval],
+        conditions=[checks_current, checks_policy_clear, checks_allow_approval],
     )
     def approve(self, by: AbstractBaseUser, note: str = "") -> None:
         self.decided_by = by

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from datetime import timedelta
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -27,6 +28,9 @@ from kombu.exceptions import OperationalError
 
 from . import events
 from .models import CheckResult
+from .checks import worst_status
+from .models import CHECKED_FIELDS
+from .models import POLICY_REFUSED
 from .models import CheckStatus
 from .models import Membership
 from .models import RelayRequest
@@ -35,6 +39,9 @@ from .models import RequestKind
 from .models import RequestState
 from .models import Team
 from .models import is_approver
+from .models import checks_current
+from .models import checks_policy_clear
+from .models import content_fingerprint
 from .validators import validate_request
 
 if TYPE_CHECKING:
@@ -75,12 +82,6 @@ EDITABLE_FIELDS = (
     "tls_mode",
 )
 EDITABLE_STATES = (RequestState.DRAFT, RequestState.NEEDS_CHANGES)
-VERDICT_ORDER = {
-    CheckStatus.PASS: 0,
-    CheckStatus.WARN: 1,
-    CheckStatus.FAIL: 2,
-    CheckStatus.ERROR: 3,
-}
 
 
 class ActionConflict(Exception):
@@ -176,6 +177,22 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
         "action": action.replace("_", " ") + ("d" if action.endswith("e") else "ed"),
     }
 
+    decides_on_checks = (
+        (action == "approve" and request.state == RequestState.PENDING_APPROVAL)
+        or (action == "override_checks" and request.state in (
+            RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL))
+    )
+    if decides_on_checks and not checks_current(request):
+        return _(
+            "The check results are stale: they were not computed on the request's current "
+            "content (it was edited since, or no checks ran on it). The checks must be "
+            "re-run (recheck) before it can be %(action)s."
+        ) % {"action": "approved" if action == "approve" else "overridden"}
+    if decides_on_checks and not checks_policy_clear(request):
+        return _(
+            "The address policy refuses %(addresses)s: this cannot be overridden or "
+            "approved; the requester must change the address."
+        ) % {"addresses": ", ".join(request.check_summary.get(POLICY_REFUSED, []))}
 
 @transaction.atomic
 def request_act(
@@ -394,7 +411,13 @@ def request_update(
     data: dict[str, Any],
     source_ip: str | None = None,
 ) -> RelayRequest:
-    """Edit a draft or a request that needs changes; the diff goes to the audit trail."""
+    """Edit a draft or a request that needs changes; the diff goes to the audit trail.
+
+    An edit of a checked field (``CHECKED_FIELDS``) discards the verdict, its
+    fingerprint, the results and any override: they were about other content. The
+    checks run again when the request is (re)submitted or an approver re-checks it;
+    until then neither approve nor override can act on it.
+    """
     request = _locked(request_id)
     if not request.is_team_member(by):
         raise PermissionDenied(_("Only members of the owning team can edit this request."))
@@ -416,30 +439,62 @@ def request_update(
         return request
     _raise_if_invalid(request)
     request.save()
-    events.request_updated_event(request, by, source_ip, changes)
+    events.request_updated_event(request, by, source_ip, changes, discarded_checks=discarded)
     return request
+
+
+def _discard_checks(request: RelayRequest) -> dict[str, Any] | None:
+    """Forget a verdict whose content changed; what was dropped, for the audit event."""
+    results = request.checks.count()
+    if not (request.check_verdict or request.checked_fingerprint or results
+            or request.override_reason):
+        return None  # never checked: nothing to discard
+    discarded = {
+        "verdict": request.check_verdict,
+        "fingerprint": request.checked_fingerprint,
+        "results": results,
+        "checked_fields": sorted(CHECKED_FIELDS),
+    }
+    if request.override_reason:
+        discarded["override_reason"] = request.override_reason
+    request.checks.all().delete()
+    request.check_verdict = ""
+    request.check_summary = {}
+    request.checked_fingerprint = ""
+    request.override_reason = ""
+    return discarded
 
 
 # --- results from tasks --------------------------------------------------------------
 
 
-def _verdict(statuses: list[str]) -> str:
-    if not statuses:
-        return CheckStatus.PASS
-    return max(statuses, key=lambda s: VERDICT_ORDER[CheckStatus(s)])
-
-
 @transaction.atomic
 def request_record_checks(
-    *, request_id: int, checks: list[dict[str, Any]], final: bool = True
+    *,
+    request_id: int,
+    checks: list[dict[str, Any]],
+    final: bool = True,
+    fingerprint: str | None = None,
+    attempt: int | None = None,
+    retry_in: float | None = None,
 ) -> RelayRequest | None:
     """Store check results (upsert, so a re-run gives the same rows) and move on.
 
-    ``pass``/``warn`` go to approval; ``fail`` goes back to the requester. ``error``
-    (DNS could not answer) keeps the request in ``checking`` while retries remain
-    (``final=False``) and, once they are exhausted, goes to approvers, who see that the
-    checks could not run and may re-run or override them. Returns ``None`` when the
-    request has moved on meanwhile (withdrawn, say): the results are then discarded.
+    The verdict is the worst status (``checks.worst_status``: a definite ``fail``
+    outranks ``error``). ``pass``/``warn`` go to approval; ``fail`` goes back to the
+    requester at once, even if some look-up also errored. ``error`` alone (DNS could
+    not answer) keeps the request in ``checking`` while retries remain (``final=False``;
+    ``retry_in`` seconds until the scheduled retry, stored as ``check_next_attempt_at``
+    so the sweep leaves that retry chain alone) and, once they are exhausted, goes to
+    approvers, who see that the checks could not run and may re-run or override them.
+
+    ``fingerprint`` is :func:`content_fingerprint` of the row the checks ran on (the
+    current row when ``None``); ``attempt`` is the row's ``check_attempts`` when the
+    checks started. Returns ``None``, recording nothing, when the results no longer
+    belong to the row: it moved on (withdrawn, say), its checked content changed
+    meanwhile, or another delivery of the task already recorded this attempt (a
+    duplicated message must not record a second run or start a second chain).
+    checked_before = content_fingerprint(request)
     """
     request = _locked(request_id)
     if not can_proceed(request.checks_passed):
@@ -449,6 +504,9 @@ def request_record_checks(
     for check in checks:
         row, _created = CheckResult.objects.update_or_create(
             request=request,
+    discarded = None
+    if content_fingerprint(request) != checked_before:
+        discarded = _discard_checks(request)
             check_id=check["id"],
             subject=check["subject"],
             defaults={
@@ -460,11 +518,17 @@ def request_record_checks(
         keep.add(row.pk)
     request.checks.exclude(pk__in=keep).delete()
     statuses = [c["status"] for c in checks]
-    verdict = _verdict(statuses)
-    summary = {s.value: statuses.count(s.value) for s in CheckStatus}
+    verdict = str(worst_status(statuses))
+    summary: dict[str, Any] = {s.value: statuses.count(s.value) for s in CheckStatus}
+    refused = sorted({c["subject"] for c in checks
+                      if c["id"] == "address_policy" and c["status"] == CheckStatus.FAIL})
+    if refused:  # the hard stop, readable by the model's pure conditions
+        summary[POLICY_REFUSED] = refused
+    now = timezone.now()
     request.check_verdict = verdict
     request.check_summary = summary
-    request.checks_ran_at = timezone.now()
+    request.checked_fingerprint = current
+    request.checks_ran_at = now
     request.check_attempts += 1
     events.request_checks_recorded_event(
         request, verdict=verdict, summary=summary, attempt=request.check_attempts
@@ -479,6 +543,14 @@ def request_record_checks(
     failing = [c for c in checks if c["status"] in ("fail", "error")]
     comment = "; ".join(f"{c['id']}({c['subject']}): {c.get('detail', '')}" for c in failing)
     event = events.request_transition_event(
+    current = content_fingerprint(request)
+    if fingerprint is not None and fingerprint != current:
+        log.info("request %s was edited while its checks ran; results discarded", request_id)
+        return None
+    if attempt is not None and attempt != request.check_attempts:
+        log.info("request %s: attempt %s already recorded (now %s); duplicate discarded",
+                 request_id, attempt + 1, request.check_attempts)
+        return None
         request, action=action, from_state=from_state, actor=None, comment=comment[:2000]
     )
     from . import notifications
@@ -500,10 +572,13 @@ DETACHED_ON_HANDOVER = (
 # ... and waits for these: approved, the renewal replaces the entry when it goes live.
 APPROVED_NOT_LIVE = (RequestState.PROVISIONING, RequestState.PROVISIONING_FAILED)
 
+    request.check_next_attempt_at = None
 
 @transaction.atomic
 def request_handover(
     *,
+        if retry_in is not None:
+            request.check_next_attempt_at = now + timedelta(seconds=retry_in)
     request_id: int,
     by: AbstractBaseUser,
     to_team: Team | str,

@@ -38,15 +38,27 @@ class ChecksStillErroring(Exception):
 
 
 @shared_task(name="relaydesk.run_request_checks", bind=True, acks_late=True, max_retries=None)
-def run_request_checks(self, request_id: int) -> str:  # type: ignore[no-untyped-def]
+def run_request_checks(  # type: ignore[no-untyped-def]
+    self, request_id: int, attempt: int | None = None
+) -> str:
     """Run the DNS checks of a request in ``checking`` and record the results.
 
-    ``error`` results (timeouts, SERVFAIL) are stored but the request stays in
+    ``error`` results alone (timeouts, SERVFAIL) are stored but the request stays in
     ``checking`` and the task retries with exponential backoff; after
     ``RELAY_CHECK_MAX_RETRIES`` retries the request goes to approvers with the error
-    shown. Fail/pass/warn are definitive and recorded at once.
+    shown. Fail (even beside an error)/pass/warn are definitive and recorded at once.
+
+    One retry chain per request: the retry is scheduled with ``attempt`` (the row's
+    ``check_attempts`` it expects) and its due time is stored in
+    ``check_next_attempt_at``. A message without ``attempt`` (the first dispatch, or
+    the sweep's) does nothing while a retry is still due; a retry whose attempt was
+    recorded by another delivery does nothing; and the attempt is compared again under
+    the row lock when recording, so two copies of one message record one run.
     """
+    from django.utils import timezone
+
     from . import checking
+    from .models import content_fingerprint
     from .services import request_record_checks
 
     request = RelayRequest.objects.filter(pk=request_id).first()
@@ -55,15 +67,28 @@ def run_request_checks(self, request_id: int) -> str:  # type: ignore[no-untyped
         return "missing"
     if request.state != RequestState.CHECKING:
         return f"skipped:{request.state}"
+    if attempt is None:
+        due = request.check_next_attempt_at
+        if due is not None and due > timezone.now():
+            return "skipped:retry-scheduled"
+    elif attempt != request.check_attempts:
+        return "skipped:superseded"
+    # Fingerprint the row as loaded: the results belong to exactly this content.
+    fingerprint = content_fingerprint(request)
     report = checking.run_checks_for(request)
-    max_retries = settings.RELAY_CHECK_MAX_RETRIES
-    final = self.request.retries >= max_retries
+    # The row's counter survives a lost chain (the sweep's message starts at retries=0).
+    done = max(self.request.retries, request.check_attempts)
+    final = done >= settings.RELAY_CHECK_MAX_RETRIES
+    countdown = None if final else min(30 * 2 ** done, 900)
     recorded = request_record_checks(
-        request_id=request_id, checks=report["checks"], final=final
+        request_id=request_id, checks=report["checks"], final=final,
+        fingerprint=fingerprint, attempt=request.check_attempts, retry_in=countdown,
     )
-    if recorded is not None and recorded.state == RequestState.CHECKING and not final:
-        countdown = min(30 * 2 ** self.request.retries, 900)
-        raise self.retry(exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
+    if recorded is None:
+        return "discarded"
+    if recorded.state == RequestState.CHECKING and countdown is not None:
+        raise self.retry(kwargs={"attempt": recorded.check_attempts},
+                         exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
     return report["verdict"]
 
 
@@ -139,7 +164,9 @@ def sweep_pending_work() -> dict[str, int]:
     stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
     counts = {"checks": 0, "provisioning": 0, "notifications": 0, "directory": 0}
     for pk in RelayRequest.objects.filter(
-        state=RequestState.CHECKING, updated_at__lt=stale
+        # a request whose own retry is still coming is left to it (one retry chain)
+        Q(check_next_attempt_at__isnull=True) | Q(check_next_attempt_at__lt=stale),
+        state=RequestState.CHECKING, updated_at__lt=stale,
     ).values_list("pk", flat=True)[:500]:
         run_request_checks.delay(pk)
         counts["checks"] += 1

@@ -13,6 +13,7 @@ from requests_app.models import RelayRequest
 from requests_app.models import RequestKind
 from requests_app.models import RequestState
 from requests_app.models import Team
+from requests_app.models import content_fingerprint
 
 PASSWORD = "s3cret-pass"  # noqa: S105 - test-only
 
@@ -80,7 +81,9 @@ class RelayRequestFactory(factory.django.DjangoModelFactory):
     """A server request that passes every check against the test zone (``tests/zones``).
 
     ``state`` can be set directly: factories build fixtures, not workflow history, so
-    they bypass the protected FSM field by writing the column.
+    they bypass the protected FSM field by writing the column. A request given a
+    ``check_verdict`` gets the fingerprint of its own content, as if the checks had run
+    on it; pass ``checks_current=False`` for a verdict of other (earlier) content.
     """
 
     class Meta:
@@ -113,8 +116,14 @@ class RelayRequestFactory(factory.django.DjangoModelFactory):
     @classmethod
     def _create(cls, model_class: type, *args: object, **kwargs: object) -> RelayRequest:
         state = kwargs.pop("state", RequestState.DRAFT)
+        current = kwargs.pop("checks_current", True)
         obj = super()._create(model_class, *args, **kwargs)
+        columns: dict[str, object] = {}
+        if obj.check_verdict and current and not obj.checked_fingerprint:
+            columns["checked_fingerprint"] = content_fingerprint(obj)
         if state != RequestState.DRAFT:
-            RelayRequest.objects.filter(pk=obj.pk).update(state=state)
+            columns["state"] = state
+        if columns:
+            RelayRequest.objects.filter(pk=obj.pk).update(**columns)
             obj.refresh_from_db()
         return obj

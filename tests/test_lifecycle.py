@@ -147,8 +147,11 @@ def test_approved_renewal_supersedes_the_original(active, requester, approver,
                                                   django_capture_on_commit_callbacks):
     # given a renewal with a changed address, checked and pending
     copy = services.request_renew(request_id=active.pk, by=requester)
+    from requests_app.models import content_fingerprint
+
     RelayRequest.objects.filter(pk=copy.pk).update(state=S.PENDING_APPROVAL,
-                                                   check_verdict="pass")
+                                                   check_verdict="pass",
+                                                   checked_fingerprint=content_fingerprint(copy))
     # when approved (the eager provisioning task builds the config)
     with django_capture_on_commit_callbacks(execute=True):
         services.request_act(request_id=copy.pk, action="approve", by=approver)

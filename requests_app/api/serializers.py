@@ -93,6 +93,11 @@ class RelayRequestSerializer(serializers.ModelSerializer):
     expected_daily_volume = serializers.IntegerField(min_value=1, max_value=100_000_000)
     checks = CheckResultSerializer(many=True, read_only=True)
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
+    checks_stale = serializers.BooleanField(
+        read_only=True,
+        help_text="Checks ran, but not on the current content (edited since): approve and "
+                  "override wait for a fresh run.",
+    )
     submit = serializers.BooleanField(write_only=True, required=False, default=False)
 
     class Meta:
@@ -101,9 +106,9 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "id", "kind", "state", "team", "team_slug", "contact_email", "chat_channel",
             "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
-            "check_verdict", "check_summary", "checks_ran_at", "checks", "override_reason",
-            "decision_note", "created_by", "created_at", "submitted_at", "decided_at",
-            "activated_at", "submit",
+            "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
+            "override_reason", "decision_note", "created_by", "created_at", "submitted_at",
+            "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
         )
         read_only_fields = (
             "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
