@@ -341,11 +341,6 @@ class _Lookups:
 
     def close(self) -> None:
         for future in self.asked.values():
-    note = ""
-    if refused:
-        evidence["not_compared"] = list(refused)
-        note = (f"; {', '.join(refused)} not compared (refused by the address policy, "
-                "not looked up)")
             if not future.cancel() and not future.cancelled():
                 future.exception()  # retrieved, so asyncio does not log "never retrieved"
         self.client.close()
@@ -530,6 +525,11 @@ async def _check_forward(run: _Run, fqdn: str, addresses: Sequence[str],
     evidence: dict[str, Any] = {"name": fqdn, "chain": chain, "canonical_name": chain[-1],
                                 "A": list(a.values), "AAAA": list(aaaa.values),
                                 "expected": list(addresses)}
+    note = ""
+    if refused:
+        evidence["not_compared"] = list(refused)
+        note = (f"; {', '.join(refused)} not compared (refused by the address policy, "
+                "not looked up)")
     if a.status is DnsStatus.NXDOMAIN and aaaa.status is DnsStatus.NXDOMAIN:
         where = f" (CNAME target {chain[-1]})" if len(chain) > 1 else ""
         return _result("forward", fqdn, CheckStatus.FAIL,
@@ -977,6 +977,7 @@ class _Plan:
     selector: str | None
     immediate: list[CheckResult]
     addresses: list[str]
+    refused: list[str] = field(default_factory=list)
 
     def first_lookups(self) -> Iterator[tuple[str, str]]:
         """The look-ups each check makes first, whatever the answers: safe to ask early."""
@@ -1034,6 +1035,7 @@ async def _run(plan: _Plan, config: CheckConfig, lookups: _Lookups) -> Report:
     benchmark).
     """
     fqdn, domains, selector, addresses = plan.fqdn, plan.domains, plan.selector, plan.addresses
+    refused = plan.refused
     run = _Run(config, lookups)
     jobs: list[tuple[str, str, Callable[[], Awaitable[CheckResult]]]] = []
     if fqdn is not None:
@@ -1048,7 +1050,6 @@ async def _run(plan: _Plan, config: CheckConfig, lookups: _Lookups) -> Report:
     results: list[CheckResult | None] = list(plan.immediate)
     waiting: list[tuple[int, str, str, asyncio.Task[CheckResult]]] = []
     for check_id, subject, make in jobs:
-    refused: list[str] = field(default_factory=list)
         coro = _guard(check_id, subject, make())
         try:
             step = coro.send(None)
@@ -1103,7 +1104,6 @@ def batch_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
-    refused = plan.refused
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:

@@ -71,8 +71,8 @@ def request_updated_event(
     actor: AbstractBaseUser,
     source_ip: str | None,
     changes: dict[str, list[Any]],
-) -> RequestEvent:
     discarded_checks: dict[str, Any] | None = None,
+) -> RequestEvent:
     """``changes`` maps each edited field to ``[old, new]`` so the trail shows the diff.
 
     ``discarded_checks``: the verdict (and its fingerprint) an edit of a checked field

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -27,10 +27,10 @@ from django_fsm import has_transition_perm
 from kombu.exceptions import OperationalError
 
 from . import events
-from .models import CheckResult
 from .checks import worst_status
 from .models import CHECKED_FIELDS
 from .models import POLICY_REFUSED
+from .models import CheckResult
 from .models import CheckStatus
 from .models import Membership
 from .models import RelayRequest
@@ -38,10 +38,10 @@ from .models import RequestEvent
 from .models import RequestKind
 from .models import RequestState
 from .models import Team
-from .models import is_approver
 from .models import checks_current
 from .models import checks_policy_clear
 from .models import content_fingerprint
+from .models import is_approver
 from .validators import validate_request
 
 if TYPE_CHECKING:
@@ -155,6 +155,22 @@ def _check_role(request: RelayRequest, action: _Action, user: AbstractBaseUser) 
 
 
 def _conflict_message(request: RelayRequest, action: str) -> str:
+    decides_on_checks = (
+        (action == "approve" and request.state == RequestState.PENDING_APPROVAL)
+        or (action == "override_checks" and request.state in (
+            RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL))
+    )
+    if decides_on_checks and not checks_current(request):
+        return _(
+            "The check results are stale: they were not computed on the request's current "
+            "content (it was edited since, or no checks ran on it). The checks must be "
+            "re-run (recheck) before it can be %(action)s."
+        ) % {"action": "approved" if action == "approve" else "overridden"}
+    if decides_on_checks and not checks_policy_clear(request):
+        return _(
+            "The address policy refuses %(addresses)s: this cannot be overridden or "
+            "approved; the requester must change the address."
+        ) % {"addresses": ", ".join(request.check_summary.get(POLICY_REFUSED, []))}
     if action in ("approve",) and request.state == RequestState.PENDING_APPROVAL:
         return _(
             "Checks ended with '%(verdict)s': override them with a written reason first."
@@ -177,22 +193,6 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
         "action": action.replace("_", " ") + ("d" if action.endswith("e") else "ed"),
     }
 
-    decides_on_checks = (
-        (action == "approve" and request.state == RequestState.PENDING_APPROVAL)
-        or (action == "override_checks" and request.state in (
-            RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL))
-    )
-    if decides_on_checks and not checks_current(request):
-        return _(
-            "The check results are stale: they were not computed on the request's current "
-            "content (it was edited since, or no checks ran on it). The checks must be "
-            "re-run (recheck) before it can be %(action)s."
-        ) % {"action": "approved" if action == "approve" else "overridden"}
-    if decides_on_checks and not checks_policy_clear(request):
-        return _(
-            "The address policy refuses %(addresses)s: this cannot be overridden or "
-            "approved; the requester must change the address."
-        ) % {"addresses": ", ".join(request.check_summary.get(POLICY_REFUSED, []))}
 
 @transaction.atomic
 def request_act(
@@ -429,6 +429,7 @@ def request_update(
     unknown = set(data) - set(EDITABLE_FIELDS)
     if unknown:
         raise ValidationError({f: [_("This field cannot be changed.")] for f in sorted(unknown)})
+    checked_before = content_fingerprint(request)
     changes = {}
     for field, value in data.items():
         old = getattr(request, field)
@@ -438,6 +439,9 @@ def request_update(
     if not changes:
         return request
     _raise_if_invalid(request)
+    discarded = None
+    if content_fingerprint(request) != checked_before:
+        discarded = _discard_checks(request)
     request.save()
     events.request_updated_event(request, by, source_ip, changes, discarded_checks=discarded)
     return request
@@ -494,19 +498,23 @@ def request_record_checks(
     belong to the row: it moved on (withdrawn, say), its checked content changed
     meanwhile, or another delivery of the task already recorded this attempt (a
     duplicated message must not record a second run or start a second chain).
-    checked_before = content_fingerprint(request)
     """
     request = _locked(request_id)
     if not can_proceed(request.checks_passed):
         log.info("request %s is %s; check results discarded", request_id, request.state)
         return None
+    current = content_fingerprint(request)
+    if fingerprint is not None and fingerprint != current:
+        log.info("request %s was edited while its checks ran; results discarded", request_id)
+        return None
+    if attempt is not None and attempt != request.check_attempts:
+        log.info("request %s: attempt %s already recorded (now %s); duplicate discarded",
+                 request_id, attempt + 1, request.check_attempts)
+        return None
     keep = set()
     for check in checks:
         row, _created = CheckResult.objects.update_or_create(
             request=request,
-    discarded = None
-    if content_fingerprint(request) != checked_before:
-        discarded = _discard_checks(request)
             check_id=check["id"],
             subject=check["subject"],
             defaults={
@@ -530,10 +538,13 @@ def request_record_checks(
     request.checked_fingerprint = current
     request.checks_ran_at = now
     request.check_attempts += 1
+    request.check_next_attempt_at = None
     events.request_checks_recorded_event(
         request, verdict=verdict, summary=summary, attempt=request.check_attempts
     )
     if verdict == CheckStatus.ERROR and not final:
+        if retry_in is not None:
+            request.check_next_attempt_at = now + timedelta(seconds=retry_in)
         request.save()
         return request
     from_state = request.state
@@ -543,14 +554,6 @@ def request_record_checks(
     failing = [c for c in checks if c["status"] in ("fail", "error")]
     comment = "; ".join(f"{c['id']}({c['subject']}): {c.get('detail', '')}" for c in failing)
     event = events.request_transition_event(
-    current = content_fingerprint(request)
-    if fingerprint is not None and fingerprint != current:
-        log.info("request %s was edited while its checks ran; results discarded", request_id)
-        return None
-    if attempt is not None and attempt != request.check_attempts:
-        log.info("request %s: attempt %s already recorded (now %s); duplicate discarded",
-                 request_id, attempt + 1, request.check_attempts)
-        return None
         request, action=action, from_state=from_state, actor=None, comment=comment[:2000]
     )
     from . import notifications
@@ -572,13 +575,10 @@ DETACHED_ON_HANDOVER = (
 # ... and waits for these: approved, the renewal replaces the entry when it goes live.
 APPROVED_NOT_LIVE = (RequestState.PROVISIONING, RequestState.PROVISIONING_FAILED)
 
-    request.check_next_attempt_at = None
 
 @transaction.atomic
 def request_handover(
     *,
-        if retry_in is not None:
-            request.check_next_attempt_at = now + timedelta(seconds=retry_in)
     request_id: int,
     by: AbstractBaseUser,
     to_team: Team | str,

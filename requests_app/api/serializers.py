@@ -92,12 +92,12 @@ class RelayRequestSerializer(serializers.ModelSerializer):
     ipv6 = StringListField(required=False)
     expected_daily_volume = serializers.IntegerField(min_value=1, max_value=100_000_000)
     checks = CheckResultSerializer(many=True, read_only=True)
-    created_by = serializers.CharField(source="created_by.get_username", read_only=True)
     checks_stale = serializers.BooleanField(
         read_only=True,
         help_text="Checks ran, but not on the current content (edited since): approve and "
                   "override wait for a fresh run.",
     )
+    created_by = serializers.CharField(source="created_by.get_username", read_only=True)
     submit = serializers.BooleanField(write_only=True, required=False, default=False)
 
     class Meta:
@@ -108,7 +108,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
             "override_reason", "decision_note", "created_by", "created_at", "submitted_at",
-            "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
+            "decided_at", "activated_at", "submit",
         )
         read_only_fields = (
             "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
