@@ -13,6 +13,9 @@ def healthz(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok", content_type="text/plain")
 
 
+# A bad query parameter or form field names itself (JSON under /api/): see params.py.
+handler400 = "requests_app.views.bad_request"
+
 urlpatterns = [
     path("", lambda request: redirect("requests:list")),
     path("healthz", healthz, name="healthz"),

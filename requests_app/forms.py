@@ -17,10 +17,12 @@ from .models import RequestKind
 from .models import Team
 from .models import TlsMode
 from .selectors import team_list_for_user
+from .validators import FREE_TEXT_LIMITS
 from .validators import split_list
 from .validators import validate_account_name
 from .validators import validate_dkim_selector
 from .validators import validate_fqdn
+from .validators import validate_free_text
 from .validators import validate_ip_list
 from .validators import validate_request
 from .validators import validate_sender_addresses
@@ -62,7 +64,8 @@ class _RequestForm(forms.Form):
         label=_("Contact e-mail"),
         error_messages={"invalid": _("Contact e-mail: enter a valid e-mail address.")},
     )
-    chat_channel = forms.CharField(label=_("Chat channel"), required=False, max_length=200)
+    chat_channel = forms.CharField(label=_("Chat channel"), required=False,
+                                   max_length=FREE_TEXT_LIMITS["chat_channel"])
     sender_domains = ListField(
         label=_("Sender domains"),
         required=False,
@@ -88,6 +91,9 @@ class _RequestForm(forms.Form):
         super().__init__(*args, **kwargs)
         if user is not None:
             self.fields["team"].queryset = team_list_for_user(user)
+
+    def clean_chat_channel(self) -> str:
+        return validate_free_text(self.cleaned_data["chat_channel"], field="chat_channel")
 
     def clean_sender_domains(self) -> list[str]:
         return validate_sender_domains(self.cleaned_data["sender_domains"])
@@ -118,12 +124,16 @@ class ServerRequestForm(_RequestForm):
     fqdn = forms.CharField(label=_("FQDN"), max_length=253)
     ipv6 = ListField(label=_("IPv6 addresses"), required=False, help_text=_("Preferred."))
     ipv4 = ListField(label=_("IPv4 addresses"), required=False)
-    purpose = forms.CharField(label=_("Purpose"), widget=forms.Textarea(attrs={"rows": 3}))
+    purpose = forms.CharField(label=_("Purpose"), widget=forms.Textarea(attrs={"rows": 3}),
+                              max_length=FREE_TEXT_LIMITS["purpose"])
 
     field_order = [
         "team", "fqdn", "ipv6", "ipv4", "purpose", "contact_email", "chat_channel",
         "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
     ]
+
+    def clean_purpose(self) -> str:
+        return validate_free_text(self.cleaned_data["purpose"], field="purpose")
 
     def clean_fqdn(self) -> str:
         return validate_fqdn(self.cleaned_data["fqdn"])
@@ -140,7 +150,8 @@ class AccountRequestForm(_RequestForm):
     account_name = forms.CharField(
         label=_("Account name"), max_length=64, help_text=_("One account per use case.")
     )
-    use_case = forms.CharField(label=_("Use case"), widget=forms.Textarea(attrs={"rows": 3}))
+    use_case = forms.CharField(label=_("Use case"), widget=forms.Textarea(attrs={"rows": 3}),
+                               max_length=FREE_TEXT_LIMITS["use_case"])
     tls_mode = forms.ChoiceField(
         label=_("TLS mode"),
         choices=TlsMode.choices,
@@ -153,6 +164,9 @@ class AccountRequestForm(_RequestForm):
         "team", "account_name", "use_case", "tls_mode", "contact_email", "chat_channel",
         "sender_addresses", "sender_domains", "dkim_selector", "expected_daily_volume",
     ]
+
+    def clean_use_case(self) -> str:
+        return validate_free_text(self.cleaned_data["use_case"], field="use_case")
 
     def clean_account_name(self) -> str:
         return validate_account_name(self.cleaned_data["account_name"])
@@ -177,20 +191,24 @@ class DecisionForm(forms.Form):
     """The comment (or override reason) that goes with a lifecycle action."""
 
     comment = forms.CharField(
-        label=_("Comment"), required=False, widget=forms.Textarea(attrs={"rows": 3})
+        label=_("Comment"), required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=FREE_TEXT_LIMITS["comment"],
     )
+
+    def clean_comment(self) -> str:
+        return validate_free_text(self.cleaned_data["comment"], field="comment")
 
 
 class QueueFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=[("", _("any kind")), *RequestKind.choices], required=False)
     state = forms.ChoiceField(required=False)
-    team = forms.CharField(required=False)
+    team = forms.CharField(required=False, max_length=50)
     verdict = forms.ChoiceField(
         choices=[("", _("any check")), ("pass", "pass"), ("warn", "warn"), ("fail", "fail"),
                  ("error", "error")],
         required=False,
     )
-    q = forms.CharField(required=False, label=_("Search FQDN, IP or account"))
+    q = forms.CharField(required=False, max_length=200, label=_("Search FQDN, IP or account"))
     drifted = forms.BooleanField(required=False, label=_("Drifted active entries only"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

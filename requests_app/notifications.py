@@ -38,6 +38,7 @@ __all__ = [
     "notification_record_failure",
     "notification_send",
     "approver_emails",
+    "bounded_context",
     "owner_emails",
     "owner_recipients",
     "render_notification",
@@ -126,6 +127,27 @@ def notification_enqueue(
     return notification
 
 
+# A mail quotes what people typed (comments, reasons) and what DNS said (check
+# details): each text at most MAIL_TEXT_LIMIT characters, each list at most
+# MAIL_LIST_LIMIT items, so no input makes a mail unbounded (the page has the rest).
+MAIL_TEXT_LIMIT = 2000
+MAIL_LIST_LIMIT = 50
+
+
+def bounded_context(value: Any) -> Any:
+    """``value`` with every string cut to ``MAIL_TEXT_LIMIT`` characters (marked with
+    an ellipsis and a note) and every list to ``MAIL_LIST_LIMIT`` items, recursively."""
+    if isinstance(value, str):
+        if len(value) <= MAIL_TEXT_LIMIT:
+            return value
+        return value[:MAIL_TEXT_LIMIT] + f"... [cut at {MAIL_TEXT_LIMIT} characters]"
+    if isinstance(value, dict):
+        return {k: bounded_context(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [bounded_context(v) for v in value[:MAIL_LIST_LIMIT]]
+    return value
+
+
 def notification_record(
     *, request: RelayRequest, kind: str, key: str, recipients: list[str],
     context: dict[str, Any],
@@ -137,7 +159,7 @@ def notification_record(
     notification, created = Notification.objects.get_or_create(
         event_key=key,
         defaults={"request": request, "kind": kind, "recipients": recipients,
-                  "context": context},
+                  "context": bounded_context(context)},
     )
     if created:
         from .services import dispatch_on_commit
@@ -178,11 +200,11 @@ def render_notification(notification: Notification) -> EmailMultiAlternatives:
     request = notification.request
     base = settings.RELAYDESK_BASE_URL.rstrip("/")
     context: dict[str, Any] = {
-        **notification.context,
+        **bounded_context(notification.context),  # rows written before the bound too
         "request": request,
         "url": base + reverse("requests:detail", kwargs={"pk": request.pk}),
         "snippets_url": base + reverse("requests:detail", kwargs={"pk": request.pk}) + "#snippets",
-        "failing_checks": notification.context.get("failing_checks") or [],
+        "failing_checks": bounded_context(notification.context).get("failing_checks") or [],
     }
     template = f"requests_app/emails/{notification.kind}"
     subject = " ".join(

@@ -101,7 +101,9 @@ def request_queue(
         qs = qs.filter(check_verdict=verdict)
     if q:
         needle = q.strip().lower().rstrip(".")
-        qs = qs.filter(Q(search_text__contains=needle) | Q(pk=needle if needle.isdigit() else 0))
+        # "#123" search: ASCII digits that fit the column ("²".isdigit() is true too)
+        as_pk = int(needle) if needle.isascii() and needle.isdigit() and len(needle) <= 18 else 0
+        qs = qs.filter(Q(search_text__contains=needle) | Q(pk=as_pk))
     # Never-submitted rows (only with an explicit state filter) sort last on every DB.
     if drifted:
         return qs.order_by("drifted_at", "pk")

@@ -9,6 +9,7 @@ call these functions; none touches ``state`` directly.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,6 +43,7 @@ from .models import checks_current
 from .models import checks_policy_clear
 from .models import content_fingerprint
 from .models import is_approver
+from .validators import validate_free_text
 from .validators import validate_request
 
 if TYPE_CHECKING:
@@ -110,6 +112,25 @@ USER_ACTIONS: dict[str, _Action] = {
     "override_checks": _Action("override_checks", "approver", needs_comment=True),
     "recertify": _Action("recertify", "requester"),
 }
+
+
+TEAM_SLUG_RE = re.compile(r"[-a-zA-Z0-9_]{1,50}")
+
+
+def _valid_comment(comment: str) -> str:
+    """The comment of an action or handover, stripped, within the free-text rules.
+
+    Every front end passes comments through here (web form, API, commands), so the
+    length limit and the refusal of control and text-direction characters hold for
+    the audit trail and the mails that quote it, whoever calls.
+    """
+    comment = (comment or "").strip()
+    if comment:
+        try:
+            validate_free_text(comment, field="comment")
+        except ValidationError as exc:
+            raise ValidationError({"comment": exc.error_list}) from None
+    return comment
 
 
 def dispatch_on_commit(task_name: str, *args: Any) -> None:
@@ -212,7 +233,7 @@ def request_act(
     spec = USER_ACTIONS.get(action)
     if spec is None:
         raise ValidationError({"action": [_("Unknown action '%s'.") % action]})
-    comment = (comment or "").strip()
+    comment = _valid_comment(comment)
     request = _locked(request_id)
     _check_role(request, spec, by)
     if spec.needs_comment and not comment:
@@ -603,6 +624,11 @@ def request_handover(
     if not request.is_team_member(by):
         raise PermissionDenied(_("Only members of the owning team can hand this entry over."))
     slug = to_team.slug if isinstance(to_team, Team) else str(to_team)
+    if not TEAM_SLUG_RE.fullmatch(slug):
+        raise ValidationError({"team": [_("Name the team by its slug: letters, digits, '-' "
+                                          "or '_', at most 50 characters.")]},
+                              code="invalid_team")
+    comment = _valid_comment(comment)
     target = Team.objects.filter(slug=slug).first()
     if target is None:
         raise ValidationError({"team": [_("No team '%(slug)s'.") % {"slug": slug}]},

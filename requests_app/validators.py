@@ -21,12 +21,14 @@ from .checks import normalise_address
 from .checks import normalise_fqdn
 
 __all__ = [
+    "FREE_TEXT_LIMITS",
     "MAX_LIST_ITEMS",
     "normalise_list",
     "split_list",
     "validate_account_name",
     "validate_dkim_selector",
     "validate_fqdn",
+    "validate_free_text",
     "validate_ip_list",
     "validate_request",
     "validate_sender_addresses",
@@ -239,4 +241,71 @@ def validate_request(data: dict[str, Any]) -> dict[str, list[ValidationError]]:
             _("Expected volume per day must be a positive integer."),
             "invalid_volume",
         )
+    for field in ("purpose", "use_case", "chat_channel"):
+        if data.get(field):
+            try:
+                validate_free_text(data[field], field=field)
+            except ValidationError as exc:
+                errors.setdefault(field, []).append(exc)
     return errors
+
+
+# --- free text ------------------------------------------------------------------------
+
+#: The one list of free-text limits, in characters (docs/architecture.md, "Input
+#: limits"). Forms, serializers and services all check through ``validate_free_text``;
+#: "comment" covers every comment typed with an action (decision note, override reason,
+#: handover comment), which the audit trail and the mails quote.
+FREE_TEXT_LIMITS: dict[str, int] = {
+    "purpose": 2000,
+    "use_case": 2000,
+    "chat_channel": 200,
+    "comment": 2000,
+}
+#: Fields that are one line: no newline or tab either.
+SINGLE_LINE_FIELDS = frozenset({"chat_channel"})
+
+# C0 and C1 controls and DEL, bidi embeddings/overrides (U+202A-U+202E) and isolates
+# (U+2066-U+2069), lone surrogates. Multi-line fields keep tab, line feed and carriage
+# return (browsers send a textarea's line breaks as CR LF).
+_REFUSED_MULTI_LINE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_REFUSED_SINGLE_LINE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def validate_free_text(value: object, *, field: str, max_length: int | None = None) -> str:
+    """Text a person typed, bounded and without invisible control characters.
+
+    Why: these values are shown to approvers, written to the audit trail and its CSV
+    export, and quoted in mail. A text-direction override can make a reason read
+    differently from what it says; a control character (NUL above all) breaks
+    PostgreSQL, CSV readers and mail; unbounded text makes every page and mail that
+    quotes it unbounded. ``max_length`` defaults to ``FREE_TEXT_LIMITS[field]``.
+    Raises ``ValidationError`` naming the field and the rule; returns the value.
+    """
+    label = field.replace("_", " ").capitalize()
+    if not isinstance(value, str):
+        raise ValidationError(_("%(field)s must be text."), code="not_text",
+                              params={"field": label})
+    limit = max_length if max_length is not None else FREE_TEXT_LIMITS[field]
+    if len(value) > limit:
+        raise ValidationError(
+            _("%(field)s is at most %(limit)d characters (this one has %(length)d)."),
+            code="too_long", params={"field": label, "limit": limit, "length": len(value)},
+        )
+    single = field in SINGLE_LINE_FIELDS
+    found = (_REFUSED_SINGLE_LINE if single else _REFUSED_MULTI_LINE).search(value)
+    if found:
+        allowed = "" if single else _(" (line breaks and tabs are fine)")
+        raise ValidationError(
+            _("%(field)s contains the invisible character U+%(code)04X at position "
+              "%(position)d: control characters and text-direction overrides are not "
+              "allowed%(allowed)s."),
+            code="invalid_character",
+            params={"field": label, "code": ord(found.group()),
+                    "position": found.start() + 1, "allowed": allowed},
+        )
+    return value

@@ -15,6 +15,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.http import JsonResponse
 from django.http import StreamingHttpResponse
 from django.shortcuts import redirect
 from django.shortcuts import render
@@ -22,14 +23,17 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from django.views.generic import ListView
 
+from . import params
 from . import selectors
 from . import services
 from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
+from .models import CheckStatus
 from .models import RelayRequest
 from .models import RequestKind
+from .models import RequestState
 from .models import Team
 
 __all__ = [
@@ -45,6 +49,7 @@ __all__ = [
     "request_handover",
     "request_renew",
     "request_events_csv",
+    "bad_request",
 ]
 
 
@@ -59,7 +64,24 @@ def _error_text(exc: Exception) -> str:
     return str(exc) or exc.__class__.__name__
 
 
-class RequestListView(LoginRequiredMixin, ListView):
+class StrictPageMixin:
+    """List views read ``?page=`` through the parameter helper: a page number in digits
+    0-9 (or ``last``); anything else is a 400, a page past the end stays Django's 404."""
+
+    page_kwarg = "page"
+    request: HttpRequest
+    kwargs: dict[str, Any]
+
+    def paginate_queryset(self, queryset: Any, page_size: int) -> Any:
+        if self.request.GET.get(self.page_kwarg) != "last":
+            page = params.query_int(self.request.GET, self.page_kwarg, minimum=1,
+                                    maximum=1_000_000)
+            if page is not None:
+                self.kwargs[self.page_kwarg] = page
+        return super().paginate_queryset(queryset, page_size)  # type: ignore[misc]
+
+
+class RequestListView(LoginRequiredMixin, StrictPageMixin, ListView):
     """Requests the user can see, newest first (a requester's own teams)."""
 
     template_name = "requests_app/relayrequest_list.html"
@@ -70,7 +92,7 @@ class RequestListView(LoginRequiredMixin, ListView):
         return selectors.request_list_for_user(self.request.user).order_by("-created_at", "-pk")
 
 
-class QueueView(LoginRequiredMixin, ListView):
+class QueueView(LoginRequiredMixin, StrictPageMixin, ListView):
     """The approvers' queue: open requests oldest first, with the check summary."""
 
     template_name = "requests_app/relayrequest_queue.html"
@@ -83,8 +105,22 @@ class QueueView(LoginRequiredMixin, ListView):
         return super().dispatch(request, *args, **kwargs)
 
     def get_queryset(self) -> Any:
-        self.filter_form = QueueFilterForm(self.request.GET or None)
-        filters = self.filter_form.cleaned_data if self.filter_form.is_valid() else {}
+        get = self.request.GET
+        # Every filter through the parameter helper first (400 naming it), then the form,
+        # which only normalises values known to be valid and renders the filter bar.
+        params.query_choice(get, "kind", RequestKind.values)
+        params.query_choice(get, "state", RequestState.values)
+        params.query_choice(get, "verdict", CheckStatus.values)
+        params.query_text(get, "team", max_length=50)
+        params.query_text(get, "q", max_length=200)
+        params.query_flag(get, "drifted")
+        self.filter_form = QueueFilterForm(get or None)
+        filters = {}
+        if self.filter_form.is_bound:
+            if not self.filter_form.is_valid():
+                field = next(iter(self.filter_form.errors))
+                raise params.BadParameter(field, f"The '{field}' filter is not valid.")
+            filters = self.filter_form.cleaned_data
         return selectors.request_queue(self.request.user, **filters)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
@@ -134,6 +170,7 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
         "requests_app/relayrequest_form.html",
         {"form": form, "kind": kind, "kind_label": RequestKind(kind).label,
          "form_token_field": FORM_TOKEN_FIELD, "form_token": token},
+        status=400 if request.method == "POST" else 200,  # a POST here had errors
     )
 
 
@@ -238,6 +275,7 @@ def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
         request,
         "requests_app/relayrequest_form.html",
         {"form": form, "kind": obj.kind, "kind_label": obj.get_kind_display(), "obj": obj},
+        status=400 if request.method == "POST" else 200,  # a POST here had errors
     )
 
 
@@ -246,7 +284,8 @@ def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
 def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     obj = selectors.request_get_for_user(request.user, pk)
     form = DecisionForm(request.POST)
-    form.is_valid()
+    if not form.is_valid():
+        return _refused_input(request, obj.pk, form.errors.as_data())
     try:
         services.request_act(
             request_id=obj.pk,
@@ -255,11 +294,47 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             comment=form.cleaned_data.get("comment", ""),
             source_ip=client_ip(request),
         )
-    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+    except ValidationError as exc:
+        return _refused_input(request, obj.pk, exc)
+    except (PermissionDenied, services.ActionConflict) as exc:
         messages.error(request, _error_text(exc))
     else:
         messages.success(request, f"Request #{obj.pk}: {action.replace('_', ' ')} done.")
     return redirect(obj)
+
+
+def _refused_input(request: HttpRequest, pk: int,
+                   errors: ValidationError | dict[str, list[ValidationError]]) -> HttpResponse:
+    """The request page again, answered 400, with what was wrong in which field.
+
+    A comment or team the service refused is bad input (400), not a wrong state (those
+    redirect with a message): nothing was saved, and the page says why, field by field.
+    """
+    if isinstance(errors, ValidationError):
+        errors = errors.error_dict if hasattr(errors, "error_dict") else {"": [errors]}
+    for field, field_errors in errors.items():
+        label = f"{field.replace('_', ' ').capitalize()}: " if field and field != "__all__" \
+            else ""
+        for error in field_errors:
+            messages.error(request, label + " ".join(error.messages))
+    response = request_detail(request, pk)
+    response.status_code = 400
+    return response
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """``handler400``: say which parameter was wrong and why (JSON under ``/api/``).
+
+    Only ``BadParameter`` messages are shown: they are written by this app and never
+    echo the value. Django's own 400s (a suspicious host, a too-large body) stay generic.
+    """
+    if isinstance(exception, params.BadParameter):
+        name, message = exception.name, exception.message
+    else:
+        name, message = "non_field_errors", "The request could not be understood."
+    if request.path.startswith("/api/"):
+        return JsonResponse({name: [message]}, status=400)
+    return render(request, "400.html", {"message": message}, status=400)
 
 
 ACTION_LABELS = {
@@ -299,7 +374,9 @@ def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
                                   to_team=request.POST.get("team", ""),
                                   comment=request.POST.get("comment", ""),
                                   source_ip=client_ip(request))
-    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+    except ValidationError as exc:
+        return _refused_input(request, obj.pk, exc)
+    except (PermissionDenied, services.ActionConflict) as exc:
         messages.error(request, _error_text(exc))
         return redirect(obj)
     messages.success(request, f"Request #{obj.pk} handed over.")
@@ -343,8 +420,9 @@ def request_events_csv(request: HttpRequest) -> StreamingHttpResponse:
     if not selectors.sees_everything(request.user):
         raise PermissionDenied("The audit export is for approvers and auditors.")
     events = selectors.event_list_for_user(request.user).order_by("created_at", "pk")
-    if request.GET.get("request", "").isdigit():
-        events = events.filter(request_id=int(request.GET["request"]))
+    request_id = params.query_int(request.GET, "request", minimum=1)
+    if request_id is not None:
+        events = events.filter(request_id=request_id)
     writer = csv.writer(_Echo())
 
     def rows() -> Any:

@@ -58,6 +58,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # 400 for a NUL character in any query parameter or form field (params.py)
+    "requests_app.params.RefuseNulMiddleware",
 ]
 
 ROOT_URLCONF = "onboarding.urls"
@@ -289,7 +291,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    # limit/offset read as digits 0-9 within bounds: a bad value is a 400 naming it
+    "DEFAULT_PAGINATION_CLASS": "requests_app.api.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "requests_app.api.exceptions.exception_handler",
 }

@@ -1,6 +1,7 @@
 """API error mapping: the same service errors as the UI, as JSON with HTTP codes.
 
-Django ``ValidationError`` -> 400 ``{field: [messages]}``; ``PermissionDenied`` ->
+Django ``ValidationError`` -> 400 ``{field: [messages]}``; a bad query parameter
+(``params.BadParameter``) -> 400 ``{parameter: [message]}``; ``PermissionDenied`` ->
 403; ``ActionConflict`` (wrong state, lost race) -> 409; all with a readable reason.
 """
 
@@ -14,6 +15,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..params import BadParameter
 from ..services import ActionConflict
 
 __all__ = ["exception_handler", "validation_error_dict"]
@@ -33,6 +35,8 @@ def validation_error_dict(exc: ValidationError) -> dict[str, list[str]]:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ValidationError):
         return Response(validation_error_dict(exc), status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, BadParameter):
+        return Response({exc.name: [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ActionConflict):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, PermissionDenied) and str(exc):

@@ -17,6 +17,7 @@ from ..validators import split_list
 from ..validators import validate_account_name
 from ..validators import validate_dkim_selector
 from ..validators import validate_fqdn
+from ..validators import validate_free_text
 from ..validators import validate_ip_list
 from ..validators import validate_request
 from ..validators import validate_sender_addresses
@@ -141,6 +142,15 @@ class RelayRequestSerializer(serializers.ModelSerializer):
 
     def validate_dkim_selector(self, value: str) -> str:
         return _django(validate_dkim_selector, value)
+
+    def validate_purpose(self, value: str) -> str:
+        return _django(validate_free_text, value, field="purpose")
+
+    def validate_use_case(self, value: str) -> str:
+        return _django(validate_free_text, value, field="use_case")
+
+    def validate_chat_channel(self, value: str) -> str:
+        return _django(validate_free_text, value, field="chat_channel")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is None:

@@ -24,6 +24,12 @@ from .. import selectors
 from .. import services
 from ..models import CheckResult
 from ..models import RelayRequest
+from ..models import RequestKind
+from ..models import RequestState
+from ..params import query_choice
+from ..params import query_flag
+from ..params import query_text
+from ..validators import FREE_TEXT_LIMITS
 from ..views import client_ip
 from .serializers import CheckResultSerializer
 from .serializers import QuickCheckSerializer
@@ -33,7 +39,8 @@ from .serializers import RequestEventSerializer
 __all__ = ["QuickCheckThrottle", "RelayRequestViewSet", "quick_check"]
 
 ActionSerializer = inline_serializer(
-    "ActionInput", fields={"comment": serializers.CharField(required=False, allow_blank=True)}
+    "ActionInput", fields={"comment": serializers.CharField(
+        required=False, allow_blank=True, max_length=FREE_TEXT_LIMITS["comment"])}
 )
 
 
@@ -48,20 +55,26 @@ class RelayRequestViewSet(
 
     serializer_class = RelayRequestSerializer
     queryset = RelayRequest.objects.none()  # for the schema; get_queryset applies the scope
-    lookup_value_regex = r"\d+"
+    lookup_value_regex = r"[0-9]+"  # ASCII digits: \d would also route "/requests/١/"
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> Any:
         qs = selectors.request_list_for_user(self.request.user).prefetch_related(
             Prefetch("checks", queryset=CheckResult.objects.order_by("check_id", "subject"))
         )
+        # Filters through the parameter helper: an unknown state or a NUL is a 400 naming
+        # the parameter, not an empty list or a database error.
         params = self.request.query_params
-        for field in ("state", "kind"):
-            if params.get(field):
-                qs = qs.filter(**{field: params[field]})
-        if params.get("team"):
-            qs = qs.filter(team__slug=params["team"])
-        if params.get("drifted") in ("1", "true", "on"):
+        state = query_choice(params, "state", RequestState.values)
+        kind = query_choice(params, "kind", RequestKind.values)
+        team = query_text(params, "team", max_length=50)
+        if state:
+            qs = qs.filter(state=state)
+        if kind:
+            qs = qs.filter(kind=kind)
+        if team:
+            qs = qs.filter(team__slug=team)
+        if query_flag(params, "drifted"):
             qs = qs.filter(drifted_at__isnull=False)
         return qs.order_by("-created_at", "-pk")
 
