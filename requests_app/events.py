@@ -19,6 +19,7 @@ __all__ = [
     "request_checks_recorded_event",
     "request_created_event",
     "request_handover_event",
+    "request_left_out_event",
     "request_override_event",
     "request_renewal_detached_event",
     "request_transition_event",
@@ -198,6 +199,33 @@ def request_renewal_detached_event(
             "If approved, this request becomes a separate entry."
         ),
         parameters={"changes": {"replaces": [entry_id, None]}, "handover_of": entry_id},
+    )
+
+
+def request_left_out_event(
+    request: RelayRequest,
+    *,
+    reason: str,
+    attempt: int | None,
+    limit: int | None,
+    version: int | None,
+    comment: str,
+) -> RequestEvent:
+    """A config build left the entry out because the renderer refused a value.
+
+    ``attempt``/``limit`` count the builds a waiting request gets before it fails
+    (``None`` for an active entry); ``version`` is the version built, or ``None`` when
+    the content did not change.
+    """
+    return _insert(
+        request,
+        RequestEvent.Type.CONFIG_BUILT,
+        actor=None,
+        from_state=request.state,
+        to_state=request.state,
+        comment=comment,
+        parameters={"left_out": True, "reason": reason, "attempt": attempt,
+                    "max_attempts": limit, "version": version},
     )
 
 

@@ -567,7 +567,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
 
     @transition(
         field=state,
-        source=RequestState.PENDING_APPROVAL,
+        source=[RequestState.PENDING_APPROVAL, RequestState.PROVISIONING_FAILED],
         target=RequestState.REJECTED,
         permission=_is_independent_approver,
     )
@@ -597,8 +597,30 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         permission=_system_only,
     )
     def activate(self) -> None:
+        self.provision_error = ""
         self.activated_at = timezone.now()
         self.recertify_by = (self.activated_at + settings.RELAY_RECERTIFY_AFTER).date()
+
+    @transition(
+        field=state,
+        source=RequestState.PROVISIONING,
+        target=RequestState.PROVISIONING_FAILED,
+        permission=_system_only,
+    )
+    def provisioning_failed(self) -> None:
+        """Config builds left it out ``RELAY_PROVISION_MAX_ATTEMPTS`` times (the renderer
+        refused a value); ``provision_error`` says why. Approvers retry or reject."""
+
+    @transition(
+        field=state,
+        source=RequestState.PROVISIONING_FAILED,
+        target=RequestState.PROVISIONING,
+        permission=_is_independent_approver,
+    )
+    def retry_provisioning(self, by: AbstractBaseUser, note: str = "") -> None:
+        """Try again (after the renderer's rules or the data were fixed): attempts restart."""
+        self.provision_attempts = 0
+        self.provision_error = ""
 
     @transition(
         field=state,

@@ -57,6 +57,8 @@ KINDS_BY_TRIGGER: dict[str, tuple[str, str]] = {
     "checks_error": ("checks_error", "approvers"),
     "handover": ("handover", "owners"),
     "expire": ("expired", "owners"),
+    # the owners wait for it and only approvers can retry or reject: both are told
+    "provisioning_failed": ("provisioning_failed", "owners+approvers"),
 }
 
 
@@ -85,11 +87,14 @@ def notification_enqueue(
     trigger: str,
     event: RequestEvent | None = None,
     extra_recipients: Sequence[str] = (),
+    extra_context: dict[str, Any] | None = None,
 ) -> Notification | None:
     """Record the notification a trigger causes; delivery is scheduled after commit.
 
     Call it inside the transaction of the change: the row then exists exactly when the
     change committed, which is what lets the sweep recover a lost publish.
+    ``extra_context`` adds facts the event does not hold (the config version that no
+    longer has a revoked entry).
     """
     if trigger == "checks_passed" and request.check_verdict == "error":
         trigger = "checks_error"
@@ -97,7 +102,12 @@ def notification_enqueue(
     if spec is None:
         return None
     kind, audience = spec
-    recipients = approver_emails() if audience == "approvers" else owner_recipients(request)
+    if audience == "approvers":
+        recipients = approver_emails()
+    elif audience == "owners+approvers":
+        recipients = sorted({*owner_recipients(request), *approver_emails()})
+    else:
+        recipients = owner_recipients(request)
     if extra_recipients:
         # a decision that concerns a second party (the team handing an entry over)
         recipients = sorted({*recipients, *(e.lower() for e in extra_recipients if e)})
@@ -118,6 +128,7 @@ def notification_enqueue(
              "detail": c.detail}
             for c in request.checks.filter(status__in=("fail", "error"))
         ] if kind in ("checks_failed", "checks_error") else [],
+        **(extra_context or {}),
     }
     if kind == "handover" and event is not None and event.parameters.get("detached_renewals"):
         # The new owners must learn which pending renewals no longer replace their entry.

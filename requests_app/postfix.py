@@ -9,8 +9,11 @@ Why it is built the way it is:
 * Every value is validated again right here, at generation time, even though forms and
   models validated it on the way in. The maps are line-oriented and whitespace-separated,
   so a single space, newline or ``#`` that slipped through (a migration, the admin, a
-  bug elsewhere) would silently change what Postfix allows. A bad value raises
-  ``ValueError`` naming the entry, before anything is written.
+  bug elsewhere) would silently change what Postfix allows. In :func:`build_artifacts`
+  an entry with a bad value is left out whole and reported (``Artifacts.skipped``, with
+  the ``ValueError`` text naming the entry), so one row from before a rule change can
+  never hold back the rest of the relay's configuration (revocations included); the
+  single-file renderers raise ``ValueError`` naming the entry instead.
 * The maps use ``cidr:`` and ``texthash:``, both read directly from the text file, so
   config management never has to run ``postmap``. Both are read when a Postfix process
   starts, so installing new files must be followed by ``postfix reload``.
@@ -50,6 +53,7 @@ __all__ = (
     "LOGIN_MAP_NAME",
     "MANIFEST_NAME",
     "AccountEntry",
+    "Artifacts",
     "RelaySettings",
     "ServerEntry",
     "build_artifacts",
@@ -241,8 +245,23 @@ class _Counter:
         self.keys = 0
 
 
+def _skip_or_raise(
+    error: ValueError, request_id: object, skipped: list[dict[str, object]] | None
+) -> None:
+    """Record an unrenderable entry in ``skipped``, or raise when the caller wants that.
+
+    Only the failure path comes here, so collecting reasons costs the valid entries
+    nothing.
+    """
+    if skipped is None:
+        raise error
+    skipped.append({"request": request_id, "reason": str(error)})
+
+
 def _client_access_records(
-    servers: Iterable[ServerEntry], counter: _Counter
+    servers: Iterable[ServerEntry],
+    counter: _Counter,
+    skipped: list[dict[str, object]] | None = None,
 ) -> Iterator[tuple[int, int, str]]:
     for entry in servers:
         try:
@@ -261,16 +280,21 @@ def _client_access_records(
                     raise _Invalid("address", raw) from None
                 records.append((key, request_id, f"{comment}{text}/{prefix} OK\n"))
         except _Invalid as exc:
-            raise exc.naming(_describe_server(entry)) from None
+            _skip_or_raise(exc.naming(_describe_server(entry)), entry.request_id, skipped)
+            continue
         counter.entries += 1
         counter.keys += len(records)
         yield from records
 
 
-def _render_client_access(servers: Iterable[ServerEntry], counter: _Counter) -> str:
+def _render_client_access(
+    servers: Iterable[ServerEntry],
+    counter: _Counter,
+    skipped: list[dict[str, object]] | None = None,
+) -> str:
     # Sorted by address (IPv4 before IPv6, numerically), then request id. Every line is
     # OK, so order does not change what Postfix decides; it only has to be stable.
-    records = sorted(_client_access_records(servers, counter))
+    records = sorted(_client_access_records(servers, counter, skipped))
     return "".join(chunk for _, _, chunk in records)
 
 
@@ -294,7 +318,11 @@ def render_client_access(servers: Iterable[ServerEntry]) -> str:
     return _render_client_access(servers, _Counter())
 
 
-def _sender_owners(accounts: Iterable[AccountEntry], counter: _Counter) -> dict[str, set[str]]:
+def _sender_owners(
+    accounts: Iterable[AccountEntry],
+    counter: _Counter,
+    skipped: list[dict[str, object]] | None = None,
+) -> dict[str, set[str]]:
     owners: dict[str, set[str]] = {}
     for entry in accounts:
         try:
@@ -305,7 +333,8 @@ def _sender_owners(accounts: Iterable[AccountEntry], counter: _Counter) -> dict[
                 raise _Invalid("sender list", entry.senders)
             senders = [_check_sender(raw) for raw in entry.senders]
         except _Invalid as exc:
-            raise exc.naming(_describe_account(entry)) from None
+            _skip_or_raise(exc.naming(_describe_account(entry)), entry.request_id, skipped)
+            continue
         counter.entries += 1
         for sender in senders:
             owners.setdefault(sender, set()).add(account)
@@ -313,8 +342,12 @@ def _sender_owners(accounts: Iterable[AccountEntry], counter: _Counter) -> dict[
     return owners
 
 
-def _render_sender_login_maps(accounts: Iterable[AccountEntry], counter: _Counter) -> str:
-    owners = _sender_owners(accounts, counter)
+def _render_sender_login_maps(
+    accounts: Iterable[AccountEntry],
+    counter: _Counter,
+    skipped: list[dict[str, object]] | None = None,
+) -> str:
+    owners = _sender_owners(accounts, counter, skipped)
     # One key per sender: a texthash table with a repeated key keeps only one value (with
     # a warning), so accounts sharing a sender are joined with commas, which
     # smtpd_sender_login_maps reads as "any of these logins may use it".
@@ -409,6 +442,21 @@ def render_main_cf_fragment(settings: RelaySettings) -> str:
 # ----------------------------------------------------------------------------- artefacts
 
 
+class Artifacts(dict[str, bytes]):
+    """The four files by name, plus ``skipped``: the entries left out, with the reason.
+
+    A ``dict`` so that every caller that only wants the files (the atomic write, the
+    export) keeps working unchanged; ``skipped`` is ``[{"request": id, "reason": text}]``
+    in input order, the reason being the ``ValueError`` text that names the entry.
+    """
+
+    __slots__ = ("skipped",)
+
+    def __init__(self, files: Mapping[str, bytes], skipped: list[dict[str, object]]) -> None:
+        super().__init__(files)
+        self.skipped = skipped
+
+
 def build_artifacts(
     servers: Iterable[ServerEntry],
     accounts: Iterable[AccountEntry],
@@ -416,8 +464,16 @@ def build_artifacts(
     *,
     version: int,
     generated_at: datetime,
-) -> dict[str, bytes]:
-    """Render all four files; raises ``ValueError`` (and so writes nothing) on a bad value.
+) -> Artifacts:
+    """Render all four files; an entry with a bad value is left out and reported.
+
+    Why not stop at the first bad entry: the relay's configuration is one file for
+    everybody, so a single row that no longer passes the rules (written before a rule
+    change, or by hand) would otherwise hold back every later approval and keep revoked
+    entries in the served maps. The entry is left out whole (an account with one bad
+    sender loses all its senders: half an entry is worse than none) and listed in
+    ``Artifacts.skipped``; ``MANIFEST.json`` counts it (``counts.skipped``). Bad
+    settings, version or time still raise ``ValueError``: they concern every entry.
 
     ``generated_at`` must be timezone-aware and is written in UTC. ``version`` and
     ``generated_at`` are the only inputs that are not a function of the entries, and
@@ -429,9 +485,11 @@ def build_artifacts(
     if generated_at.tzinfo is None or generated_at.utcoffset() is None:
         raise ValueError("generated_at must be timezone-aware")
     server_count, account_count = _Counter(), _Counter()
+    skipped: list[dict[str, object]] = []
     files = {
-        ACCESS_MAP_NAME: _render_client_access(servers, server_count).encode("ascii"),
-        LOGIN_MAP_NAME: _render_sender_login_maps(accounts, account_count).encode("ascii"),
+        ACCESS_MAP_NAME: _render_client_access(servers, server_count, skipped).encode("ascii"),
+        LOGIN_MAP_NAME: _render_sender_login_maps(accounts, account_count, skipped).encode(
+            "ascii"),
         FRAGMENT_NAME: render_main_cf_fragment(settings).encode("ascii"),
     }
     manifest = {
@@ -446,10 +504,11 @@ def build_artifacts(
             "addresses": server_count.keys,
             "accounts": account_count.entries,
             "senders": account_count.keys,
+            "skipped": len(skipped),
         },
     }
     files[MANIFEST_NAME] = (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode("ascii")
-    return files
+    return Artifacts(files, skipped)
 
 
 def read_manifest(out_dir: Path) -> dict[str, object] | None:

@@ -2,8 +2,15 @@
 
 A version is built from the active entries plus those waiting in ``provisioning``;
 the same transaction stores the version (file texts, line-level changes attributed to
-requests) and moves the provisioning requests to ``active``. So "active" always means
-"in the newest config version".
+requests) and moves the provisioning requests to ``active``. So "active" means "in the
+newest config version", with one visible exception: an entry the renderer cannot render
+(a row from before a rule change) is left out of the version, listed in its ``skipped``
+and flagged on the request, and never holds back the other entries.
+
+Removals (revoke, expiry, suspension) are announced by the build that leaves the entry
+out, in its transaction, and the periodic sweep asks :func:`relay_config_stale` whether
+the newest version still serves an entry that has left, so a lost broker message
+delays a revocation by at most one sweep.
 """
 
 from __future__ import annotations
@@ -15,16 +22,23 @@ import re
 from collections.abc import Iterator
 from datetime import UTC
 from datetime import datetime
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists
+from django.db.models import OuterRef
+from django.db.models import Q
+from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from . import events
+from .models import Notification
 from .models import RelayConfigChange
 from .models import RelayConfigVersion
 from .models import RelayRequest
+from .models import RequestEvent
 from .models import RequestKind
 from .models import RequestState
 from .postfix import ACCESS_MAP_NAME
@@ -41,10 +55,21 @@ __all__ = [
     "current_version",
     "relay_config_export",
     "relay_config_rebuild",
+    "relay_config_stale",
     "relay_entries",
 ]
 
 IN_CONFIG_STATES = (RequestState.ACTIVE, RequestState.PROVISIONING)
+# Entries that left the relay config for good; their owners are told once a version
+# without them exists (the build that removes them writes the mail).
+REMOVED_STATES = (RequestState.REVOKED, RequestState.EXPIRED)
+REMOVAL_TRIGGERS = ("revoke", "expire")
+# How far before the newest version a removal is still looked at. A removal's
+# ``updated_at`` is taken before its transaction commits, and web and worker hosts'
+# clocks may disagree: the margin covers both, at the cost of re-reading a few rows.
+REMOVAL_LOOKBACK = timedelta(minutes=15)
+# What an approver reads about a left-out entry; the renderer's text names the value.
+_REASON_MAX = 1000
 _COMMENT_RE = re.compile(r"^# request (\d+) ")
 
 
@@ -59,10 +84,17 @@ def relay_settings() -> RelaySettings:
 
 def relay_entries(
     states: tuple[str, ...] = IN_CONFIG_STATES,
+    *,
+    pks: list[int] | None = None,
 ) -> tuple[Iterator[ServerEntry], Iterator[AccountEntry]]:
-    """Stream the entries from the database (``values_list`` + ``iterator``: no models)."""
+    """Stream the entries from the database (``values_list`` + ``iterator``: no models).
+
+    ``pks`` limits them to those requests (to try a few entries without the rest).
+    """
     # Suspended entries (drifted past the grace period) stay active but leave the config.
     base = RelayRequest.objects.filter(state__in=states, suspended_at__isnull=True).order_by("pk")
+    if pks is not None:
+        base = base.filter(pk__in=pks)
     servers = (
         ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4))
         for pk, fqdn, team, ipv4, ipv6 in base.filter(kind=RequestKind.SERVER)
@@ -114,18 +146,33 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     """Build a new version if the content changed, and activate provisioning requests.
 
     Returns the new version, or ``None`` when the content is unchanged and nothing was
-    waiting. Two builders at once: the unique version number lets only one commit; the
-    other raises ``IntegrityError`` and its task retries.
+    activated. Two builders at once: the unique version number lets only one commit;
+    the other raises ``IntegrityError`` and its task retries.
+
+    An entry the renderer refuses is left out and listed in the version's ``skipped``;
+    everything else still goes out. A request waiting in ``provisioning`` that is left
+    out stays there with the reason and an attempt counted, and moves to
+    ``provisioning_failed`` (owners and approvers are told) after
+    ``RELAY_PROVISION_MAX_ATTEMPTS`` builds; an active entry that is left out keeps its
+    state and carries the reason in ``provision_error`` until a build renders it again.
+    Owners of revoked and expired entries are told here, in the transaction of the
+    version that no longer has them, never before.
     """
     waiting = list(
         RelayRequest.objects.select_for_update()
         .filter(state=RequestState.PROVISIONING)
         .order_by("pk")
     )
-    _supersede_replaced(waiting)
+    # A renewal replaces its entry only if it can itself be rendered: otherwise the
+    # old entry would leave the config and nothing would take its place.
+    refused = _unrenderable([r for r in waiting if r.replaces_id])
+    _supersede_replaced([r for r in waiting if r.pk not in refused])
     previous = (
         RelayConfigVersion.objects.select_for_update().order_by("-number").first()
     )
+    # Before the entries are read: every removal seen here is then absent from what
+    # this build renders, so its mail can never precede a version without it.
+    removals = _removals_to_announce(previous)
     number = (previous.number + 1) if previous else 1
     now = timezone.now()
     servers, accounts = relay_entries()
@@ -133,25 +180,30 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
         files = build_artifacts(servers, accounts, relay_settings(), version=number,
                                 generated_at=now)
     finally:
-        # Close the server-side cursors (PostgreSQL) while the transaction is still good,
-        # so a ValueError from a bad row surfaces as itself, not as a cursor error.
+        # Close the server-side cursors (PostgreSQL) while the transaction is still good.
         servers.close()
         accounts.close()
+    skipped = [{"request": s["request"], "reason": str(s["reason"])[:_REASON_MAX]}
+               for s in files.skipped]
+    left_out = {s["request"]: s["reason"] for s in skipped}
+    activating = [r for r in waiting if r.pk not in left_out]
     digest = _content_digest(files)
-    if previous is not None and previous.digest == digest and not waiting:
-        return None
-    counts = json.loads(files[MANIFEST_NAME])["counts"]
-    version = RelayConfigVersion.objects.create(
-        number=number,
-        created_at=now,
-        files={name: data.decode() for name, data in files.items()},
-        digest=digest,
-        server_count=counts["servers"],
-        account_count=counts["accounts"],
-        reason=reason[:200],
-    )
-    _record_changes(previous, version)
-    for request in waiting:
+    version = None
+    if previous is None or previous.digest != digest or activating:
+        counts = json.loads(files[MANIFEST_NAME])["counts"]
+        version = RelayConfigVersion.objects.create(
+            number=number,
+            created_at=now,
+            files={name: data.decode() for name, data in files.items()},
+            digest=digest,
+            server_count=counts["servers"],
+            account_count=counts["accounts"],
+            reason=reason[:200],
+            skipped=skipped,
+        )
+        _record_changes(previous, version)
+    served = version or previous
+    for request in activating:
         request.activate()
         request.save()
         events.request_transition_event(
@@ -162,7 +214,200 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
             comment=f"in relay config v{number}",
             parameters={"version": number},
         )
+    for request in waiting:
+        if request.pk in left_out:
+            _provisioning_left_out(request, left_out[request.pk], version)
+    _flag_active_left_out(left_out, {r.pk for r in waiting}, version)
+    _announce_removals(removals, served)
     return version
+
+
+def _unrenderable(requests: list[RelayRequest]) -> dict[int, str]:
+    """Which of these requests the renderer would leave out, and why (renders only them)."""
+    if not requests:
+        return {}
+    servers, accounts = relay_entries(pks=[r.pk for r in requests])
+    try:
+        files = build_artifacts(servers, accounts, relay_settings(), version=0,
+                                generated_at=datetime(1970, 1, 1, tzinfo=UTC))
+    finally:
+        servers.close()
+        accounts.close()
+    return {s["request"]: str(s["reason"]) for s in files.skipped}
+
+
+def _provisioning_left_out(
+    request: RelayRequest, reason: str, version: RelayConfigVersion | None
+) -> None:
+    """Count a failed attempt; after the last one the request stops waiting, visibly.
+
+    The request keeps waiting for a few builds because the cause may be the renderer's
+    rules rather than the data (a deployment can change them back); then it goes to
+    ``provisioning_failed``, where approvers retry or reject it, so nothing is stuck.
+    """
+    limit = max(1, int(settings.RELAY_PROVISION_MAX_ATTEMPTS))
+    request.provision_attempts += 1
+    request.provision_error = reason
+    where = f"relay config v{version.number}" if version else "the relay config build"
+    if request.provision_attempts < limit:
+        request.save()
+        events.request_left_out_event(
+            request, reason=reason, attempt=request.provision_attempts, limit=limit,
+            version=version.number if version else None,
+            comment=f"left out of {where} (attempt {request.provision_attempts} of "
+                    f"{limit}): {reason}",
+        )
+        return
+    request.provisioning_failed()
+    request.save()
+    event = events.request_transition_event(
+        request,
+        action="provisioning_failed",
+        from_state=RequestState.PROVISIONING,
+        actor=None,
+        comment=f"left out of {where} {request.provision_attempts} times: {reason}",
+        parameters={"attempts": request.provision_attempts, "reason": reason,
+                    "version": version.number if version else None},
+    )
+    from .notifications import notification_enqueue
+
+    notification_enqueue(request=request, trigger="provisioning_failed", event=event)
+
+
+def _flag_active_left_out(
+    left_out: dict[int, str], waiting: set[int], version: RelayConfigVersion | None
+) -> None:
+    """Active entries the renderer refused carry the reason; rendered ones lose it.
+
+    The audit trail gets one event when an entry is first left out (or for another
+    reason), not one per build.
+    """
+    active_ids = [pk for pk in left_out if pk not in waiting]
+    where = f"relay config v{version.number}" if version else "the relay config"
+    for entry in RelayRequest.objects.filter(
+        pk__in=active_ids, state=RequestState.ACTIVE
+    ).only("pk", "state", "provision_error"):
+        reason = left_out[entry.pk]
+        if entry.provision_error == reason:
+            continue
+        # update(), not save(): no lock is held on active rows, and a concurrent revoke
+        # must neither be undone nor make this build fail.
+        RelayRequest.objects.filter(pk=entry.pk).update(provision_error=reason)
+        events.request_left_out_event(
+            entry, reason=reason, attempt=None, limit=None,
+            version=version.number if version else None,
+            comment=f"active, but left out of {where}: {reason}",
+        )
+    RelayRequest.objects.filter(state=RequestState.ACTIVE).exclude(
+        provision_error="").exclude(pk__in=list(left_out)).update(provision_error="")
+
+
+def _removals_to_announce(
+    previous: RelayConfigVersion | None,
+) -> list[tuple[RelayRequest, RequestEvent]]:
+    """Revoked and expired entries whose owners have not been told yet, with the event.
+
+    Only removals around or after the newest version can still be unannounced (every
+    build announces what it removes), which keeps this to a handful of rows.
+    """
+    told = Notification.objects.filter(request=OuterRef("pk"), kind__in=("revoked", "expired"))
+    candidates = RelayRequest.objects.filter(state__in=REMOVED_STATES).exclude(Exists(told))
+    if previous is not None:
+        candidates = candidates.filter(updated_at__gte=previous.created_at - REMOVAL_LOOKBACK)
+    requests = {r.pk: r for r in candidates.select_related("team", "created_by",
+                                                            "submitted_by")}
+    if not requests:
+        return []
+    found: dict[int, RequestEvent] = {}
+    for event in RequestEvent.objects.filter(
+        request_id__in=list(requests), type=RequestEvent.Type.TRANSITION,
+        to_state__in=REMOVED_STATES,
+    ).order_by("request_id", "-pk"):
+        found.setdefault(event.request_id, event)
+    return [
+        (requests[pk], event) for pk, event in sorted(found.items())
+        if event.parameters.get("action") in REMOVAL_TRIGGERS
+    ]
+
+
+def _announce_removals(
+    removals: list[tuple[RelayRequest, RequestEvent]], served: RelayConfigVersion | None
+) -> None:
+    from .notifications import notification_enqueue
+
+    for request, event in removals:
+        notification_enqueue(
+            request=request, trigger=event.parameters["action"], event=event,
+            extra_context={"version": served.number if served else None},
+        )
+
+
+def relay_config_stale() -> bool:
+    """Whether the newest version still serves an entry that has left the relay config.
+
+    For the periodic sweep: a revoke, expiry or suspension dispatches a rebuild after
+    commit, and if that message is lost (broker down) nothing else would rebuild. The
+    answer is exact, so the sweep rebuilds only when something is really left over,
+    never every minute "just in case": the candidates are the entries that left around
+    or after the newest version (a few rows), and each is looked up in the version's
+    text. A server entry is served while its ``# request ID`` comment is; an account
+    while one of its sender lines still names its login, unless a live entry of the
+    same account (its renewal, say) puts that line there.
+    """
+    latest = RelayConfigVersion.objects.only("pk", "created_at").order_by("-number").first()
+    if latest is None:
+        return False
+    since = latest.created_at - REMOVAL_LOOKBACK
+    left = list(
+        RelayRequest.objects.filter(
+            Q(state__in=REMOVED_STATES, updated_at__gte=since)
+            | Q(state=RequestState.ACTIVE, suspended_at__gte=since)
+        ).values_list("pk", "kind", "account_name", "sender_addresses", "sender_domains")
+    )
+    if not left:
+        return False
+    cidr, logins = (
+        RelayConfigVersion.objects.filter(pk=latest.pk)
+        .annotate(cidr=KeyTextTransform(ACCESS_MAP_NAME, "files"),
+                  logins=KeyTextTransform(LOGIN_MAP_NAME, "files"))
+        .values_list("cidr", "logins")
+        .get()
+    )
+    cidr, logins = cidr or "", logins or ""
+    if any(kind == RequestKind.SERVER and f"# request {pk} " in cidr
+           for pk, kind, *_rest in left):
+        return True
+    accounts = [row for row in left if row[1] == RequestKind.ACCOUNT]
+    if not accounts:
+        return False
+    present = _login_pairs(logins)
+    names = {row[2] for row in accounts}
+    legit: set[tuple[str, str]] = set()
+    for account, addresses, domains in RelayRequest.objects.filter(
+        state__in=IN_CONFIG_STATES, suspended_at__isnull=True, account_name__in=names,
+        kind=RequestKind.ACCOUNT,
+    ).values_list("account_name", "sender_addresses", "sender_domains"):
+        legit |= _sender_pairs(account, addresses, domains)
+    return any(
+        (_sender_pairs(account, addresses, domains) & present) - legit
+        for _pk, _kind, account, addresses, domains in accounts
+    )
+
+
+def _sender_pairs(account: str, addresses: list[str], domains: list[str]) -> set[tuple[str, str]]:
+    """(sender key, login) as ``sender_login_maps`` writes them (keys case-folded)."""
+    keys = [str(a).lower() for a in addresses] + ["@" + str(d).lower() for d in domains]
+    return {(key, account) for key in keys}
+
+
+def _login_pairs(text: str) -> set[tuple[str, str]]:
+    pairs = set()
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, owners = line.partition("  ")
+        pairs.update((key, login) for login in owners.strip().split(","))
+    return pairs
 
 
 def _supersede_replaced(waiting: list[RelayRequest]) -> None:

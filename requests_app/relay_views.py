@@ -76,10 +76,13 @@ def _require_staff_view(request: HttpRequest) -> None:
 @login_required
 def version_list(request: HttpRequest) -> HttpResponse:
     _require_staff_view(request)
-    versions = RelayConfigVersion.objects.only(
-        "number", "created_at", "server_count", "account_count", "reason", "digest"
-    ).order_by("-number")[:200]
-    return render(request, "requests_app/relay_versions.html", {"versions": versions})
+    versions = list(RelayConfigVersion.objects.only(
+        "number", "created_at", "server_count", "account_count", "reason", "digest", "skipped"
+    ).order_by("-number")[:200])
+    # What the newest version leaves out is what the relay is refusing right now.
+    left_out = versions[0].skipped if versions else []
+    return render(request, "requests_app/relay_versions.html",
+                  {"versions": versions, "left_out": left_out})
 
 
 @login_required

@@ -42,6 +42,8 @@ QUEUE_STATES = (
     RequestState.PENDING_APPROVAL,
     RequestState.CHECKING,
     RequestState.NEEDS_CHANGES,
+    # approved but left out of the relay config: waits for an approver's retry or reject
+    RequestState.PROVISIONING_FAILED,
 )
 
 

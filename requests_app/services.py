@@ -111,6 +111,7 @@ USER_ACTIONS: dict[str, _Action] = {
     "recheck": _Action("recheck", "approver"),
     "override_checks": _Action("override_checks", "approver", needs_comment=True),
     "recertify": _Action("recertify", "requester"),
+    "retry_provisioning": _Action("retry_provisioning", "approver"),
 }
 
 
@@ -198,6 +199,9 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
         ) % {"verdict": request.check_verdict or "none"}
     if action == "override_checks" and request.check_verdict not in ("fail", "error"):
         return _("There is no failed check to override.")
+    if action == "retry_provisioning":
+        return _("Only a request whose provisioning failed can be retried; this one is "
+                 "%(state)s.") % {"state": request.get_state_display().lower()}
     decided = request.decided_by.get_username() if request.decided_by else None
     if decided and request.state in (
         RequestState.PROVISIONING,
@@ -300,8 +304,13 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
         dispatch_on_commit("rebuild_relay_config")
     directory_sync(request, action)
     from . import notifications
+    from .relay import REMOVAL_TRIGGERS
 
-    notifications.notification_enqueue(request=request, trigger=action, event=event)
+    # "Revoked"/"expired" would be untrue until a config version without the entry
+    # exists: the build that leaves it out writes that mail (relay.relay_config_rebuild),
+    # and the sweep makes sure such a build happens even if the dispatch above is lost.
+    if action not in REMOVAL_TRIGGERS:
+        notifications.notification_enqueue(request=request, trigger=action, event=event)
 
 
 def directory_sync(request: RelayRequest, action: str) -> None:
@@ -313,7 +322,11 @@ def directory_sync(request: RelayRequest, action: str) -> None:
 
     if action == "approve":
         directory_change_enqueue(request=request, action=DirectoryChange.Action.ADD)
-    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
+    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED) or (
+        # rejected after approval (its provisioning failed): undo the approval's add
+        action == "reject" and request.directory_changes.filter(
+            action=DirectoryChange.Action.ADD).exists()
+    ):
         directory_change_enqueue(request=request, action=DirectoryChange.Action.REMOVE)
 
 

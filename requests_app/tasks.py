@@ -94,7 +94,12 @@ def run_request_checks(  # type: ignore[no-untyped-def]
 
 @shared_task(name="relaydesk.provision_request", acks_late=True)
 def provision_request(request_id: int) -> str:
-    """Build a relay config version that contains the approved request, then activate it."""
+    """Build a relay config version that contains the approved request, then activate it.
+
+    The build takes every waiting request, not only this one; one the renderer refuses
+    is left out (and counted, see ``relay_config_rebuild``) without holding back the
+    others.
+    """
     from .relay import relay_config_rebuild
 
     request = RelayRequest.objects.filter(pk=request_id).first()
@@ -153,7 +158,8 @@ def sweep_pending_work() -> dict[str, int]:
     """Re-dispatch work the database says is pending but whose message may be lost.
 
     Runs from beat every minute. Covers a broker that was down when a service
-    committed: requests stuck in ``checking`` or ``provisioning`` and unsent mail.
+    committed: requests stuck in ``checking`` or ``provisioning``, a served relay
+    config that still has a revoked, expired or suspended entry, and unsent mail.
     Every task it sends is idempotent, so sending one twice is harmless.
     """
     from datetime import timedelta
@@ -162,7 +168,8 @@ def sweep_pending_work() -> dict[str, int]:
 
     now = timezone.now()
     stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
-    counts = {"checks": 0, "provisioning": 0, "notifications": 0, "directory": 0}
+    counts = {"checks": 0, "provisioning": 0, "rebuild": 0, "notifications": 0,
+              "directory": 0}
     for pk in RelayRequest.objects.filter(
         # a request whose own retry is still coming is left to it (one retry chain)
         Q(check_next_attempt_at__isnull=True) | Q(check_next_attempt_at__lt=stale),
@@ -170,11 +177,22 @@ def sweep_pending_work() -> dict[str, int]:
     ).values_list("pk", flat=True)[:500]:
         run_request_checks.delay(pk)
         counts["checks"] += 1
-    for pk in RelayRequest.objects.filter(
+    # One build takes every waiting request: one task, not one per request (each build
+    # counts an attempt for a request the renderer leaves out).
+    waiting = list(RelayRequest.objects.filter(
         state=RequestState.PROVISIONING, updated_at__lt=stale
-    ).values_list("pk", flat=True)[:500]:
-        provision_request.delay(pk)
-        counts["provisioning"] += 1
+    ).order_by("pk").values_list("pk", flat=True)[:500])
+    if waiting:
+        provision_request.delay(waiting[0])
+        counts["provisioning"] = len(waiting)
+    else:
+        # A removal whose rebuild message was lost: the served version still has the
+        # entry. The check is exact, so nothing is rebuilt when nothing is left over.
+        from .relay import relay_config_stale
+
+        if relay_config_stale():
+            rebuild_relay_config.delay()
+            counts["rebuild"] = 1
     for pk in Notification.objects.filter(
         # a row whose own retry is still coming is left to it (one retry chain per row)
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=stale),

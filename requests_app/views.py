@@ -8,6 +8,7 @@ import unicodedata
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.mixins import LoginRequiredMixin
@@ -207,6 +208,8 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # Approvers' and other people's source IPs are for approvers and auditors only.
         "events": selectors.events_for_display(request.user, obj.events.all()),
         "actions": actions,
+        # Why the relay config leaves it out, next to the retry/reject buttons.
+        "provision_max_attempts": settings.RELAY_PROVISION_MAX_ATTEMPTS,
         "decision_form": DecisionForm(),
         "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
         "snippets": snippets_for(obj) if obj.state in ("provisioning", "active") else [],
@@ -347,6 +350,7 @@ ACTION_LABELS = {
     "recheck": "Re-run checks",
     "recertify": "Recertify (still needed, unchanged)",
     "override_checks": "Override failed checks",
+    "retry_provisioning": "Retry provisioning",
 }
 
 

@@ -230,19 +230,26 @@ BAD_SERVER_VALUES = [
 
 
 @pytest.mark.parametrize("override", BAD_SERVER_VALUES)
-def test_bad_server_value_raises_and_writes_nothing(tmp_path, override):
-    # given a valid entry with one bad value
+def test_bad_server_value_is_left_out_of_the_build_with_the_reason(override):
+    # given the valid entries plus one entry with one bad value
     fields = {"request_id": 42, "fqdn": "ok.example.org", "team": "ops"}
     fields["addresses"] = ("192.0.2.1",)
     fields.update(override)
     bad = ServerEntry(**fields)
-    out = tmp_path / "relay"
-    # when
-    with pytest.raises(ValueError) as e:
-        write_artifacts_atomically(out, _build(servers=(*SERVERS, bad)))
-    # then the message names the entry, and nothing was written
-    assert str(e.value).startswith(f"server entry (request {bad.request_id!r}, fqdn {bad.fqdn!r})")
-    assert list(tmp_path.iterdir()) == []
+    # when the artefacts are built
+    artifacts = _build(servers=(*SERVERS, bad))
+    # then the others are rendered exactly as without it, the bad one is left out whole
+    assert artifacts[ACCESS_MAP_NAME] == _build()[ACCESS_MAP_NAME]
+    assert "ok.example.org" not in artifacts[ACCESS_MAP_NAME].decode()
+    # and the reason names the entry and the value; the manifest counts it
+    [skipped] = artifacts.skipped
+    assert skipped["request"] == bad.request_id
+    assert skipped["reason"].startswith(
+        f"server entry (request {bad.request_id!r}, fqdn {bad.fqdn!r}): invalid ")
+    assert json.loads(artifacts[MANIFEST_NAME])["counts"]["skipped"] == 1
+    # and the single-file renderer still refuses it outright
+    with pytest.raises(ValueError, match=r"^server entry \(request"):
+        render_client_access((*SERVERS, bad))
 
 
 BAD_ACCOUNT_VALUES = [
@@ -264,14 +271,36 @@ BAD_ACCOUNT_VALUES = [
 
 
 @pytest.mark.parametrize("override", BAD_ACCOUNT_VALUES)
-def test_bad_account_value_raises_and_writes_nothing(tmp_path, override):
-    fields = {"request_id": 43, "account": "svc-ok", "team": "ops", "senders": ("a@example.org",)}
+def test_bad_account_value_is_left_out_of_the_build_with_the_reason(override):
+    # given the valid accounts plus one whose other senders are fine
+    fields = {"request_id": 43, "account": "svc-ok", "team": "ops",
+              "senders": ("a@example.org",)}
     fields.update(override)
-    out = tmp_path / "relay"
-    with pytest.raises(ValueError) as e:
-        write_artifacts_atomically(out, _build(accounts=(*ACCOUNTS, AccountEntry(**fields))))
-    assert str(e.value).startswith(f"account entry (request 43, account {fields['account']!r})")
-    assert list(tmp_path.iterdir()) == []
+    fields["senders"] = (*fields["senders"], "fine@example.org") if fields["senders"] else ()
+    bad = AccountEntry(**fields)
+    # when
+    artifacts = _build(accounts=(*ACCOUNTS, bad))
+    # then no sender of it is rendered, the other accounts are as without it
+    assert artifacts[LOGIN_MAP_NAME] == _build()[LOGIN_MAP_NAME]
+    assert b"fine@example.org" not in artifacts[LOGIN_MAP_NAME]
+    assert artifacts.skipped == [{"request": 43, "reason": artifacts.skipped[0]["reason"]}]
+    assert artifacts.skipped[0]["reason"].startswith(
+        f"account entry (request 43, account {fields['account']!r}): invalid ")
+    # and the single-file renderer still refuses it outright
+    with pytest.raises(ValueError, match=r"^account entry \(request 43"):
+        render_sender_login_maps((*ACCOUNTS, bad))
+
+
+def test_a_skipped_entry_changes_only_the_manifest_count():
+    # given a build with and one without an unrenderable entry
+    bad = ServerEntry(99, "bad.example.org", "ops", ("0.0.0.0",))
+    with_bad, without = _build(servers=(*SERVERS, bad)), _build()
+    # then every map is byte-identical; only the manifest's skipped count differs
+    for name in (ACCESS_MAP_NAME, LOGIN_MAP_NAME, FRAGMENT_NAME):
+        assert with_bad[name] == without[name]
+    counts = json.loads(with_bad[MANIFEST_NAME])["counts"]
+    assert counts == {**json.loads(without[MANIFEST_NAME])["counts"], "skipped": 1}
+    assert without.skipped == []
 
 
 @pytest.mark.parametrize(
@@ -313,7 +342,7 @@ def test_build_artifacts_is_deterministic_and_manifest_matches():
             name: {"sha256": hashlib.sha256(first[name]).hexdigest(), "bytes": len(first[name])}
             for name in (ACCESS_MAP_NAME, LOGIN_MAP_NAME, FRAGMENT_NAME)
         },
-        "counts": {"servers": 3, "addresses": 5, "accounts": 2, "senders": 3},
+        "counts": {"servers": 3, "addresses": 5, "accounts": 2, "senders": 3, "skipped": 0},
     }
     assert first[MANIFEST_NAME] == (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode()
 

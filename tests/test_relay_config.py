@@ -119,12 +119,19 @@ def test_account_entries_go_to_sender_login_maps(team, requester, approver,
         ["@shop.example.org", "svc-shop"], ["shop@example.org", "svc-shop"]]
 
 
-def test_a_value_that_would_break_a_line_stops_the_build(pending, approver):
+def test_a_value_that_would_break_a_line_is_left_out_and_flagged(pending, approver):
+    # given an active entry whose FQDN would inject a line (written around validation)
     RelayRequest.objects.filter(pk=pending.pk).update(state=S.ACTIVE,
                                                       fqdn="evil.example.org\n0.0.0.0/0")
-    with pytest.raises(ValueError, match="request"):
-        relay_config_rebuild(reason="test")
-    assert not RelayConfigVersion.objects.exists()
+    # when the config is built
+    version = relay_config_rebuild(reason="test")
+    # then the version exists without any line of it, and says why it was left out
+    assert "0.0.0.0" not in version.files["client_access.cidr"]
+    assert "evil" not in version.files["client_access.cidr"]
+    [skipped] = version.skipped
+    assert skipped["request"] == pending.pk
+    assert "invalid FQDN 'evil.example.org\\n0.0.0.0/0'" in skipped["reason"]
+    assert RelayRequest.objects.get(pk=pending.pk).provision_error == skipped["reason"]
 
 
 def test_export_command_writes_atomically(pending, approver, tmp_path,

@@ -228,6 +228,9 @@ RELAY_LAB_NETWORKS = env.list("RELAY_LAB_NETWORKS", default=[])
 RELAY_ALLOW_PRIVATE = env.bool("RELAY_ALLOW_PRIVATE", default=False)
 RELAY_APPROVED_SENDER_DOMAINS = env.list("RELAY_APPROVED_SENDER_DOMAINS", default=[])
 RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
+# Config builds an approved request may be left out of (a value the renderer refuses)
+# before it moves to provisioning_failed, where approvers retry or reject it.
+RELAY_PROVISION_MAX_ATTEMPTS = env.int("RELAY_PROVISION_MAX_ATTEMPTS", default=3)
 # The form's as-you-type check runs on a web worker: at most this many per user and
 # minute (0 = no limit; counted in the default cache, per process unless CACHES is
 # shared), and its DNS work ends after this many seconds (or DNS_LIFETIME_SECONDS if

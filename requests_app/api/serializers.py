@@ -109,11 +109,13 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
             "override_reason", "decision_note", "created_by", "created_at", "submitted_at",
-            "decided_at", "activated_at", "submit",
+            "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
         )
         read_only_fields = (
             "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
             "decision_note", "created_at", "submitted_at", "decided_at", "activated_at",
+            # why the relay config leaves the request out (provisioning, failed, active)
+            "provision_attempts", "provision_error",
         )
 
     def to_internal_value(self, data: Any) -> Any:
