@@ -42,13 +42,15 @@ __all__ = ("make_accounts", "make_entries", "run_export")
 GENERATED_AT = datetime(2025, 1, 1, tzinfo=UTC)
 
 
+# Global addresses, as real entries have: the renderer applies the address policy, which
+# refuses private and documentation ranges (nothing is ever sent to these).
 def _v4(i: int) -> str:
-    # 10.0.0.0/8 holds 16M distinct host addresses: plenty, and never routable traffic.
-    return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{(i & 255) or 1}"
+    # 11.0.0.0/8 holds 16M distinct host addresses: plenty.
+    return f"11.{(i >> 16) & 255}.{(i >> 8) & 255}.{(i & 255) or 1}"
 
 
 def _v6(i: int) -> str:
-    return f"2001:db8:{(i >> 16) & 0xFFFF:x}:{i & 0xFFFF:x}::25"
+    return f"2a02:898:{(i >> 16) & 0xFFFF:x}:{i & 0xFFFF:x}::25"
 
 
 def make_entries(n: int) -> Iterator[ServerEntry]:
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
 
-        probes = [_v4(3), _v6(1), _v4(args.n - args.n % 3 or 3), "10.255.255.254", "2001:db8::1"]
+        probes = [_v4(3), _v6(1), _v4(args.n - args.n % 3 or 3), "11.255.255.254", "2a02:898::1"]
         lookups = _postmap_timings(out_dir, probes)
 
         mib = 1024 * 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 from typing import Protocol
 
@@ -13,6 +14,9 @@ from .checks import CheckSpec
 from .checks import run_checks_sync
 from .models import ApprovedSenderDomain
 from .models import RequestKind
+from .rules import normalise_fqdn
+
+log = logging.getLogger(__name__)
 
 __all__ = ["check_config", "quick_check_report", "run_checks_for", "spec_for"]
 
@@ -21,7 +25,7 @@ def check_config(*, include_db: bool = True) -> CheckConfig:
     """The engine's configuration: the environment's settings plus the admin's domains."""
     approved = set(settings.RELAY_APPROVED_SENDER_DOMAINS)
     if include_db:
-        approved.update(ApprovedSenderDomain.objects.values_list("domain", flat=True))
+        approved.update(_stored_approved_domains())
     return CheckConfig(
         spf_include=settings.RELAY_SPF_INCLUDE or None,
         relay_addresses=tuple(settings.RELAY_ADDRESSES),
@@ -30,6 +34,23 @@ def check_config(*, include_db: bool = True) -> CheckConfig:
         approved_sender_domains=tuple(sorted(d.lower().rstrip(".") for d in approved)),
         lifetime=settings.DNS_LIFETIME_SECONDS,
     )
+
+
+def _stored_approved_domains() -> list[str]:
+    """The admin's approved sender domains in normal form; a malformed row is left out.
+
+    The admin validates every row it saves, but a row written before that rule (or
+    straight into the table) must not make every check task, quick-check and recheck
+    crash: it is logged and ignored, so its domain is simply not approved.
+    """
+    domains = []
+    for pk, domain in ApprovedSenderDomain.objects.order_by("pk").values_list("pk", "domain"):
+        try:
+            domains.append(normalise_fqdn(domain))
+        except ValueError as exc:
+            log.warning("approved sender domain row %s ignored (fix it in the admin): %s",
+                        pk, exc)
+    return domains
 
 
 class CheckedFields(Protocol):

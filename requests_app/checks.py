@@ -18,7 +18,6 @@ looks the way it does:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import enum
 import functools
@@ -41,9 +40,9 @@ from typing import TYPE_CHECKING
 from typing import Any
 from typing import TypeVar
 
-import idna
 from publicsuffixlist import PublicSuffixList
 
+from requests_app import rules
 from requests_app.dns import DnsAnswer
 from requests_app.dns import DnsClient
 from requests_app.dns import DnsStatus
@@ -111,109 +110,21 @@ def worst_status(statuses: Iterable[str]) -> CheckStatus:
                default=CheckStatus.PASS)
 
 
-# --- normalisation (shared with the forms) ----------------------------------------------
+# --- normalisation (the one rule set of rules.py, shared with forms and renderer) -------
 
-_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Names that are not host names (``_spf``, ``_dmarc``, DKIM selectors) may use "_".
 _DNS_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-# A name that is already in normal form: lower-case host labels, at least two, no final
-# dot, a top label that is not all digits (the rules of normalise_fqdn, in one pattern).
-_PLAIN_FQDN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-                         r"(?![0-9]+\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_IDN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
-
-
-def _ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str]:
-    if not isinstance(text, str):
-        raise ValueError(f"{what} must be text, not {type(text).__name__}")
-    name = text.strip().translate(_IDN_DOTS)
-    name = name[:-1] if name.endswith(".") else name
-    if not name:
-        raise ValueError(f"{what} is empty")
-    labels = []
-    for label in name.split("."):
-        if not label:
-            raise ValueError(f"{what} {text!r} has an empty label")
-        if "*" in label:
-            raise ValueError(f"{what} {text!r}: wildcards are not allowed")
-        try:
-            if label.isascii():
-                ascii_label = label.lower()
-                if ascii_label.startswith("xn--"):
-                    idna.decode(ascii_label)  # rejects broken punycode, disallowed code points
-            else:
-                # IDNA 2008 with the UTS #46 mapping (case, width), non-transitional: "ß"
-                # stays "ß" (straße -> xn--strae-oqa), as registries and browsers have it.
-                ascii_label = idna.encode(label, uts46=True, transitional=False).decode()
-                if "." in ascii_label:  # a character that maps to a dot: not one label
-                    raise UnicodeError(ascii_label)
-        except UnicodeError:  # idna.IDNAError is one
-            raise ValueError(f"{what} {text!r}: {label!r} is not a valid "
-                             "internationalised label") from None
-        if len(ascii_label) > 63:
-            raise ValueError(f"{what} {text!r}: label {ascii_label!r} is longer than 63")
-        if not label_re.fullmatch(ascii_label):
-            raise ValueError(f"{what} {text!r}: label {ascii_label!r} may only hold letters, "
-                             "digits and inner hyphens")
-        labels.append(ascii_label)
-    if len(".".join(labels)) > 253:
-        raise ValueError(f"{what} {text!r} is longer than 253 characters")
-    return labels
-
-
-def normalise_fqdn(value: str) -> str:
-    """A fully qualified host name in the form DNS compares: punycode, lower case, no dot.
-
-    Raises ``ValueError`` (and nothing else) with a message fit for a form error: at least
-    two labels, no wildcard, no empty label, letters/digits/inner hyphens, labels of at
-    most 63 and names of at most 253 characters, and a top label that is not numeric (so
-    an IPv4 address is not taken for a name).
-    """
-    if (isinstance(value, str) and len(value) <= 253 and _PLAIN_FQDN.fullmatch(value)
-            and "xn--" not in value):
-        return value  # already normalised (as every stored name is): one regex, no copies
-    return _normalise_fqdn_in_full(value)
-
-
-def _normalise_fqdn_in_full(value: str) -> str:
-    labels = _ascii_labels(value, "host name", _HOST_LABEL)
-    if len(labels) < 2:
-        raise ValueError(f"host name {value!r} is not fully qualified (add its domain)")
-    if labels[-1].isdigit():
-        raise ValueError(f"host name {value!r} ends in a numeric label; is it an address?")
-    return ".".join(labels)
-
-
+_PLAIN_FQDN = rules.PLAIN_FQDN_RE
+_normalise_fqdn_in_full = rules.normalise_fqdn_in_full
+_parse_address = rules.parse_address
+normalise_fqdn = rules.normalise_fqdn
 normalise_domain = normalise_fqdn  # sender domains follow host-name syntax too
+normalise_address = rules.normalise_address
 
 
 def _dns_name(value: str, what: str = "name") -> str:
     """Like :func:`normalise_fqdn` but allows ``_`` and single labels (SPF/DKIM names)."""
-    return ".".join(_ascii_labels(value, what, _DNS_LABEL))
-
-
-def normalise_address(value: str) -> str:
-    """One host address in canonical text (``2001:0DB8::0001`` -> ``2001:db8::1``).
-
-    Raises ``ValueError`` with a form-ready message for prefixes, scoped addresses and
-    anything that is not an IPv4 or IPv6 address.
-    """
-    return str(_parse_address(value))
-
-
-def _parse_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address object behind :func:`normalise_address` (same errors), parsed once."""
-    if not isinstance(value, str):
-        raise ValueError(f"address must be text, not {type(value).__name__}")
-    text = value.strip()
-    if "/" in text:
-        raise ValueError(f"{value!r} is a prefix; give single host addresses")
-    if "%" in text:
-        raise ValueError(f"{value!r} has a zone index; give a global address")
-    try:  # one parser, not ip_address()'s IPv4 attempt and exception for every IPv6
-        return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    return ".".join(rules.ascii_labels(value, what, _DNS_LABEL))
 
 
 @functools.cache
@@ -252,8 +163,9 @@ class CheckConfig:
     allow_private: bool = False
     approved_sender_domains: tuple[str, ...] = ()
     lifetime: float = 5.0
-    _lab: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
-        default=(), init=False, repr=False, compare=False)
+    # The address policy of rules.py with these settings (lab networks, allow_private).
+    _policy: rules.AddressPolicy = field(
+        default=rules.address_policy(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -266,7 +178,7 @@ class CheckConfig:
             tuple(normalise_domain(d) for d in _tuple(self.approved_sender_domains)))
         put("lab_networks", _tuple(self.lab_networks))
         try:
-            put("_lab", tuple(ipaddress.ip_network(n.strip()) for n in self.lab_networks))
+            put("_policy", rules.address_policy(self.lab_networks, bool(self.allow_private)))
         except ValueError as exc:
             raise ValueError(f"RELAY_LAB_NETWORKS: {exc}") from None
         if not self.lifetime or self.lifetime <= 0:
@@ -364,84 +276,12 @@ class _Run:
 
 # --- address_policy ---------------------------------------------------------------------
 
-
-def _nets(*pairs: tuple[str, str]) -> dict[int, tuple[tuple[Any, str], ...]]:
-    """Networks by IP version, in the order given (an address never matches the other)."""
-    nets = [(ipaddress.ip_network(net), why) for net, why in pairs]
-    return {v: tuple(n for n in nets if n[0].version == v) for v in (4, 6)}
-
-
-# Refused whatever the settings say (order matters: wrappers before the reserved ::/8).
-_REFUSED = _nets(
-    ("::ffff:0:0/96", "an IPv4-mapped IPv6 address"),
-    ("::/96", "an IPv4-compatible IPv6 address"),
-    ("64:ff9b::/96", "a NAT64 (IPv4-embedding) address"),
-    ("64:ff9b:1::/48", "a local-use NAT64 address"),
-    ("2002::/16", "a 6to4 address"),
-    ("2001::/32", "a Teredo address"),
-    ("192.0.2.0/24", "a documentation address (TEST-NET-1)"),
-    ("198.51.100.0/24", "a documentation address (TEST-NET-2)"),
-    ("203.0.113.0/24", "a documentation address (TEST-NET-3)"),
-    ("2001:db8::/32", "a documentation address"),
-    ("3fff::/20", "a documentation address"),
-    ("100.64.0.0/10", "a shared (carrier-grade NAT) address"),
-    ("0.0.0.0/8", "in 'this network' (0/8)"),
-    ("192.0.0.0/24", "an IETF protocol assignment"),
-    ("198.18.0.0/15", "a benchmarking address"),
-    ("fec0::/10", "a deprecated site-local address"),
-    ("100::/64", "a discard-only address"),
-)
-_PRIVATE = _nets(
-    ("10.0.0.0/8", "private (RFC 1918)"),
-    ("172.16.0.0/12", "private (RFC 1918)"),
-    ("192.168.0.0/16", "private (RFC 1918)"),
-    ("fc00::/7", "a unique local address (ULA)"),
-)
-
-
-def _listed_ranges() -> dict[int, tuple[list[int], list[int]]]:
-    """Merged ``[first, last]`` integer ranges of every network any address rule reads.
-
-    The rules below ask ``ipaddress`` (loopback, reserved, ``is_global`` ...) and scan
-    the tables above: some 30 network tests per address, a tenth of a recheck's CPU.
-    An address outside all of these networks passes every rule, so one binary search
-    settles the common case. The stdlib's networks are read from its own tables, so a
-    Python that lists more special networks is still covered.
-    """
-    nets: dict[int, list[Any]] = {4: [], 6: []}
-    for table in (_REFUSED, _PRIVATE):
-        for version, rows in table.items():
-            nets[version] += [net for net, _why in rows]
-    for constants in (ipaddress._IPv4Constants, ipaddress._IPv6Constants):  # type: ignore[attr-defined]
-        for value in vars(constants).values():
-            for item in value if isinstance(value, list | tuple) else [value]:
-                if isinstance(item, ipaddress.IPv4Address | ipaddress.IPv6Address):
-                    item = ipaddress.ip_network(item)
-                if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-                    nets[item.version].append(item)
-    nets[6] += [ipaddress.ip_network("::/128"), ipaddress.ip_network("::1/128")]
-    ranges = {}
-    for version, found in nets.items():
-        merged: list[list[int]] = []
-        for first, last in sorted((int(n.network_address), int(n.broadcast_address))
-                                  for n in found):
-            if merged and first <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], last)
-            else:
-                merged.append([first, last])
-        ranges[version] = ([m[0] for m in merged], [m[1] for m in merged])
-    return ranges
-
-
-_LISTED = _listed_ranges()
-
-
-def _listed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether ``ip`` is in any network an address rule reads (see :func:`_listed_ranges`)."""
-    firsts, lasts = _LISTED[ip.version]
-    value = int(ip)
-    index = bisect.bisect_right(firsts, value) - 1
-    return index >= 0 and value <= lasts[index]
+# The rules live in rules.py (shared with the forms and the renderer); these names are
+# the engine's view of them.
+_REFUSED = rules.REFUSED_NETWORKS
+_PRIVATE = rules.PRIVATE_NETWORKS
+_LISTED = rules.LISTED_RANGES
+_listed = rules.listed
 
 
 def _check_address(address: str, config: CheckConfig) -> CheckResult:
@@ -451,55 +291,28 @@ def _check_address(address: str, config: CheckConfig) -> CheckResult:
         return _result("address_policy", address, CheckStatus.FAIL, str(exc), address=address)
     subject = str(ip)
     evidence: dict[str, Any] = {"address": subject, "version": ip.version}
-    for net in config._lab:
-        if ip in net:
-            return _result("address_policy", subject, CheckStatus.PASS,
-                           f"inside lab network {net} (RELAY_LAB_NETWORKS)",
-                           **evidence, network=str(net))
-    if not _listed(ip):
+    policy = config._policy
+    if not policy.lab and not _listed(ip):  # the common case: one binary search
         return _result("address_policy", subject, CheckStatus.PASS,
                        f"{subject} is a global host address", **evidence)
-    return _judge_address(ip, subject, evidence, config)
+    ruling = policy.rule(ip, subject)
+    return _ruling_result(ruling, subject, evidence)
+
+
+def _ruling_result(ruling: rules.AddressRuling, subject: str,
+                   evidence: dict[str, Any]) -> CheckResult:
+    if ruling.network is not None:
+        evidence["network"] = ruling.network
+    return _result("address_policy", subject,
+                   CheckStatus.PASS if ruling.allowed else CheckStatus.FAIL, ruling.detail,
+                   **evidence)
 
 
 def _judge_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, subject: str,
                    evidence: dict[str, Any], config: CheckConfig) -> CheckResult:
     """Every address rule, in order (the lab networks are already ruled out)."""
-    why = None
-    if ip.is_unspecified:
-        why = "the unspecified address"
-    elif ip.is_loopback:
-        why = "a loopback address"
-    elif ip.is_multicast:
-        why = "a multicast address"
-    elif ip.is_link_local:
-        why = "a link-local address"
-    matched = (next(((net, w) for net, w in _REFUSED[ip.version] if ip in net), None)
-               if why is None else None)
-    if matched:
-        why, evidence["network"] = matched[1], str(matched[0])
-    if why is None and ip.is_reserved:
-        why = "a reserved address"
-    if why:
-        return _result("address_policy", subject, CheckStatus.FAIL,
-                       f"{subject} is {why}; only a global host address can be allowed",
-                       **evidence)
-    private = next(((net, w) for net, w in _PRIVATE[ip.version] if ip in net), None)
-    if private:
-        evidence["network"] = str(private[0])
-        if config.allow_private:
-            return _result("address_policy", subject, CheckStatus.PASS,
-                           f"{subject} is {private[1]}, allowed by RELAY_ALLOW_PRIVATE",
-                           **evidence)
-        return _result("address_policy", subject, CheckStatus.FAIL,
-                       f"{subject} is {private[1]}; private addresses are not allowed",
-                       **evidence)
-    if not ip.is_global:
-        return _result("address_policy", subject, CheckStatus.FAIL,
-                       f"{subject} is a special-purpose address, not globally routable",
-                       **evidence)
-    return _result("address_policy", subject, CheckStatus.PASS,
-                   f"{subject} is a global host address", **evidence)
+    return _ruling_result(rules.judge_address(ip, config.allow_private, subject), subject,
+                          evidence)
 
 
 # --- forward and reverse ----------------------------------------------------------------

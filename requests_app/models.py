@@ -12,6 +12,7 @@ import json
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
@@ -19,6 +20,8 @@ from django.utils.translation import gettext_lazy as _
 from django_fsm import ConcurrentTransitionMixin
 from django_fsm import FSMField
 from django_fsm import transition
+
+from .validators import validate_sender_domains
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -151,8 +154,21 @@ class ApprovedSenderDomain(TimeStampedModel):
         return self.domain
 
     def save(self, *args: object, **kwargs: object) -> None:
-        self.domain = self.domain.strip().lower().rstrip(".")
+        # Every save, not only the admin's: a malformed row would reach every check run.
+        self.clean()
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        """The domain must be one the request forms accept as a sender domain.
+
+        The admin form calls this, so a value like ``exa mple.org`` is a field error
+        there; stored in normal form (IDN as punycode, lower case, no final dot).
+        """
+        super().clean()
+        try:
+            self.domain = validate_sender_domains([self.domain])[0]
+        except ValidationError as exc:
+            raise ValidationError({"domain": exc.error_list}) from None
 
 
 class RelayEndpoint(TimeStampedModel):

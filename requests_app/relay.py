@@ -79,6 +79,9 @@ def relay_settings() -> RelaySettings:
         submission_port=settings.RELAY_SUBMISSION_PORT,
         smtps_port=settings.RELAY_SMTPS_PORT,
         map_directory=settings.RELAY_MAP_DIRECTORY,
+        # The address policy the forms and checks apply: the renderer applies it again.
+        lab_networks=tuple(settings.RELAY_LAB_NETWORKS),
+        allow_private=bool(settings.RELAY_ALLOW_PRIVATE),
     )
 
 

@@ -1,29 +1,30 @@
 """Field validators shared by the web forms, the API serializers and ``model.clean()``.
 
 Each raises ``ValidationError`` with a message naming the rule and a stable ``code``.
-Normalisation (IDN to punycode, lower case, no trailing dot, compressed IPv6) uses the
-same Django-free functions as the DNS checks, so what is stored is what is checked.
+The rules themselves are ``rules.py``'s (Django-free), the same the DNS checks and the
+Postfix renderer apply: what is stored is what is checked and what can be rendered
+(normalisation: IDN to punycode, lower case, no trailing dot, compressed IPv6).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_email
 from django.utils.translation import gettext as _
 
-from .checks import normalise_address
-from .checks import normalise_fqdn
+from . import rules
+from .rules import normalise_fqdn
 
 __all__ = [
     "FREE_TEXT_LIMITS",
     "MAX_LIST_ITEMS",
     "normalise_list",
+    "settings_address_policy",
     "split_list",
     "validate_account_name",
     "validate_dkim_selector",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 MAX_LIST_ITEMS = 50
-ACCOUNT_RE = re.compile(r"^[a-z][a-z0-9._-]{1,62}[a-z0-9]$")
+ACCOUNT_RE = rules.ACCOUNT_RE  # the renderer's rule for sender_login_maps values
 SELECTOR_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -81,37 +82,70 @@ def validate_fqdn(value: str) -> str:
     return fqdn
 
 
-def validate_ip_list(values: Sequence[str], *, version: int) -> list[str]:
-    """Host addresses of one IP version, normalised; a prefix such as /24 is refused."""
+def settings_address_policy() -> rules.AddressPolicy:
+    """The address policy of ``RELAY_LAB_NETWORKS`` and ``RELAY_ALLOW_PRIVATE``."""
+    return rules.address_policy(tuple(settings.RELAY_LAB_NETWORKS),
+                                bool(settings.RELAY_ALLOW_PRIVATE))
+
+
+def validate_ip_list(values: Sequence[str], *, version: int,
+                     policy: rules.AddressPolicy | None = None) -> list[str]:
+    """Host addresses of one IP version, normalised, each one the address policy accepts.
+
+    A prefix such as /24 is refused, and so is every address the relay would refuse
+    (``rules.AddressPolicy``: loopback, private unless allowed, link-local, multicast,
+    documentation, IPv4-mapped/6to4/Teredo, unspecified, broadcast ...), unless it lies in
+    a lab network: at once, on the field, never as an overridable check result later.
+    ``policy`` defaults to the settings' (:func:`settings_address_policy`). Every bad
+    address of the list is reported, not only the first.
+    """
     if len(values) > MAX_LIST_ITEMS:
         raise ValidationError(
             _("At most %(n)d addresses."), code="too_many", params={"n": MAX_LIST_ITEMS}
         )
+    if policy is None:
+        policy = settings_address_policy()
     out = []
+    errors = []
     for raw in values:
-        if "/" in raw:
-            raise ValidationError(
-                _("%(value)s is a network; give host addresses only (no prefix)."),
-                code="prefix_not_allowed",
-                params={"value": raw},
-            )
         try:
-            parsed = ipaddress.ip_address(raw)
-            address = normalise_address(raw)
-        except ValueError:
-            raise ValidationError(
-                _("%(value)s is not a valid IPv%(version)d address."),
-                code="invalid_ip",
-                params={"value": raw, "version": version},
-            ) from None
-        if parsed.version != version:
-            raise ValidationError(
-                _("%(value)s is not an IPv%(version)d address."),
-                code="wrong_ip_version",
-                params={"value": raw, "version": version},
-            )
-        out.append(address)
+            out.append(_host_address(raw, version, policy))
+        except ValidationError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0] if len(errors) == 1 else ValidationError(errors)
     return normalise_list(out)
+
+
+def _host_address(raw: str, version: int, policy: rules.AddressPolicy) -> str:
+    if "/" in raw:
+        raise ValidationError(
+            _("%(value)s is a network; give host addresses only (no prefix)."),
+            code="prefix_not_allowed",
+            params={"value": raw},
+        )
+    try:
+        parsed = rules.parse_address(raw)
+    except ValueError:
+        raise ValidationError(
+            _("%(value)s is not a valid IPv%(version)d address."),
+            code="invalid_ip",
+            params={"value": raw, "version": version},
+        ) from None
+    if parsed.version != version:
+        raise ValidationError(
+            _("%(value)s is not an IPv%(version)d address."),
+            code="wrong_ip_version",
+            params={"value": raw, "version": version},
+        )
+    ruling = policy.rule(parsed)
+    if not ruling.allowed:
+        raise ValidationError(
+            _("Address policy: %(reason)s."),
+            code="address_policy",
+            params={"value": raw, "reason": ruling.detail},
+        )
+    return str(parsed)
 
 
 def validate_sender_domains(values: Sequence[str]) -> list[str]:
@@ -147,22 +181,17 @@ def validate_sender_addresses(values: Sequence[str]) -> list[str]:
         )
     out = []
     for raw in values:
-        if raw.startswith("@"):
-            out.append("@" + validate_sender_domains([raw[1:]])[0])
-            continue
-        local, sep, domain = raw.rpartition("@")
+        # rules.normalise_sender is the renderer's rule: a local part of a-z 0-9 . _ + = -
+        # only, so nothing Postfix would read as a comment, separator or routing operator
+        # (# % ! | $ ' quotes, whitespace) is ever stored.
         try:
-            if not sep or not local:
-                raise ValidationError("missing @")
-            domain = validate_sender_domains([domain])[0]
-            validate_email(f"{local}@{domain}")
-        except ValidationError:
+            out.append(rules.normalise_sender(raw))
+        except ValueError as exc:
             raise ValidationError(
-                _("%(value)s is not a valid e-mail address or @domain."),
+                _("%(value)s is not a valid sender (user@domain or @domain): %(reason)s."),
                 code="invalid_sender",
-                params={"value": raw},
+                params={"value": raw, "reason": exc},
             ) from None
-        out.append(f"{local.lower()}@{domain}")
     return normalise_list(out)
 
 

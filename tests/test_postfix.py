@@ -41,6 +41,7 @@ from requests_app.postfix import render_client_access
 from requests_app.postfix import render_main_cf_fragment
 from requests_app.postfix import render_sender_login_maps
 from requests_app.postfix import write_artifacts_atomically
+from requests_app.rules import address_policy
 from tests.support.postfix import PostfixInstance
 from tests.support.postfix import minimal_config_dir
 from tests.support.postfix import require_root
@@ -48,7 +49,11 @@ from tests.support.postfix import require_tool
 from tests.support.postfix import run_tool
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-SETTINGS = RelaySettings(relay_host="relay.example.org")
+# The examples use documentation addresses, which the address policy refuses unless they
+# lie in a lab network (RELAY_LAB_NETWORKS): these settings make them one.
+DOCUMENTATION_NETWORKS = ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32")
+SETTINGS = RelaySettings(relay_host="relay.example.org", lab_networks=DOCUMENTATION_NETWORKS)
+EVERY_ADDRESS = address_policy(("0.0.0.0/0", "::/0"))
 
 SERVERS = (
     ServerEntry(7, "app.example.org", "payments", ("2001:0DB8::0001", "192.0.2.10")),
@@ -71,7 +76,7 @@ def _build(servers=SERVERS, accounts=ACCOUNTS, *, version=1, at=NOW):
 def test_client_access_golden():
     # given three active server entries, out of order, with mixed and unnormalised addresses
     # when
-    text = render_client_access(SERVERS)
+    text = render_client_access(SERVERS, SETTINGS)
     # then IPv4 sorts before IPv6, numerically, each address has its own comment line
     assert text == (
         "# request 3 mx.example.net team ops\n"
@@ -88,7 +93,7 @@ def test_client_access_golden():
 
 
 def test_client_access_has_nothing_but_comments_and_ok_lines():
-    text = render_client_access(SERVERS)
+    text = render_client_access(SERVERS, SETTINGS)
     for comment, rule in zip(text.splitlines()[::2], text.splitlines()[1::2], strict=True):
         assert comment.startswith("# request ")
         address, _, verdict = rule.partition(" ")
@@ -114,16 +119,19 @@ def test_sender_login_maps_golden_joins_shared_senders():
 
 
 def test_streaming_variants_equal_render():
-    assert "".join(iter_client_access(iter(SERVERS))) == render_client_access(SERVERS)
+    assert "".join(iter_client_access(iter(SERVERS), SETTINGS)) == render_client_access(
+        SERVERS, SETTINGS)
     assert "".join(iter_sender_login_maps(iter(ACCOUNTS))) == render_sender_login_maps(ACCOUNTS)
 
 
 def test_render_accepts_a_one_shot_generator():
-    assert render_client_access(e for e in SERVERS) == render_client_access(SERVERS)
+    assert render_client_access((e for e in SERVERS), SETTINGS) == render_client_access(
+        SERVERS, SETTINGS)
 
 
 def test_order_of_input_does_not_matter():
-    assert render_client_access(SERVERS[::-1]) == render_client_access(SERVERS)
+    assert render_client_access(SERVERS[::-1], SETTINGS) == render_client_access(
+        SERVERS, SETTINGS)
     assert render_sender_login_maps(ACCOUNTS[::-1]) == render_sender_login_maps(ACCOUNTS)
 
 
@@ -180,22 +188,40 @@ def test_default_map_directory_is_under_config_directory():
     ],
 )
 def test_addresses_are_normalised(raw, expected):
-    _, text, prefix = normalise_host_address(raw)
+    # given a policy whose lab networks hold every address (normalisation alone is tested)
+    _, text, prefix = normalise_host_address(raw, EVERY_ADDRESS)
     assert f"{text}/{prefix}" == expected
+
+
+def test_addresses_the_policy_refuses_are_not_rendered_without_a_lab_network():
+    # given the strict policy (no settings): loopback, documentation, mapped, multicast
+    for raw in ("::1", "192.0.2.1", "::ffff:81.2.69.10", "ff02::1", "0.0.0.0", "10.0.0.1"):
+        with pytest.raises(ValueError, match="address policy"):
+            normalise_host_address(raw)
+    # then a lab network lets its own addresses through, and private needs allow_private
+    lab = RelaySettings("relay.example.org", lab_networks=("127.0.0.0/8",)).address_policy
+    assert normalise_host_address("127.0.0.2", lab)[1] == "127.0.0.2"
+    private = RelaySettings("relay.example.org", allow_private=True).address_policy
+    assert normalise_host_address("10.0.0.1", private)[1] == "10.0.0.1"
+    with pytest.raises(ValueError, match="address policy"):
+        normalise_host_address("127.0.0.2", private)
 
 
 @hypothesis_settings(max_examples=500, deadline=None)
 @given(st.ip_addresses())
 def test_fast_normalisation_matches_ipaddress(address):
-    # The renderer uses inet_pton/inet_ntop for speed; it must agree with ipaddress.
-    if address.is_multicast or address.is_unspecified or getattr(address, "ipv4_mapped", None):
-        with pytest.raises(ValueError):
-            normalise_host_address(str(address))
-        return
+    # The renderer uses inet_pton/inet_ntop for speed; it must agree with ipaddress ...
     for spelling in (str(address), address.exploded, address.exploded.upper()):
-        _, text, prefix = normalise_host_address(spelling)
+        _, text, prefix = normalise_host_address(spelling, EVERY_ADDRESS)
         assert text == address.compressed
         assert prefix == address.max_prefixlen
+    # ... and its policy screen with the address policy's full rules
+    refused = not address_policy().rule(address).allowed
+    if refused:
+        with pytest.raises(ValueError, match="address policy"):
+            normalise_host_address(str(address))
+    else:
+        assert normalise_host_address(str(address))[1] == address.compressed
 
 
 # ----------------------------------------------------------------------------- validation
@@ -249,7 +275,7 @@ def test_bad_server_value_is_left_out_of_the_build_with_the_reason(override):
     assert json.loads(artifacts[MANIFEST_NAME])["counts"]["skipped"] == 1
     # and the single-file renderer still refuses it outright
     with pytest.raises(ValueError, match=r"^server entry \(request"):
-        render_client_access((*SERVERS, bad))
+        render_client_access((*SERVERS, bad), SETTINGS)
 
 
 BAD_ACCOUNT_VALUES = [
@@ -508,7 +534,8 @@ def test_live_relay_allows_only_listed_clients_and_follows_reload():
     require_root()
     servers = [ServerEntry(1, "allowed.example.org", "ops", ("127.0.0.2", "2001:db8::2"))]
     with PostfixInstance() as pf:
-        relay = RelaySettings(relay_host="relay.example.org", map_directory=str(pf.map_dir))
+        relay = RelaySettings(relay_host="relay.example.org", map_directory=str(pf.map_dir),
+                              lab_networks=("127.0.0.0/8", "2001:db8::/32"))
         artifacts = build_artifacts(servers, ACCOUNTS, relay, version=1, generated_at=NOW)
         write_artifacts_atomically(pf.map_dir, artifacts)
         pf.start(artifacts[FRAGMENT_NAME].decode())
