@@ -374,6 +374,22 @@ def test_an_unrenderable_renewal_does_not_replace_the_entry_it_renews(
     assert (renewal.state, renewal.provision_attempts) == (S.PROVISIONING, 1)
 
 
+def test_the_rebuild_command_names_what_it_left_out(team, requester, approver):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    # given an approved request the renderer refuses
+    bad = waiting_with_bad_address(team, requester, approver)
+    out, err = StringIO(), StringIO()
+    # when an operator rebuilds by hand
+    call_command("rebuild_relay_config", stdout=out, stderr=err)
+    # then the version is built and the left-out entry is named with its reason
+    assert out.getvalue().strip() == "built v1"
+    assert f"left out: request {bad.pk}: server entry (request {bad.pk}" in err.getvalue()
+    assert BAD_ADDRESS_REASON in err.getvalue()
+
+
 # --- revocation whatever the broker does ------------------------------------------------
 
 
