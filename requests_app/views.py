@@ -21,6 +21,7 @@ from django.http import StreamingHttpResponse
 from django.shortcuts import redirect
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.decorators.csrf import requires_csrf_token
 from django.views.decorators.http import require_POST
 from django.views.generic import ListView
 
@@ -325,6 +326,7 @@ def _refused_input(request: HttpRequest, pk: int,
     return response
 
 
+@requires_csrf_token  # the page's header has the logout form, as Django's own handlers
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """``handler400``: say which parameter was wrong and why (JSON under ``/api/``).
 
