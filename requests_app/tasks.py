@@ -79,7 +79,7 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     # The row's counter survives a lost chain (the sweep's message starts at retries=0).
     done = max(self.request.retries, request.check_attempts)
     final = done >= settings.RELAY_CHECK_MAX_RETRIES
-    countdown = None if final else min(30 * 2 ** done, 900)
+    countdown = None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900)
     recorded = request_record_checks(
         request_id=request_id, checks=report["checks"], final=final,
         fingerprint=fingerprint, attempt=request.check_attempts, retry_in=countdown,
@@ -160,7 +160,10 @@ def sweep_pending_work() -> dict[str, int]:
     Runs from beat every minute. Covers a broker that was down when a service
     committed: requests stuck in ``checking`` or ``provisioning``, a served relay
     config that still has a revoked, expired or suspended entry, and unsent mail.
-    Every task it sends is idempotent, so sending one twice is harmless.
+    Every task it sends is idempotent, so sending one twice is harmless. Work whose
+    own retry is scheduled (``check_next_attempt_at``, ``next_attempt_at``) is left to
+    that retry until it is overdue by the sweep interval: one retry chain per piece of
+    work.
     """
     from datetime import timedelta
 

@@ -203,7 +203,8 @@ CELERY_BEAT_SCHEDULE = {
     # "*/1 * * * *": every minute, re-dispatch work whose message never reached the broker.
     "sweep-pending-work": {
         "task": "relaydesk.sweep_pending_work",
-        "schedule": 60.0,
+        # the fault tests run it every few seconds; production keeps the minute
+        "schedule": env.float("RELAYDESK_SWEEP_EVERY_SECONDS", default=60.0),
     },
     # "17 2 * * *": nightly at 02:17, re-verify the DNS of every active entry (drift).
     "recheck-active-entries": {
@@ -228,6 +229,9 @@ RELAY_LAB_NETWORKS = env.list("RELAY_LAB_NETWORKS", default=[])
 RELAY_ALLOW_PRIVATE = env.bool("RELAY_ALLOW_PRIVATE", default=False)
 RELAY_APPROVED_SENDER_DOMAINS = env.list("RELAY_APPROVED_SENDER_DOMAINS", default=[])
 RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
+# First delay (seconds) before the checks run again when DNS did not answer; doubles
+# with each retry, capped at 15 minutes.
+RELAY_CHECK_RETRY_BACKOFF = env.float("RELAY_CHECK_RETRY_BACKOFF", default=30.0)
 # Config builds an approved request may be left out of (a value the renderer refuses)
 # before it moves to provisioning_failed, where approvers retry or reject it.
 RELAY_PROVISION_MAX_ATTEMPTS = env.int("RELAY_PROVISION_MAX_ATTEMPTS", default=3)

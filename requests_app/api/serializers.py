@@ -108,11 +108,14 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
-            "override_reason", "decision_note", "created_by", "created_at", "submitted_at",
+            "check_attempts", "check_next_attempt_at", "override_reason", "decision_note",
+            "created_by", "created_at", "submitted_at",
             "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
         )
         read_only_fields = (
             "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
+            # why a request waits in checking: attempts so far and when the next one runs
+            "check_attempts", "check_next_attempt_at",
             "decision_note", "created_at", "submitted_at", "decided_at", "activated_at",
             # why the relay config leaves the request out (provisioning, failed, active)
             "provision_attempts", "provision_error",
