@@ -26,7 +26,6 @@ Why it is built the way it is:
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import ctypes.util
 import errno
@@ -249,27 +248,25 @@ def normalise_host_address(
     try:
         if ":" in value:
             packed = socket.inet_pton(socket.AF_INET6, value)
-            if packed[:10] == b"\0" * 10:
-                text = ipaddress.IPv6Address(packed).compressed
-            else:
-                text = socket.inet_ntop(socket.AF_INET6, packed)
-            number = int.from_bytes(packed, "big")
-            key, prefix, (firsts, lasts) = (1 << 128) | number, 128, policy.screen[6]
+            version, block = 6, packed[0] << 8 | packed[1]
         else:
             packed = socket.inet_pton(socket.AF_INET, value)
-            text = socket.inet_ntop(socket.AF_INET, packed)
-            key = number = int.from_bytes(packed, "big")
-            prefix, (firsts, lasts) = 32, policy.screen[4]
+            version, block = 4, packed[0]
     except OSError:
         raise ValueError(f"not an IP host address: {value!r}") from None
-    # AddressPolicy.refusal's binary search, inlined for the common global address: only
-    # one inside a special-purpose or lab range is judged by the full rules.
-    index = bisect.bisect_right(firsts, number) - 1
-    if index >= 0 and number <= lasts[index]:
-        why = policy.refusal(4 if prefix == 32 else 6, number)
+    number = int.from_bytes(packed, "big")
+    # Most global addresses lie in a /8 (IPv4) or /16 (IPv6) that no special-purpose or
+    # lab range touches: one index settles them. Otherwise the policy's binary search,
+    # and inside a range its full rules, decide.
+    if policy.coarse[version][block]:
+        why = policy.refusal(version, number)
         if why is not None:
             raise ValueError(f"refused by the address policy: {why}")
-    return key, text, prefix
+    if version == 4:
+        return number, socket.inet_ntop(socket.AF_INET, packed), 32
+    if packed[:10] == b"\0" * 10:
+        return (1 << 128) | number, ipaddress.IPv6Address(packed).compressed, 128
+    return (1 << 128) | number, socket.inet_ntop(socket.AF_INET6, packed), 128
 
 
 def _policy_of(settings: RelaySettings | None) -> rules.AddressPolicy:

@@ -59,9 +59,9 @@ HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # A name that is already in normal form: lower-case host labels, at least two, no final
 # dot, a top label that is not all digits (the rules of normalise_fqdn, in one pattern;
 # the length of 253 is the caller's). A label is written as 1-63 of [a-z0-9-] with no
-# hyphen at either end, the same set as HOST_LABEL_RE but matched without backtracking:
-# the renderer runs this once per server entry.
-_PLAIN_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+# hyphen at either end, the same set as HOST_LABEL_RE but matched possessively (no
+# backtracking into a label): the renderer runs this once per server entry.
+_PLAIN_LABEL = r"(?!-)[a-z0-9-]{1,63}+(?<!-)"
 PLAIN_FQDN_RE = re.compile(rf"(?:{_PLAIN_LABEL}\.)+(?![0-9]+\Z){_PLAIN_LABEL}")
 _IDN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
@@ -366,7 +366,7 @@ class AddressPolicy:
     Immutable and picklable (the check engine ships it to worker processes).
     """
 
-    __slots__ = ("allow_private", "lab", "screen")
+    __slots__ = ("allow_private", "coarse", "lab", "screen")
 
     def __init__(self, lab_networks: Iterable[str] = (), allow_private: bool = False) -> None:
         if isinstance(lab_networks, str):  # one setting value, not its characters
@@ -388,6 +388,13 @@ class AddressPolicy:
         self.screen: Ranges = _merged(
             {v: _LISTED_NETWORKS[v] + [n for n in lab if n.version == v] for v in (4, 6)}
         ) if lab else LISTED_RANGES
+        # A coarser screen for the renderer: by the first 8 (IPv4) or 16 (IPv6) bits, 1
+        # where any screened range touches that block. Most global addresses sit in a
+        # block no range touches, and one index into these bytes settles them.
+        self.coarse: dict[int, bytes] = {
+            version: _blocks(self.screen[version], bits, total)
+            for version, bits, total in ((4, 8, 32), (6, 16, 128))
+        }
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (AddressPolicy, (tuple(str(n) for n in self.lab), self.allow_private))
@@ -428,6 +435,15 @@ class AddressPolicy:
         ip = ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value)
         ruling = self.rule(ip)
         return None if ruling.allowed else ruling.detail
+
+
+def _blocks(ranges: tuple[list[int], list[int]], bits: int, total: int) -> bytes:
+    """A table of ``2**bits`` flags: 1 for each leading-``bits`` block a range touches."""
+    table = bytearray(1 << bits)
+    shift = total - bits
+    for first, last in zip(*ranges, strict=True):
+        table[first >> shift:(last >> shift) + 1] = b"\1" * ((last >> shift) - (first >> shift) + 1)
+    return bytes(table)
 
 
 @functools.lru_cache(maxsize=16)

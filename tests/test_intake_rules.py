@@ -39,6 +39,7 @@ from requests_app.postfix import LOGIN_MAP_NAME
 from requests_app.postfix import AccountEntry
 from requests_app.postfix import RelaySettings
 from requests_app.postfix import ServerEntry
+from requests_app.postfix import normalise_host_address
 from requests_app.postfix import render_client_access
 from requests_app.postfix import render_sender_login_maps
 from requests_app.postfix import write_artifacts_atomically
@@ -346,6 +347,28 @@ def test_the_renderer_and_the_checks_judge_every_address_alike(ip, policy_settin
     result = _check_address(str(ip), config)
     # then the check passes exactly when the renderer writes the address
     assert (result.status == "pass") == (render_address(str(ip), relay) is not None), result
+
+
+@pytest.mark.parametrize("lab", [(), LAB])
+def test_the_renderers_shortcuts_agree_with_the_policy_at_every_range_edge(lab):
+    # given the policy's screened ranges (special-purpose and lab), and the renderer's
+    # coarse per-block table in front of them
+    policy = address_policy(lab, False)
+    for version, (firsts, lasts) in policy.screen.items():
+        kind = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+        limit = 2 ** (32 if version == 4 else 128) - 1
+        edges = {*firsts, *lasts, *(f - 1 for f in firsts if f > 0),
+                 *(last + 1 for last in lasts if last < limit)}
+        for value in sorted(edges):
+            ip = kind(value)
+            # when the renderer takes the address
+            try:
+                normalise_host_address(str(ip), policy)
+                rendered = True
+            except ValueError:
+                rendered = False
+            # then it decides as the policy's full rules do
+            assert rendered == policy.rule(ip).allowed, ip
 
 
 def check_config_for(lab, allow_private):
