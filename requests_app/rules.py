@@ -151,6 +151,8 @@ def normalise_sender(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"sender must be text, not {type(value).__name__}")
     text = value.strip()
+    if len(text.split()) > 1:  # inside the value, on either side of the "@"
+        raise ValueError("a sender may not contain whitespace")
     if text.count("@") != 1:
         raise ValueError("a sender needs exactly one '@' (user@domain, or @domain for a "
                          "whole domain)")
