@@ -10,9 +10,10 @@ looks the way it does:
 * Look-ups are memoised per run (per batch in :func:`run_many`), so the forward and
   reverse checks see the same A/AAAA answer, and names shared by many requests (the
   relay's SPF include, an organisational ``_dmarc`` record) are asked once.
-* SPF is evaluated as RFC 7208 ``check_host()`` does, including the limit of 10
-  DNS-querying terms, because a record that exceeds it is broken for receivers even
-  when it looks right.
+* SPF is evaluated as RFC 7208 ``check_host()`` does for the relay's own addresses, in
+  order and with every limit (10 DNS-querying terms, 2 void look-ups, 10 MX names,
+  macro rules), because a record that breaks before it reaches the relay's include is
+  broken for receivers even when it looks right.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import re
 import socket
 import types
+import urllib.parse
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Coroutine
@@ -235,6 +237,8 @@ class _Lookups:
     def __init__(self, resolver: dns.asyncresolver.Resolver):
         self.client = DnsClient(resolver)
         self.asked: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
+        # what the batch derives from shared answers alone (the relay's SPF addresses)
+        self.derived: dict[tuple[str, str], Any] = {}
 
     def get(self, name: str, rdtype: str, deadline: float) -> asyncio.Future[DnsAnswer]:
         """The look-up of (name, type), started now with the time left before ``deadline``.
@@ -412,38 +416,76 @@ class _SpfError(Exception):
 
 
 class _Unknowable(Exception):
-    """A macro needs the client IP or sender, which a structural walk does not have."""
+    """A macro needs the client IP, which the walk of the relay's own include lacks."""
 
 
 _QUALIFIERS = {"+": "pass", "-": "fail", "~": "softfail", "?": "neutral"}
 _MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
 _MODIFIER = re.compile(r"([a-z][a-z0-9_.-]*)=(.*)", re.I)
 _MECHANISM = re.compile(r"([+\-~?]?)([a-z][a-z0-9_.-]*)(.*)", re.I)
-_CIDR_SUFFIX = re.compile(r"(?:/(\d+))?(?://(\d+))?$")
-_MACRO = re.compile(r"%(?:%|_|-|\{([a-zA-Z])(\d*)(r?)([.\-+,/_=]*)\})", re.I)
+_CIDR_SUFFIX = re.compile(r"(?:/(0|[1-9][0-9]*))?(?://(0|[1-9][0-9]*))?$")
+# RFC 7208 7.1: macro-expand; a "%" that starts none of these is a syntax error
+_MACRO = re.compile(r"%(?:%|_|-|\{([slodiphcrtv])([0-9]*)(r?)([.\-+,/_=]*)\})", re.I)
+# RFC 7208 7.1: domain-end = ( "." toplabel [ "." ] ) / macro-expand
+_DOMAIN_END = re.compile(r"(?:\.(?:[a-z0-9]*[a-z][a-z0-9]*|[a-z0-9]+-[a-z0-9-]*[a-z0-9])\.?"
+                         r"|%\{[^}]*\}|%[%_-])\Z", re.I)
+_PREFIX = re.compile(r"0|[1-9][0-9]*")  # ip4-cidr-length, ip6-cidr-length: no leading 0
+_EXP_ONLY = "crt"  # RFC 7208 7.2: macro letters allowed only in explanation text
+
+# (qualifier, mechanism, argument, IPv4 prefix, IPv6 prefix, ip4/ip6 network or None)
+_Term = tuple[str, str, str, int, int, Any]
+
+
+def _check_macros(spec: str, term: str, *, domain_spec: bool) -> None:
+    """Raise a permerror for a macro-string or domain-spec that breaks RFC 7208 7.1/7.2.
+
+    Why at parse time: a syntax error anywhere in a record makes the whole record a
+    permerror (RFC 7208 4.6), however early a term matches; ``%{c}``, ``%{r}`` and
+    ``%{t}`` are syntax errors outside explanation text (RFC 7208 7.2).
+    """
+    if "%" in spec:
+        if _MACRO.sub("", spec).count("%"):
+            raise _SpfError("permerror", f"{term!r}: a '%' that starts no macro (RFC 7208 7.1)")
+        for macro in _MACRO.finditer(spec):
+            letter, digits = macro.group(1), macro.group(2)
+            if domain_spec and letter and letter.lower() in _EXP_ONLY:
+                raise _SpfError("permerror", f"{term!r}: the macro %{{{letter}}} is allowed "
+                                "only in explanation text (RFC 7208 7.2)")
+            if digits and int(digits) == 0:
+                raise _SpfError("permerror", f"{term!r}: a macro keeps zero labels "
+                                "(RFC 7208 7.3)")
+    if domain_spec and not _DOMAIN_END.search(spec):
+        raise _SpfError("permerror", f"{term!r}: the domain must end in a top-level label "
+                        "that is not all digits, or in a macro (RFC 7208 7.1)")
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse_record(record: str) -> tuple[tuple[tuple[str, str, str, int, int], ...],
-                                        str | None]:
-    """Split a record into directives; any syntax error is a permerror (RFC 7208 4.6).
+def _parse_record(record: str) -> tuple[tuple[_Term, ...], str | None]:
+    """Split a record into terms; any syntax error is a permerror (RFC 7208 4.6).
 
     Memoised by the text alone: the relay's include record, and records written from one
-    template, are the same for many sender domains of a batch. The result is immutable,
-    so sharing it is safe; errors are not cached (:func:`_parse_spf` names the domain).
+    template, are the same for many sender domains of a batch. The result is immutable
+    (ip4/ip6 networks are parsed here once), so sharing it is safe; errors are not
+    cached (:func:`_parse_spf` names the domain).
     """
-    mechanisms, modifiers = [], {}
+    mechanisms: list[_Term] = []
+    modifiers: dict[str, str] = {}
     for term in record.split()[1:]:
         mod = _MODIFIER.fullmatch(term)
         if mod:
-            name = mod.group(1).lower()
-            if name in modifiers and name in ("redirect", "exp"):
-                raise _SpfError("permerror", f"{name}= appears twice")
-            modifiers[name] = mod.group(2)
+            name, value = mod.group(1).lower(), mod.group(2)
+            known = name in ("redirect", "exp")
+            if known and name in modifiers:
+                raise _SpfError("permerror", f"{name}= appears twice (RFC 7208 6)")
+            if known and not value:
+                raise _SpfError("permerror", f"{name}= has no domain (RFC 7208 6)")
+            # unknown modifiers are ignored, but must still be valid macro-strings
+            _check_macros(value, term, domain_spec=known)
+            modifiers[name] = value
             continue
         mech = _MECHANISM.fullmatch(term)
         if not mech or mech.group(2).lower() not in _MECHANISMS:
-            raise _SpfError("permerror", f"unknown term {term!r}")
+            raise _SpfError("permerror", f"unknown term {term!r} (RFC 7208 4.6.1)")
         qualifier, name, rest = mech.group(1) or "+", mech.group(2).lower(), mech.group(3)
         cidr4, cidr6 = 32, 128
         if name in ("a", "mx"):
@@ -453,26 +495,29 @@ def _parse_record(record: str) -> tuple[tuple[tuple[str, str, str, int, int], ..
             cidr4 = int(suffix.group(1)) if suffix.group(1) else 32
             cidr6 = int(suffix.group(2)) if suffix.group(2) else 128
             if cidr4 > 32 or cidr6 > 128:
-                raise _SpfError("permerror", f"bad prefix length in {term!r}")
+                raise _SpfError("permerror", f"bad prefix length in {term!r} (RFC 7208 5.6)")
         if rest and not rest.startswith(":") or rest == ":":
-            raise _SpfError("permerror", f"bad term {term!r}")
+            raise _SpfError("permerror", f"bad term {term!r} (RFC 7208 5)")
         arg = rest[1:]
         if name == "all" and arg or name in ("include", "exists", "ip4", "ip6") and not arg:
-            raise _SpfError("permerror", f"bad term {term!r}")
+            raise _SpfError("permerror", f"bad term {term!r} (RFC 7208 5)")
+        net = None
         if name in ("ip4", "ip6"):
+            _address, slash, prefix = arg.partition("/")
             try:
                 net = ipaddress.ip_network(arg, strict=False)
             except ValueError:
-                raise _SpfError("permerror", f"bad network in {term!r}") from None
-            if net.version != int(name[2]) or "/" in arg and not arg.split("/")[1].isdigit():
-                raise _SpfError("permerror", f"bad network in {term!r}")
-        mechanisms.append((qualifier, name, arg, cidr4, cidr6))
+                raise _SpfError("permerror", f"bad network in {term!r} (RFC 7208 5.6)") from None
+            if net.version != int(name[2]) or slash and not _PREFIX.fullmatch(prefix):
+                raise _SpfError("permerror", f"bad network in {term!r} (RFC 7208 5.6)")
+        elif arg:
+            _check_macros(arg, term, domain_spec=True)
+        mechanisms.append((qualifier, name, arg, cidr4, cidr6, net))
     return tuple(mechanisms), modifiers.get("redirect") if "all" not in {
         m[1] for m in mechanisms} else None
 
 
-def _parse_spf(record: str, domain: str) -> tuple[tuple[tuple[str, str, str, int, int], ...],
-                                                  str | None]:
+def _parse_spf(record: str, domain: str) -> tuple[tuple[_Term, ...], str | None]:
     """:func:`_parse_record`, its errors naming ``domain``."""
     try:
         return _parse_record(record)
@@ -480,127 +525,177 @@ def _parse_spf(record: str, domain: str) -> tuple[tuple[tuple[str, str, str, int
         raise _SpfError(exc.result, f"{domain}: {exc}") from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _spf_name(spec: str) -> str:
+    """A literal domain-spec as a look-up name (memoised: the same includes recur)."""
+    try:
+        return _dns_name(spec, "SPF domain")
+    except ValueError as exc:
+        raise _SpfError("permerror", str(exc)) from None
+
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _in_prefix(ip: _Address, text: str, prefix: int) -> bool:
+    """Whether the address ``text`` (an A/AAAA answer) is in ``ip``'s /``prefix``."""
+    other = ipaddress.ip_address(text)
+    return (other.version == ip.version
+            and (int(ip) ^ int(other)) >> (ip.max_prefixlen - prefix) == 0)
+
+
 @dataclass
 class _Spf:
-    """State of one ``check_host()`` evaluation; ``ip=None`` walks the record structure."""
+    """One RFC 7208 ``check_host()`` evaluation for the client address ``ip``.
+
+    ``ip=None`` only walks the relay's own include, collecting the networks it
+    authorises (to find an address to evaluate with); sender records are always
+    evaluated for an address, in order and with the limits, as a receiver does.
+    """
 
     run: _Run
     sender_domain: str
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    ip: _Address | None
     lookups: int = 0
     voids: int = 0
     records: dict[str, str] = field(default_factory=dict)
-    includes: list[tuple[str, bool]] = field(default_factory=list)  # (target, all "+")
+    via_include: bool = False  # a pass that the relay's include decided
+    networks: list[Any] = field(default_factory=list)  # the walk's "+" ip4/ip6 networks
 
-    def count(self) -> None:
+    def count(self, term: str) -> None:
         self.lookups += 1
         if self.lookups > SPF_LOOKUP_LIMIT:
-            raise _SpfError("permerror",
-                            f"more than {SPF_LOOKUP_LIMIT} DNS-querying terms (RFC 7208 4.6.4)")
+            raise _SpfError("permerror", f"{term}: more than {SPF_LOOKUP_LIMIT} DNS-querying "
+                            "terms (RFC 7208 4.6.4)")
 
     async def q(self, name: str, rdtype: str, *, void_counts: bool = True) -> DnsAnswer:
         try:
-            answer = await self.run.q(name, rdtype)
-        except TransientDnsError as exc:
+            future = self.run.start(name, rdtype)
+            # an answer already in (shared in the batch) is read without a shield
+            answer = future.result() if future.done() else await asyncio.shield(future)
+        except TransientDnsError as exc:  # RFC 7208 4.4, 5.2: DNS errors are temperror
             raise _SpfError("temperror", str(exc)) from exc
         if void_counts and not answer.found:
             self.voids += 1
             if self.voids > SPF_VOID_LIMIT:
-                raise _SpfError("permerror", f"more than {SPF_VOID_LIMIT} void look-ups")
+                raise _SpfError("permerror", f"{name} {rdtype} ({answer.status}): more than "
+                                f"{SPF_VOID_LIMIT} void look-ups (RFC 7208 4.6.4)")
         return answer
 
     def expand(self, spec: str, domain: str) -> str:
-        """Macro expansion (RFC 7208 section 7), for the letters an evaluation can know."""
-        if "%" not in spec:
-            return spec
+        """Macro expansion (RFC 7208 7.3); the syntax was checked when parsing.
+
+        The relay's envelope sender is not known, so ``<sender>`` is
+        ``postmaster@<sender domain>`` (the RFC's rule for a sender without local part)
+        and the HELO name is the sender domain; ``%{p}`` is "unknown" (RFC 7208 7.3
+        allows it; the macro "SHOULD NOT be used").
+        """
 
         def one(m: re.Match[str]) -> str:
             text = m.group(0)
             if text in ("%%", "%_", "%-"):
                 return {"%%": "%", "%_": " ", "%-": "%20"}[text]
-            letter, digits, reverse, delims = m.group(1).lower(), m.group(2), m.group(3), m.group(4)
-            if letter in "ivpcrt" and self.ip is None:
+            letter, digits, reverse, delims = m.group(1), m.group(2), m.group(3), m.group(4)
+            ip = self.ip
+            if ip is None and letter.lower() in "ipv":
                 raise _Unknowable(letter)
             value = {
                 "s": f"postmaster@{self.sender_domain}", "l": "postmaster",
                 "o": self.sender_domain, "d": domain, "h": self.sender_domain,
-                "v": "in-addr" if self.ip and self.ip.version == 4 else "ip6",
                 "p": "unknown",
-                "i": (str(self.ip) if self.ip and self.ip.version == 4
-                      else ".".join(self.ip.exploded.replace(":", "")) if self.ip else ""),
-            }.get(letter)
-            if value is None:
-                raise _SpfError("permerror", f"unsupported macro {text!r}")
+                "v": "in-addr" if ip and ip.version == 4 else "ip6",
+                "i": (str(ip) if ip and ip.version == 4
+                      else ".".join(ip.exploded.replace(":", "")) if ip else ""),
+            }[letter.lower()]
             parts = re.split("[" + re.escape(delims or ".") + "]", value)
             if reverse:
                 parts.reverse()
             if digits:
-                if int(digits) == 0:
-                    raise _SpfError("permerror", f"bad macro {text!r}")
                 parts = parts[-int(digits):]
-            return ".".join(parts)
+            joined = ".".join(parts)
+            return urllib.parse.quote(joined, safe="~") if letter.isupper() else joined
 
-        if re.sub(_MACRO, "", spec).count("%"):
-            raise _SpfError("permerror", f"bad macro in {spec!r}")
         return _MACRO.sub(one, spec)
 
-    def target(self, spec: str | None, domain: str) -> str:
+    def target(self, spec: str, domain: str) -> str:
         if not spec:
             return domain
+        if "%" not in spec:
+            return _spf_name(spec)
+        name = self.expand(spec, domain).rstrip(".")
+        while len(name) > 253 and "." in name:  # RFC 7208 7.3: drop labels from the left
+            name = name.split(".", 1)[1]
         try:
-            return _dns_name(self.expand(spec, domain), "SPF domain")
+            return _dns_name(name, "SPF domain")
         except ValueError as exc:
             raise _SpfError("permerror", str(exc)) from None
 
     async def record(self, domain: str) -> str | None:
         answer = await self.q(domain, "TXT", void_counts=False)
-        found = [v for v in answer.values if v.lower() == "v=spf1" or v.lower()[:7] == "v=spf1 "]
+        # RFC 7208 4.5: "v=spf1" alone or followed by a space, in any case (ABNF strings)
+        found = [v for v in answer.values if v[:7].lower() in ("v=spf1", "v=spf1 ")]
         if len(found) > 1:
-            raise _SpfError("permerror", f"{domain} has {len(found)} SPF records")
+            raise _SpfError("permerror", f"{domain} has {len(found)} SPF records (RFC 7208 4.5)")
         if found:
             self.records[domain] = found[0]
         return found[0] if found else None
 
     async def check_host(self, domain: str, positive: bool = True) -> str:
+        """The result for ``domain``; permerror and temperror are raised as :class:`_SpfError`.
+
+        ``positive``: every term on the way here has the "+" qualifier, so a match of the
+        relay's include makes the top-level result "pass" (what ``via_include`` records).
+        """
         record = await self.record(domain)
         if record is None:
             return "none"
         mechanisms, redirect = _parse_spf(record, domain)
-        for qualifier, name, arg, cidr4, cidr6 in mechanisms:
-            if await self.matches(name, arg, cidr4, cidr6, domain, positive and qualifier == "+"):
+        ip = self.ip
+        for term in mechanisms:  # RFC 7208 4.6.2: in order, the first match decides
+            qualifier, name, net = term[0], term[1], term[5]
+            if name == "all":
                 return _QUALIFIERS[qualifier]
-        if redirect is not None:
-            self.count()
+            if net is not None:  # ip4, ip6: no look-up, so no coroutine either
+                if ip is not None:
+                    if ip in net:  # False for the other IP version
+                        return _QUALIFIERS[qualifier]
+                elif positive and qualifier == "+":
+                    self.networks.append(net)
+            elif await self.matches(term, domain, positive and qualifier == "+"):
+                return _QUALIFIERS[qualifier]
+        if redirect is not None:  # RFC 7208 6.1: only when no mechanism matched
+            self.count(f"redirect={redirect}")
             try:
                 target = self.target(redirect, domain)
             except _Unknowable:
                 return "neutral"
-            self.includes.append((target, positive))
             result = await self.check_host(target, positive)
             if result == "none":
-                raise _SpfError("permerror", f"redirect={target} has no SPF record")
+                raise _SpfError("permerror", f"redirect={target} has no SPF record "
+                                "(RFC 7208 6.1)")
             return result
         return "neutral"
 
-    async def matches(self, name: str, arg: str, cidr4: int, cidr6: int, domain: str,
-                      positive: bool) -> bool:
+    async def matches(self, term: _Term, domain: str, positive: bool) -> bool:
+        """Whether a DNS-querying term (include, a, mx, ptr, exists) matches."""
+        _qualifier, name, arg, cidr4, cidr6, _net = term
         ip = self.ip
-        if name == "all":
-            return True
-        if name in ("ip4", "ip6"):
-            return ip is not None and ip in ipaddress.ip_network(arg, strict=False)
-        self.count()  # include, a, mx, ptr, exists: each one DNS-querying term
+        self.count(f"{name}:{arg}" if arg else name)  # include, a, mx, ptr, exists
         try:
             target = self.target(arg, domain)
         except _Unknowable:
             return False
         if name == "include":
-            self.includes.append((target, positive))
             result = await self.check_host(target, positive)
             if result == "none":
-                raise _SpfError("permerror", f"include:{target} has no SPF record")
-            return result == "pass"
-        if ip is None:  # structural walk: the remaining terms depend on the client IP
+                raise _SpfError("permerror", f"include:{target} has no SPF record "
+                                "(RFC 7208 5.2)")
+            if result != "pass":
+                return False
+            if positive and target == self.run.config.spf_include:
+                self.via_include = True
+            return True
+        if ip is None:  # the include walk: these terms only match a known address
             return False
         rdtype = "A" if ip.version == 4 else "AAAA"
         prefix = cidr4 if ip.version == 4 else cidr6
@@ -611,66 +706,189 @@ class _Spf:
         elif name == "mx":
             mx = await self.q(target, "MX")
             if len(mx.values) > 10:
-                raise _SpfError("permerror", f"{target} has more than 10 MX records")
+                raise _SpfError("permerror", f"{target} has {len(mx.values)} MX records, more "
+                                "than 10 (RFC 7208 4.6.4)")
             hosts = [v.split()[1] for v in mx.values if v.split()[1:] not in ([], [""])]
-        else:  # ptr (deprecated, RFC 7208 5.5): validated names under the target
-            ptr = await self.q(reverse_name(str(ip)), "PTR")
+        else:  # ptr (deprecated, RFC 7208 5.5): at most 10 names; DNS errors do not match
+            try:
+                ptr = await self.q(reverse_name(str(ip)), "PTR")
+            except _SpfError as exc:
+                if exc.result == "temperror":
+                    return False
+                raise
             hosts = [n for n in ptr.values[:10] if n == target or n.endswith("." + target)]
-            prefix = 32 if ip.version == 4 else 128
+            prefix = ip.max_prefixlen
+        for host in hosts:  # every address look-up in flight before the first is awaited
+            with contextlib.suppress(TransientDnsError):
+                self.run.start(host, rdtype)
         for host in hosts:
-            answer = await self.q(host, rdtype, void_counts=name == "a")
-            if any(ip in ipaddress.ip_network(f"{v}/{prefix}", strict=False)
-                   for v in answer.values):
+            try:
+                answer = await self.q(host, rdtype, void_counts=name == "a")
+            except _SpfError as exc:
+                if name == "ptr" and exc.result == "temperror":
+                    continue  # RFC 7208 5.5: a name whose look-up fails is skipped
+                raise
+            if any(_in_prefix(ip, v, prefix) for v in answer.values):
                 return True
         return False
 
 
+@functools.lru_cache(maxsize=256)
+def _relay_address(text: str) -> _Address:
+    """A configured relay address, parsed once (the same few for every check)."""
+    return ipaddress.ip_address(text)
+
+
+async def _relay_sample(run: _Run, include: str) -> list[tuple[str, _Address]]:
+    """Addresses to evaluate sender records with when only the relay's include is set.
+
+    The first network of each IP version that the include authorises ("+" ip4/ip6
+    terms, through its own includes and redirect), in order; its first address stands
+    for the relay. Raises :class:`_SpfError` when the include cannot be read. Worked
+    out once per batch: it depends on shared answers alone.
+    """
+    derived = run.lookups.derived
+    sample: list[tuple[str, _Address]] | None = derived.get(("relay_sample", include))
+    if sample is not None:
+        return sample
+    walk = _Spf(run, include, None)
+    if await walk.check_host(include) == "none":
+        raise _SpfError("permerror", f"{include} has no SPF record")
+    first: dict[int, Any] = {}
+    for net in walk.networks:
+        first.setdefault(net.version, net)
+    sample = [(str(first[v].network_address), first[v].network_address)
+              for v in (4, 6) if v in first]
+    derived["relay_sample", include] = sample
+    return sample
+
+
 async def _check_spf(run: _Run, domain: str) -> CheckResult:
-    include = run.config.spf_include
-    relay = run.config.relay_addresses
-    walk = _Spf(run, domain, None)
+    """``sender_spf``: what a receiver's ``check_host()`` says when the relay sends.
+
+    Evaluated for each of the relay's addresses (``RELAY_ADDRESSES``; else the first
+    address of each IP version the relay's include authorises), with the sender domain's
+    record read in order and with every limit, so a record that breaks before it reaches
+    the relay (a void look-up too many, an 11th MX) fails as it does for receivers.
+    Without ``RELAY_ADDRESSES`` a pass must also come from ``include:RELAY_SPF_INCLUDE``:
+    the relay's other addresses are listed there, not in the sender's own terms.
+    """
+    config = run.config
+    include, relay = config.spf_include, config.relay_addresses
     evidence: dict[str, Any] = {"domain": domain, "spf_include": include,
                                 "relay_addresses": list(relay)}
-    try:
-        walk_result = await walk.check_host(domain)
-    except _SpfError as exc:
-        evidence.update(records=walk.records, lookups=walk.lookups, result=exc.result)
-        status = CheckStatus.ERROR if exc.result == "temperror" else CheckStatus.FAIL
-        return _result("sender_spf", domain, status, f"SPF {exc.result}: {exc}", **evidence)
-    evidence.update(record=walk.records.get(domain), records=walk.records,
-                    lookups=walk.lookups, lookup_limit=SPF_LOOKUP_LIMIT)
-    if walk_result == "none":
-        return _result("sender_spf", domain, CheckStatus.FAIL, f"{domain} has no SPF record",
-                       **evidence)
-    included = bool(include) and (include, True) in walk.includes
-    evidence["include_found"] = included
-    if included:
-        return _result("sender_spf", domain, CheckStatus.PASS,
-                       f"SPF of {domain} includes {include} "
-                       f"({walk.lookups} of {SPF_LOOKUP_LIMIT} look-ups)", **evidence)
-    results: dict[str, str] = {}
-    for address in relay:
-        spf = _Spf(run, domain, ipaddress.ip_address(address))
+    try:  # in flight while the include is read
+        run.start(domain, "TXT")
+    except TransientDnsError:
+        pass  # no time left: the evaluation reports it
+    if relay:
+        sample, source = [(a, _relay_address(a)) for a in relay], "RELAY_ADDRESSES"
+    elif include:
         try:
-            results[address] = await spf.check_host(domain)
+            sample = await _relay_sample(run, include)
         except _SpfError as exc:
-            results[address] = f"{exc.result}: {exc}"
-    evidence["relay_results"] = results
-    if any(r.startswith("temperror") for r in results.values()):
-        return _result("sender_spf", domain, CheckStatus.ERROR,
-                       "SPF temperror while evaluating the relay addresses", **evidence)
-    if relay and all(r == "pass" for r in results.values()):
-        return _result("sender_spf", domain, CheckStatus.PASS,
-                       f"SPF of {domain} passes every relay address", **evidence)
-    wanted = " or ".join(filter(None, [f"include:{include}" if include else "",
-                                       "a pass for every relay address" if relay else ""]))
-    detail = f"SPF of {domain} does not authorise the relay (needs {wanted or 'a relay setting'})"
-    bad = ", ".join(f"{a}: {r}" for a, r in results.items() if r != "pass")
-    return _result("sender_spf", domain, CheckStatus.FAIL, detail + (f"; {bad}" if bad else ""),
-                   **evidence)
+            status = CheckStatus.ERROR if exc.result == "temperror" else CheckStatus.FAIL
+            return _result("sender_spf", domain, status,
+                           f"SPF {exc.result} in the relay's include:{include}: {exc}",
+                           **evidence, result=exc.result)
+        source = f"include:{include}"
+        if not sample:
+            return _result("sender_spf", domain, CheckStatus.FAIL,
+                           f"include:{include} lists no ip4/ip6 network to evaluate SPF "
+                           "with: set RELAY_ADDRESSES", **evidence)
+    else:
+        return _result("sender_spf", domain, CheckStatus.FAIL,
+                       "neither RELAY_SPF_INCLUDE nor RELAY_ADDRESSES is set: no relay "
+                       "address to evaluate SPF for", **evidence)
+    results: dict[str, str] = {}
+    errors: dict[str, _SpfError] = {}
+    records: dict[str, str] | None = None
+    lookups = voids = 0
+    all_pass = via_include = True
+    for address, ip in sample:
+        spf = _Spf(run, domain, ip)
+        try:
+            result = await spf.check_host(domain)
+        except _SpfError as exc:
+            errors[address] = exc
+            result = f"{exc.result}: {exc}"
+        results[address] = result
+        if records is None:
+            records = spf.records
+        else:
+            for name, text in spf.records.items():
+                records.setdefault(name, text)
+        lookups = spf.lookups if spf.lookups > lookups else lookups
+        voids = spf.voids if spf.voids > voids else voids
+        if result != "pass":
+            all_pass = via_include = False
+        elif not spf.via_include:
+            via_include = False
+    records = records or {}
+    evidence.update(evaluated_for=[text for text, _ip in sample], addresses_from=source,
+                    record=records.get(domain), records=records, lookups=lookups,
+                    lookup_limit=SPF_LOOKUP_LIMIT, void_lookups=voids,
+                    void_limit=SPF_VOID_LIMIT, relay_results=results)
+    if include:
+        evidence["include_found"] = via_include
+    listed = ", ".join(results)
+    if all_pass and (relay or via_include):  # the common case first
+        evidence["result"] = "pass"
+        how = (f"passes every relay address ({listed})" if relay
+               else f"includes {include}: pass for {listed}")
+        return CheckResult("sender_spf", domain, CheckStatus.PASS,
+                           f"SPF of {domain} {how} ({lookups} of {SPF_LOOKUP_LIMIT} look-ups)",
+                           evidence)
+    return _spf_failure(domain, include, bool(relay), listed, results, errors, evidence)
+
+
+def _spf_failure(domain: str, include: str | None, by_address: bool, listed: str,
+                 results: dict[str, str], errors: dict[str, _SpfError],
+                 evidence: dict[str, Any]) -> CheckResult:
+    """The result of an SPF evaluation that did not pass for every relay address.
+
+    A definite answer (permerror, no record, a result other than pass) outranks a
+    temperror: however the unanswered look-up would have ended, the relay is not
+    authorised.
+    """
+    def result(status: CheckStatus, detail: str, outcome: str) -> CheckResult:
+        evidence["result"] = outcome
+        return CheckResult("sender_spf", domain, status, detail, evidence)
+
+    for address, exc in errors.items():
+        if exc.result == "permerror":
+            return result(CheckStatus.FAIL, f"SPF permerror for {address}: {exc}", "permerror")
+    if "none" in results.values():
+        return result(CheckStatus.FAIL, f"{domain} has no SPF record (RFC 7208 4.5)", "none")
+    bad = {a: r for a, r in results.items() if r != "pass" and a not in errors}
+    if not bad and errors:
+        address, exc = next(iter(errors.items()))
+        return result(CheckStatus.ERROR, f"SPF temperror for {address}: {exc}", "temperror")
+    if not bad:
+        return result(CheckStatus.FAIL,
+                      f"SPF of {domain} passes {listed} by its own terms, not "
+                      f"include:{include}; the relay's other addresses are listed only "
+                      f"there (needs include:{include})", "pass")
+    wanted = (f"include:{include}" if include and not by_address
+              else "a pass for every relay address")
+    return result(CheckStatus.FAIL,
+                  f"SPF of {domain} does not authorise the relay (needs {wanted}); "
+                  + ", ".join(f"{a}: {r}" for a, r in bad.items()), next(iter(bad.values())))
 
 
 # --- DMARC and DKIM ---------------------------------------------------------------------
+
+_DMARC_POLICIES = ("none", "quarantine", "reject")
+# RFC 7489 6.3/6.4: the first tag is v; its name is case-insensitive (an ABNF string), its
+# value "MUST match precisely" DMARC1.
+_DMARC1 = re.compile(r"v[ \t]*=[ \t]*DMARC1[ \t]*(?:;|\Z)", re.I)
+_DMARC1_EXACT = re.compile(r"[vV][ \t]*=[ \t]*DMARC1[ \t]*(?:;|\Z)")
+# RFC 7489 6.4: dmarc-uri = URI [ "!" size ]; "," and "!" inside a URI are %-encoded
+_DMARC_URI = re.compile(r"([a-z][a-z0-9+.-]*):((?:[a-z0-9\-._~$&'()*+;=:@/?#]|%[0-9a-f]{2})+)"
+                        r"(?:![0-9]+[kmgt]?)?", re.I)
+_MAILTO_ADDRESS = re.compile(r"[^@?]+@(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[^\]]+\])(?:\?.*)?",
+                             re.I)
+_LOWER_POLICY = {"reject": "quarantine", "quarantine": "none"}  # RFC 7489 6.6.4
 
 
 def _tags(record: str) -> dict[str, str]:
@@ -682,45 +900,131 @@ def _tags(record: str) -> dict[str, str]:
     return tags
 
 
+def _report_uris(value: str) -> list[str]:
+    """The syntactically valid URIs of a ``rua``/``ruf`` list (RFC 7489 6.4, RFC 3986).
+
+    A ``mailto:`` URI must also name an address: a report needs somewhere to go.
+    """
+    valid = []
+    for uri in (u.strip(" \t") for u in value.split(",")):
+        match = _DMARC_URI.fullmatch(uri)
+        if match and (match.group(1).lower() != "mailto"
+                      or _MAILTO_ADDRESS.fullmatch(match.group(2))):
+            valid.append(uri)
+    return valid
+
+
+def _discarded(values: Sequence[str], records: list[str]) -> list[str]:
+    """TXT values that look like DMARC records but are not ``v=DMARC1`` exactly."""
+    if len(values) == len(records):
+        return []
+    return [v for v in values if v not in records and _DMARC1.match(v)]
+
+
 async def _dmarc_at(run: _Run, domain: str) -> tuple[str, DnsAnswer, list[str]]:
     name = f"_dmarc.{domain}"
     answer = await run.q(name, "TXT")
-    return name, answer, [v for v in answer.values if re.match(r"v\s*=\s*DMARC1\s*(;|$)", v, re.I)]
+    # RFC 7489 6.6.3 step 3: other TXT records (verification tokens ...) are discarded
+    return name, answer, [v for v in answer.values if _DMARC1_EXACT.match(v)]
 
 
 async def _check_dmarc(run: _Run, domain: str) -> CheckResult:
+    """``sender_dmarc``: the policy a receiver finds for ``domain`` (RFC 7489 6.6.3).
+
+    A record counts only with the exact version ``v=DMARC1``; an invalid ``p`` or ``sp``
+    (on whichever record applies) makes receivers fall back to ``p=none`` when ``rua``
+    holds a valid URI, and apply no DMARC otherwise (step 6). ``pct`` below 100 is
+    reported, with what receivers do with the rest (RFC 7489 6.6.4).
+    """
     org = organisational_domain(domain)
     evidence: dict[str, Any] = {"domain": domain, "organisational_domain": org}
     name, answer, records = await _dmarc_at(run, domain)
     evidence["queried"] = {name: list(answer.values)}
+    discarded = _discarded(answer.values, records)
     found_at = domain
     if not records and org and org != domain:  # RFC 7489 6.6.3: fall back to the org domain
         name, answer, records = await _dmarc_at(run, org)
         evidence["queried"][name] = list(answer.values)
+        discarded += _discarded(answer.values, records)
         found_at = org
+    if discarded:
+        evidence["discarded"] = discarded
     if not records:
+        why = (f"; {discarded[0]!r} is not one: the version must be exactly DMARC1 "
+               "(RFC 7489 6.3)" if discarded else "")
         return _result("sender_dmarc", domain, CheckStatus.FAIL,
                        f"no DMARC record at _dmarc.{domain}"
-                       + (f" or _dmarc.{org}" if org and org != domain else ""), **evidence)
+                       + (f" or _dmarc.{org}" if org and org != domain else "") + why,
+                       **evidence)
     if len(records) > 1:
         return _result("sender_dmarc", domain, CheckStatus.FAIL,
-                       f"{name} has {len(records)} DMARC records; receivers ignore them all",
-                       **evidence)
+                       f"{name} has {len(records)} DMARC records; receivers ignore them all "
+                       "(RFC 7489 6.6.3 step 5)", **evidence)
     tags = _tags(records[0])
-    policy = tags.get("p", "").lower()
-    if found_at != domain and tags.get("sp"):
-        policy = tags["sp"].lower()  # a subdomain falls under the org domain's sp=
-    evidence.update(found_at=name, record=records[0], policy=policy)
-    if policy not in ("none", "quarantine", "reject"):
-        if "rua" not in tags:  # RFC 7489 6.6.3 step 6: no valid p and no rua: ignored
+    evidence["found_at"], evidence["record"] = name, records[0]
+    p, sp = tags.get("p"), tags.get("sp")
+    if (p is None or p.lower() not in _DMARC_POLICIES
+            or sp is not None and sp.lower() not in _DMARC_POLICIES):  # RFC 7489 6.6.3 step 6
+        invalid = {tag: value for tag, value in (("p", p), ("sp", sp))
+                   if (tag == "p" or value is not None)
+                   and (value or "").lower() not in _DMARC_POLICIES}
+        uris = _report_uris(tags.get("rua", ""))
+        evidence.update(invalid_tags=invalid, rua_valid=uris)
+        what = " and ".join(f"{t}={v!r}" if v is not None else f"a missing {t}="
+                            for t, v in invalid.items())
+        if not uris:
             return _result("sender_dmarc", domain, CheckStatus.FAIL,
-                           f"{name} has no valid policy (p=)", **evidence)
-        policy = "none"
-    if policy == "none":
+                           f"{name}: {what} is not a valid policy and rua= holds no valid "
+                           "URI, so receivers apply no DMARC (RFC 7489 6.6.3 step 6)",
+                           **evidence)
+        evidence["policy"] = "none"
         return _result("sender_dmarc", domain, CheckStatus.WARN,
-                       f"DMARC at {name} only monitors (p=none)", **evidence)
-    return _result("sender_dmarc", domain, CheckStatus.PASS,
-                   f"DMARC at {name} with p={policy}", **evidence)
+                       f"{name}: {what} is not a valid policy; receivers act as if p=none "
+                       "(only monitor) because rua= holds a valid URI (RFC 7489 6.6.3 "
+                       "step 6)", **evidence)
+    tag = "sp" if found_at != domain and sp is not None else "p"  # a subdomain: the org's sp=
+    policy = str(sp if tag == "sp" else p).lower()  # both valid, checked above
+    evidence["policy"], evidence["pct"] = policy, 100
+    pct_text = tags.get("pct")
+    if pct_text is None:  # the common case: the policy applies to all failing mail
+        if policy == "none":
+            return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
+                               f"DMARC at {name} only monitors ({tag}=none)", evidence)
+        return CheckResult("sender_dmarc", domain, CheckStatus.PASS,
+                           f"DMARC at {name} with {tag}={policy}", evidence)
+    return _dmarc_with_pct(domain, name, tag, policy, pct_text, evidence)
+
+
+def _dmarc_with_pct(domain: str, name: str, tag: str, policy: str, pct_text: str,
+                    evidence: dict[str, Any]) -> CheckResult:
+    """A valid policy with a ``pct`` tag: say how much of the failing mail it covers.
+
+    RFC 7489 6.6.4: mail outside the percentage gets the next policy down (reject ->
+    quarantine -> none), so ``p=quarantine; pct=0`` quarantines nothing. An invalid
+    ``pct`` is named and warned about: receivers differ in what they make of it.
+    """
+    notes: list[str] = []
+    status = CheckStatus.PASS
+    pct = 100
+    if re.fullmatch(r"[0-9]{1,3}", pct_text) and int(pct_text) <= 100:
+        pct = int(pct_text)
+    else:
+        evidence["invalid_tags"] = {"pct": pct_text}
+        notes.append(f"pct={pct_text!r} is not an integer from 0 to 100 (RFC 7489 6.3)")
+        status = CheckStatus.WARN
+    evidence["pct"] = pct
+    if pct < 100 and policy in _LOWER_POLICY:
+        notes.append(f"{tag}={policy} applies to {pct}% of failing mail (pct={pct}); the "
+                     f"rest gets {_LOWER_POLICY[policy]} (RFC 7489 6.6.4)")
+    suffix = "".join(f"; {n}" for n in notes)
+    if policy == "none":
+        return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
+                           f"DMARC at {name} only monitors ({tag}=none){suffix}", evidence)
+    if pct == 0 and policy == "quarantine":
+        return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
+                           f"DMARC at {name} quarantines no mail{suffix}", evidence)
+    return CheckResult("sender_dmarc", domain, status,
+                       f"DMARC at {name} with {tag}={policy}{suffix}", evidence)
 
 
 async def _check_dkim(run: _Run, domain: str, selector: str) -> CheckResult:
