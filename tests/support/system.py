@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 from tests.support.smtp import free_port
 from tests.support.worker import ROOT
 from tests.support.worker import database_url
+from tests.support.worker import wait_for
 
 RELAY_TOKEN = "fault-test-relay-token"  # noqa: S105 - test-only
 
@@ -192,10 +192,6 @@ class RelaydeskSystem:
         return body
 
 
-def wait_until(predicate, timeout: float = 60, interval: float = 0.25) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+def wait_until(predicate, timeout: float = 60) -> bool:  # type: ignore[no-untyped-def]
+    """``wait_for`` that looks once more at the deadline (a slow last poll still counts)."""
+    return wait_for(predicate, timeout=timeout, interval=0.25) or bool(predicate())
