@@ -1,6 +1,6 @@
 """Admin: manage teams, memberships and relay settings; inspect requests read-only.
 
-State changes only happen through services (STYLE 18): the request admin shows state
+State changes only happen through services: the request admin shows state
 and the audit trail read-only and offers no FSM transition buttons.
 """
 

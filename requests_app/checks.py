@@ -1,6 +1,6 @@
 """The DNS and address checks of a relay request (no Django imports).
 
-Ids, statuses and the report shape are a contract (DESIGN.md "Checks"). Why the engine
+Ids, statuses and the report shape are a contract (docs/dns-checks.md). Why the engine
 looks the way it does:
 
 * Every check of a request runs concurrently, and the whole run shares one deadline

@@ -1,6 +1,6 @@
 """The approvers' directory to-do list: changes a person must apply, and "Mark done".
 
-Thin views (STYLE 10): check the role, call the selector or one service, map its errors
+Thin views: check the role, call the selector or one service, map its errors
 to messages, redirect (POST/redirect/GET). Wired in ``requests_app/urls.py`` as
 ``requests:directory_todo`` and ``requests:directory_mark_done``.
 """

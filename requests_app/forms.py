@@ -1,4 +1,4 @@
-"""Web forms: validate and normalise input; they never act (STYLE 11).
+"""Web forms: validate and normalise input; they never act.
 
 The view passes ``cleaned_data`` to a service. List fields are typed one per line
 (commas and spaces also separate) and stored as normalised lists.

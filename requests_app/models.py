@@ -1,6 +1,6 @@
 """Relaydesk's data: teams, relay requests and their state machine, checks, audit events.
 
-The state machine is declared here and only here (STYLE 2): transitions set fields on
+The state machine is declared here and only here: transitions set fields on
 their own row and nothing else. Services (``services.py``) lock the row, check the
 transition permission, call the transition, save, write the event and schedule work.
 """

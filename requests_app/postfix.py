@@ -1,6 +1,6 @@
 """Postfix relay configuration: pure rendering plus an atomic, change-detecting write.
 
-This module implements the "Relay config (contract)" of ``shared/DESIGN.md``. It has no
+This module implements the relay config contract of docs/relay-config.md. It has no
 Django imports on purpose: the export must be testable (and benchmarkable) without a
 database, and the same functions are fed by the selector of active requests in the app.
 

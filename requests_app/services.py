@@ -1,4 +1,4 @@
-"""Services: the only code that writes (STYLE 4).
+"""Services: the only code that writes.
 
 Every state change follows one path: lock the row, check the role (403) and the state
 (409), call the django-fsm transition, ``full_clean``, ``save``, write the audit event
@@ -295,7 +295,7 @@ def request_act(
 
 
 def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -> None:
-    """What each transition sets in motion, visibly (no signals, STYLE 5)."""
+    """What each transition sets in motion, visibly (no signals)."""
     if request.state == RequestState.CHECKING:
         dispatch_on_commit("run_request_checks", request.pk)
     elif request.state == RequestState.PROVISIONING:

@@ -1,4 +1,4 @@
-"""Celery tasks: thin, idempotent, named explicitly (STYLE 8 and 9).
+"""Celery tasks: thin, idempotent, named explicitly.
 
 Each takes ids, re-fetches its row, does nothing if the row is gone or has moved
 past the state the task expects, and calls one service or domain module.

@@ -1,4 +1,4 @@
-"""Web views: thin (STYLE 10). Fetch through a scoped selector, bind a form, call one
+"""Web views: thin. Fetch through a scoped selector, bind a form, call one
 service, map its errors to messages, redirect (POST/redirect/GET)."""
 
 from __future__ import annotations

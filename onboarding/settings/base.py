@@ -1,7 +1,7 @@
 """Relaydesk settings: everything lives here and is switched by environment variables.
 
 The thin ``local``, ``test`` and ``production`` modules only change defaults; nothing
-exists only in production (HackSoft). Every setting named in DESIGN.md is read from
+exists only in production (HackSoft). Every setting named in the docs is read from
 the environment variable of the same name, lists comma-separated.
 """
 
@@ -115,7 +115,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["TEST"] = {
         "NAME": str(VAR_DIR / f"test-relaydesk-{os.getpid()}.sqlite3")
     }
-# Transactions are explicit in services (STYLE 15), so ATOMIC_REQUESTS stays off.
+# Transactions are explicit in services, so ATOMIC_REQUESTS stays off.
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
 # ---------------------------------------------------------------------------
@@ -219,7 +219,7 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # ---------------------------------------------------------------------------
-# DNS checks (names are contracts in DESIGN.md)
+# DNS checks (the names are a contract, see docs/dns-checks.md)
 # ---------------------------------------------------------------------------
 DNS_NAMESERVERS = env.list("DNS_NAMESERVERS", default=[])
 DNS_LIFETIME_SECONDS = env.float("DNS_LIFETIME_SECONDS", default=5.0)

@@ -1,4 +1,4 @@
-"""API routes (the contract in DESIGN.md)."""
+"""API routes (the contract in README.md, "API")."""
 
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView

@@ -1,7 +1,7 @@
 """``manage.py check_server FQDN [--ipv4 A]... [--ipv6 A]... [--sender-domain D]...
 [--dkim-selector S] [--nameserver HOST[:PORT]] [--timeout SECONDS] --json``
 
-The CLI contract of DESIGN.md: one JSON object on stdout; exit 0 for pass/warn, 1 for
+The CLI contract (docs/dns-checks.md): one JSON object on stdout; exit 0 for pass/warn, 1 for
 fail, 2 for error or bad arguments, with a one-line message on stderr (never a
 traceback). Config management scripts call it before filing a request.
 """
