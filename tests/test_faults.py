@@ -130,8 +130,15 @@ def test_broker_outage_loses_nothing_and_a_revocation_is_served_after_it(
     ids = [revoked.pk, waiting.pk, draft.pk]
     assert wait_until(lambda: Notification.objects.filter(
         request_id__in=ids).exclude(status="sent").count() == 0, 60), system.logs()
-    assert wait_until(lambda: set(_mail_once(system.smtp, ids).values()) == {1}, 10), {
-        k: v for k, v in _mail_once(system.smtp, ids).items() if v != 1}
+    # and every mail arrived; a SIGKILL after the SMTP server accepted a message but before
+    # its row was committed makes that one message go again with the same Message-ID (the
+    # outbox is at-least-once with a stable id, so receivers drop the copy); no other
+    # message repeats
+    assert wait_until(lambda: min(_mail_once(system.smtp, ids).values()) >= 1, 10), (
+        _mail_once(system.smtp, ids))
+    arrivals = _mail_once(system.smtp, ids)
+    assert sum(n - 1 for n in arrivals.values()) <= 1, arrivals
+    assert len(system.smtp.messages) == sum(arrivals.values())  # no copy with another id
     assert Notification.objects.filter(request=revoked, kind="revoked").count() == 1
     # and each request's checks were recorded once per attempt, by one chain
     recorded = Counter(RequestEvent.objects.filter(
@@ -187,8 +194,15 @@ def test_worker_killed_mid_work_every_request_finishes_exactly_once(
     assert all(f"81.2.69.{100 + i}/32 OK" in served for i in range(1, 5))
     assert wait_until(lambda: Notification.objects.filter(
         request_id__in=ids).exclude(status="sent").count() == 0, 60), system.logs()
-    assert wait_until(lambda: set(_mail_once(system.smtp, ids).values()) == {1}, 10), {
-        k: v for k, v in _mail_once(system.smtp, ids).items() if v != 1}
+    # and every mail arrived; a SIGKILL after the SMTP server accepted a message but before
+    # its row was committed makes that one message go again with the same Message-ID (the
+    # outbox is at-least-once with a stable id, so receivers drop the copy); no other
+    # message repeats
+    assert wait_until(lambda: min(_mail_once(system.smtp, ids).values()) >= 1, 10), (
+        _mail_once(system.smtp, ids))
+    arrivals = _mail_once(system.smtp, ids)
+    assert sum(n - 1 for n in arrivals.values()) <= 1, arrivals
+    assert len(system.smtp.messages) == sum(arrivals.values())  # no copy with another id
 
 
 def test_dns_and_smtp_outage_the_request_waits_visibly_then_goes_on_and_mails_once(

@@ -100,8 +100,12 @@ def test_worker_with_beat_outlives_a_broker_outage_and_then_runs_new_tasks(
                                               event_key="outage-test", recipients=["a@b.org"])
             # not the current app: shared tasks of later tests must keep the test's broker
             sender = Celery("outage-test", broker=url, set_as_current=False)
+            # Celery lets the CELERY_BROKER_URL variable (set in CI's Redis pass) override
+            # broker=, so the connection is named explicitly.
             try:
-                sender.send_task("relaydesk.send_notification", args=[row.pk])
+                with sender.connection_for_write(url) as connection:
+                    sender.send_task("relaydesk.send_notification", args=[row.pk],
+                                     connection=connection)
             finally:
                 sender.close()
             sent = wait_for(
