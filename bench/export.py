@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from requests_app.artifacts_io import write_artifacts_atomically  # noqa: E402
 from requests_app.postfix import ACCESS_MAP_NAME  # noqa: E402
 from requests_app.postfix import AccountEntry  # noqa: E402
 from requests_app.postfix import RelaySettings  # noqa: E402
 from requests_app.postfix import ServerEntry  # noqa: E402
 from requests_app.postfix import build_artifacts  # noqa: E402
-from requests_app.postfix import write_artifacts_atomically  # noqa: E402
 
 __all__ = ("make_accounts", "make_entries", "run_export")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from datetime import UTC
 from datetime import datetime
@@ -30,10 +29,13 @@ from django.db import transaction
 from django.db.models import Exists
 from django.db.models import OuterRef
 from django.db.models import Q
+from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from . import events
+from .artifacts_io import MANIFEST_NAME
+from .artifacts_io import write_artifacts_atomically
 from .models import Notification
 from .models import RelayConfigChange
 from .models import RelayConfigVersion
@@ -41,20 +43,18 @@ from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestKind
 from .models import RequestState
-from .postfix import ACCESS_MAP_NAME
-from .postfix import LOGIN_MAP_NAME
-from .postfix import MANIFEST_NAME
-from .postfix import AccountEntry
-from .postfix import RelaySettings
-from .postfix import ServerEntry
-from .postfix import build_artifacts
-from .postfix import write_artifacts_atomically
+from .relay_backend import AccountEntry
+from .relay_backend import RelayBackend
+from .relay_backend import RelaySettings
+from .relay_backend import ServerEntry
+from .relay_backend import load_backend
 
 __all__ = [
     "config_diff",
     "current_version",
     "relay_config_export",
     "relay_config_rebuild",
+    "relay_backend",
     "relay_config_stale",
     "relay_entries",
 ]
@@ -70,7 +70,6 @@ REMOVAL_TRIGGERS = ("revoke", "expire")
 REMOVAL_LOOKBACK = timedelta(minutes=15)
 # What an approver reads about a left-out entry; the renderer's text names the value.
 _REASON_MAX = 1000
-_COMMENT_RE = re.compile(r"^# request (\d+) ")
 
 
 def relay_settings() -> RelaySettings:
@@ -83,6 +82,15 @@ def relay_settings() -> RelaySettings:
         lab_networks=tuple(settings.RELAY_LAB_NETWORKS),
         allow_private=bool(settings.RELAY_ALLOW_PRIVATE),
     )
+
+
+def relay_backend() -> RelayBackend:
+    """The relay back-end of ``RELAY_BACKEND`` for ``RELAY_MAP_TYPE``.
+
+    Asked on every use (it is cheap), so a changed setting takes effect at once.
+    ``ValueError`` naming the setting for a back-end or map type nobody implements.
+    """
+    return load_backend(settings.RELAY_BACKEND, settings.RELAY_MAP_TYPE)
 
 
 def relay_entries(
@@ -98,6 +106,11 @@ def relay_entries(
     base = RelayRequest.objects.filter(state__in=states, suspended_at__isnull=True).order_by("pk")
     if pks is not None:
         base = base.filter(pk__in=pks)
+    return _entries_of(base)
+
+
+def _entries_of(base: QuerySet[RelayRequest]) -> tuple[Iterator[ServerEntry],
+                                                      Iterator[AccountEntry]]:
     servers = (
         ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4))
         for pk, fqdn, team, ipv4, ipv6 in base.filter(kind=RequestKind.SERVER)
@@ -123,25 +136,6 @@ def _content_digest(files: dict[str, bytes]) -> str:
 
 def current_version() -> RelayConfigVersion | None:
     return RelayConfigVersion.objects.order_by("-number").first()
-
-
-def _owned_lines(name: str, text: str, account_owner: dict[str, int]) -> dict[str, int | None]:
-    """Map each effective line of a map to the request that put it there."""
-    owners: dict[str, int | None] = {}
-    current: int | None = None
-    for line in text.splitlines():
-        match = _COMMENT_RE.match(line)
-        if match:
-            current = int(match.group(1))
-            continue
-        if not line or line.startswith("#"):
-            continue
-        if name == ACCESS_MAP_NAME:
-            owners[line] = current
-        else:
-            accounts = line.split()[-1].split(",")
-            owners[line] = account_owner.get(accounts[0])
-    return owners
 
 
 @transaction.atomic
@@ -180,8 +174,8 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     now = timezone.now()
     servers, accounts = relay_entries()
     try:
-        files = build_artifacts(servers, accounts, relay_settings(), version=number,
-                                generated_at=now)
+        files = relay_backend().build(servers, accounts, relay_settings(), version=number,
+                                      generated_at=now)
     finally:
         # Close the server-side cursors (PostgreSQL) while the transaction is still good.
         servers.close()
@@ -231,8 +225,8 @@ def _unrenderable(requests: list[RelayRequest]) -> dict[int, str]:
         return {}
     servers, accounts = relay_entries(pks=[r.pk for r in requests])
     try:
-        files = build_artifacts(servers, accounts, relay_settings(), version=0,
-                                generated_at=datetime(1970, 1, 1, tzinfo=UTC))
+        files = relay_backend().build(servers, accounts, relay_settings(), version=0,
+                                      generated_at=datetime(1970, 1, 1, tzinfo=UTC))
     finally:
         servers.close()
         accounts.close()
@@ -352,65 +346,42 @@ def relay_config_stale() -> bool:
     commit, and if that message is lost (broker down) nothing else would rebuild. The
     answer is exact, so the sweep rebuilds only when something is really left over,
     never every minute "just in case": the candidates are the entries that left around
-    or after the newest version (a few rows), and each is looked up in the version's
-    text. A server entry is served while its ``# request ID`` comment is; an account
-    while one of its sender lines still names its login, unless a live entry of the
-    same account (its renewal, say) puts that line there.
+    or after the newest version (a few rows), and the back-end looks each up in the
+    version's text (:meth:`RelayBackend.stale`), given the live entries of the same
+    logins, whose lines are served legitimately (a renewal of a revoked account, say).
     """
     latest = RelayConfigVersion.objects.only("pk", "created_at").order_by("-number").first()
     if latest is None:
         return False
     since = latest.created_at - REMOVAL_LOOKBACK
-    left = list(
+    servers, accounts = _entries_of(
         RelayRequest.objects.filter(
             Q(state__in=REMOVED_STATES, updated_at__gte=since)
             | Q(state=RequestState.ACTIVE, suspended_at__gte=since)
-        ).values_list("pk", "kind", "account_name", "sender_addresses", "sender_domains")
+        ).order_by("pk")
     )
+    left: list[ServerEntry | AccountEntry] = [*servers, *accounts]
     if not left:
         return False
-    cidr, logins = (
+    backend = relay_backend()
+    names = backend.attributed_names
+    # Only the files the back-end looks at, straight out of the JSON column.
+    texts = (
         RelayConfigVersion.objects.filter(pk=latest.pk)
-        .annotate(cidr=KeyTextTransform(ACCESS_MAP_NAME, "files"),
-                  logins=KeyTextTransform(LOGIN_MAP_NAME, "files"))
-        .values_list("cidr", "logins")
+        .annotate(**{f"file_{i}": KeyTextTransform(name, "files")
+                     for i, name in enumerate(names)})
+        .values_list(*(f"file_{i}" for i in range(len(names))))
         .get()
     )
-    cidr, logins = cidr or "", logins or ""
-    if any(kind == RequestKind.SERVER and f"# request {pk} " in cidr
-           for pk, kind, *_rest in left):
-        return True
-    accounts = [row for row in left if row[1] == RequestKind.ACCOUNT]
-    if not accounts:
-        return False
-    present = _login_pairs(logins)
-    names = {row[2] for row in accounts}
-    legit: set[tuple[str, str]] = set()
-    for account, addresses, domains in RelayRequest.objects.filter(
-        state__in=IN_CONFIG_STATES, suspended_at__isnull=True, account_name__in=names,
-        kind=RequestKind.ACCOUNT,
-    ).values_list("account_name", "sender_addresses", "sender_domains"):
-        legit |= _sender_pairs(account, addresses, domains)
-    return any(
-        (_sender_pairs(account, addresses, domains) & present) - legit
-        for _pk, _kind, account, addresses, domains in accounts
-    )
-
-
-def _sender_pairs(account: str, addresses: list[str], domains: list[str]) -> set[tuple[str, str]]:
-    """(sender key, login) as ``sender_login_maps`` writes them (keys case-folded)."""
-    keys = [str(a).lower() for a in addresses] + ["@" + str(d).lower() for d in domains]
-    return {(key, account) for key in keys}
-
-
-def _login_pairs(text: str) -> set[tuple[str, str]]:
-    pairs = set()
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, owners = line.partition("  ")
-        pairs.update((key, login) for login in owners.strip().split(","))
-    return pairs
+    files = {name: text or "" for name, text in zip(names, texts, strict=True)}
+    logins = {entry.account for entry in left if isinstance(entry, AccountEntry)}
+    live: list[AccountEntry] = []
+    if logins:
+        _, in_config = _entries_of(RelayRequest.objects.filter(
+            state__in=IN_CONFIG_STATES, suspended_at__isnull=True, account_name__in=logins,
+        ).order_by("pk"))
+        live = list(in_config)
+    return backend.stale(files, left, live)
 
 
 def _supersede_replaced(waiting: list[RelayRequest]) -> None:
@@ -440,15 +411,17 @@ def _supersede_replaced(waiting: list[RelayRequest]) -> None:
 
 
 def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:
-    account_owner = dict(
+    backend = relay_backend()
+    login_owner = dict(
         RelayRequest.objects.filter(kind=RequestKind.ACCOUNT)
         .order_by("pk")
         .values_list("account_name", "pk")
     )
     rows = []
-    for name in (ACCESS_MAP_NAME, LOGIN_MAP_NAME):
-        old = _owned_lines(name, previous.files.get(name, "") if previous else "", account_owner)
-        new = _owned_lines(name, version.files.get(name, ""), account_owner)
+    for name in backend.attributed_names:
+        old = backend.attribute(name, previous.files.get(name, "") if previous else "",
+                                login_owner)
+        new = backend.attribute(name, version.files.get(name, ""), login_owner)
         for line in sorted(new.keys() - old.keys()):
             rows.append(RelayConfigChange(version=version, request_id=new[line], file=name,
                                           action=RelayConfigChange.Action.ADDED, line=line))
@@ -486,8 +459,8 @@ def relay_config_export(out_dir: Path) -> tuple[RelayConfigVersion | None, bool]
     version = current_version()
     if version is None:
         # A fixed time keeps "same state, same bytes" true for the empty config too.
-        files = build_artifacts([], [], relay_settings(), version=0,
-                                generated_at=datetime(1970, 1, 1, tzinfo=UTC))
+        files = relay_backend().build([], [], relay_settings(), version=0,
+                                      generated_at=datetime(1970, 1, 1, tzinfo=UTC))
     else:
         files = {name: text.encode() for name, text in version.files.items()}
     changed = write_artifacts_atomically(out_dir, files)

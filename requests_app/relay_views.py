@@ -17,9 +17,9 @@ from django.views.decorators.http import require_safe
 
 from . import selectors
 from .models import RelayConfigVersion
-from .postfix import ARTIFACT_NAMES
 from .relay import config_diff
 from .relay import current_version
+from .relay import relay_backend
 
 __all__ = ["relay_config_file", "version_diff", "version_list"]
 
@@ -47,7 +47,7 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
                                 content_type="text/plain")
         response["WWW-Authenticate"] = 'Token realm="relay-config"'
         return response
-    if name not in ARTIFACT_NAMES:
+    if name not in relay_backend().artifact_names:
         raise Http404("No such relay artefact.")
     version = current_version()
     if version is None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.checks import Error
 from django.core.checks import Warning
 from django.core.checks import register
 
-__all__ = ["mail_addresses_on_approved_domains"]
+from .relay_backend import load_backend
+
+__all__ = ["mail_addresses_on_approved_domains", "relay_backend_configured"]
 
 
 def _domain(address: str) -> str:
@@ -36,3 +39,18 @@ def mail_addresses_on_approved_domains(app_configs: Any = None, **kwargs: Any) -
                 id="relaydesk.W001",
             ))
     return out
+
+
+@register()
+def relay_backend_configured(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """``RELAY_BACKEND`` and ``RELAY_MAP_TYPE`` name a back-end and map type that exist.
+
+    Found at start-up rather than by the first relay build, which would fail in a worker
+    while requests wait in provisioning.
+    """
+    try:
+        load_backend(settings.RELAY_BACKEND, settings.RELAY_MAP_TYPE)
+    except ValueError as exc:
+        return [Error(str(exc), hint="See docs/relay-config.md, \"Back-ends and map types\".",
+                      id="relaydesk.E001")]
+    return []

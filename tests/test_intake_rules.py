@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from requests_app.artifacts_io import write_artifacts_atomically
 from requests_app.checking import check_config
 from requests_app.drift import recheck_active_entries
 from requests_app.forms import ServerRequestForm
@@ -42,7 +43,6 @@ from requests_app.postfix import ServerEntry
 from requests_app.postfix import normalise_host_address
 from requests_app.postfix import render_client_access
 from requests_app.postfix import render_sender_login_maps
-from requests_app.postfix import write_artifacts_atomically
 from requests_app.relay import relay_settings
 from requests_app.rules import address_policy
 from requests_app.validators import validate_account_name

@@ -24,6 +24,8 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from requests_app.artifacts_io import read_manifest
+from requests_app.artifacts_io import write_artifacts_atomically
 from requests_app.postfix import ACCESS_MAP_NAME
 from requests_app.postfix import ARTIFACT_NAMES
 from requests_app.postfix import FRAGMENT_NAME
@@ -36,11 +38,9 @@ from requests_app.postfix import build_artifacts
 from requests_app.postfix import iter_client_access
 from requests_app.postfix import iter_sender_login_maps
 from requests_app.postfix import normalise_host_address
-from requests_app.postfix import read_manifest
 from requests_app.postfix import render_client_access
 from requests_app.postfix import render_main_cf_fragment
 from requests_app.postfix import render_sender_login_maps
-from requests_app.postfix import write_artifacts_atomically
 from requests_app.rules import address_policy
 from tests.support.postfix import PostfixInstance
 from tests.support.postfix import minimal_config_dir
@@ -428,7 +428,7 @@ def test_extra_file_in_out_dir_counts_as_changed(tmp_path):
 
 def test_swap_falls_back_to_two_renames_without_renameat2(tmp_path, monkeypatch):
     # given a kernel/libc without renameat2(RENAME_EXCHANGE)
-    monkeypatch.setattr("requests_app.postfix._exchange", lambda a, b: False)
+    monkeypatch.setattr("requests_app.artifacts_io._exchange", lambda a, b: False)
     out = tmp_path / "relay"
     write_artifacts_atomically(out, _build())
     # when

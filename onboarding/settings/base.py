@@ -287,6 +287,10 @@ RELAY_CONFIG_TOKEN = env.str("RELAY_CONFIG_TOKEN", default="")
 # Where config management installs the maps on the relay (used in main.cf.fragment).
 # (os.environ, not env: django-environ would treat the leading "$" as a variable reference)
 RELAY_MAP_DIRECTORY = os.environ.get("RELAY_MAP_DIRECTORY", "$config_directory/relaydesk")
+# Which relay back-end renders the config, and its map type (requests_app/relay_backend.py,
+# docs/relay-config.md "Back-ends and map types"): only postfix with cidr exists so far.
+RELAY_BACKEND = env.str("RELAY_BACKEND", default="postfix")
+RELAY_MAP_TYPE = env.str("RELAY_MAP_TYPE", default="cidr")
 
 # ---------------------------------------------------------------------------
 # API
