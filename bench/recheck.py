@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.dns_checks import build
     from bench.dns_checks import start_server
     from requests_app import checking
-    from requests_app import checks
+    from requests_app.checks import engine as check_engine
     from requests_app.drift import recheck_active_entries
     from requests_app.models import CheckRun
     from requests_app.models import RelayRequest
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.DNS_LIFETIME_SECONDS = 5.0
         settings.RELAY_RECHECK_PROCESSES = args.processes
         if args.event_loop == "asyncio":
-            checks.batch_event_loop = asyncio.new_event_loop
+            check_engine.batch_event_loop = asyncio.new_event_loop
 
         started, cpu_started = time.perf_counter(), time.process_time()
         stats = recheck_active_entries(limit=args.n, batch_size=args.batch_size,

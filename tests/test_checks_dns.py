@@ -20,18 +20,11 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from requests_app.checks import _LISTED
-from requests_app.checks import _PLAIN_FQDN
-from requests_app.checks import _PRIVATE
-from requests_app.checks import _REFUSED
 from requests_app.checks import DEADLINE_MARGIN
 from requests_app.checks import CheckConfig
 from requests_app.checks import CheckResult
 from requests_app.checks import CheckSpec
 from requests_app.checks import Report
-from requests_app.checks import _judge_address
-from requests_app.checks import _listed
-from requests_app.checks import _normalise_fqdn_in_full
 from requests_app.checks import normalise_address
 from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks
@@ -43,6 +36,13 @@ from requests_app.dns import DnsClient
 from requests_app.dns import make_resolver
 from requests_app.dns import parse_nameserver
 from requests_app.dns import reverse_name
+from requests_app.rules import LISTED_RANGES
+from requests_app.rules import PLAIN_FQDN_RE
+from requests_app.rules import PRIVATE_NETWORKS
+from requests_app.rules import REFUSED_NETWORKS
+from requests_app.rules import judge_address
+from requests_app.rules import listed
+from requests_app.rules import normalise_fqdn_in_full
 from tests.support.dnsserver import DnsTestServer
 
 RELAY_INCLUDE = "_spf.relay.test"
@@ -447,7 +447,10 @@ def test_global_addresses_pass(server):
 
 
 def _full_rules(ip) -> CheckResult:
-    return _judge_address(ip, str(ip), {"address": str(ip), "version": ip.version}, config())
+    """The address rules in full, without the shortcut for unlisted addresses."""
+    ruling = judge_address(ip, config().allow_private, str(ip))
+    return CheckResult("address_policy", str(ip), "pass" if ruling.allowed else "fail",
+                       ruling.detail)
 
 
 @settings(max_examples=300, deadline=None)
@@ -455,7 +458,7 @@ def _full_rules(ip) -> CheckResult:
                  st.ip_addresses(network="2000::/3")))
 def test_the_unlisted_shortcut_is_taken_only_where_every_rule_passes(ip):
     # given: an address outside every network the rules read
-    assume(not _listed(ip))
+    assume(not listed(ip))
     # when / then: the full rules agree it is a plain global address
     result = _full_rules(ip)
     assert (result.status, result.detail) == ("pass", f"{ip} is a global host address")
@@ -463,7 +466,7 @@ def test_the_unlisted_shortcut_is_taken_only_where_every_rule_passes(ip):
 
 def test_every_network_the_rules_read_is_listed_up_to_its_edges():
     # given: our tables and the stdlib's own special networks
-    nets = [net for table in (_REFUSED, _PRIVATE) for rows in table.values()
+    nets = [net for table in (REFUSED_NETWORKS, PRIVATE_NETWORKS) for rows in table.values()
             for net, _why in rows]
     for constants in (ipaddress._IPv4Constants, ipaddress._IPv6Constants):
         for value in vars(constants).values():
@@ -472,14 +475,14 @@ def test_every_network_the_rules_read_is_listed_up_to_its_edges():
     # then: first and last address of each are listed (the full rules judge them) ...
     assert len(nets) > 40
     for net in nets:
-        assert _listed(net.network_address) and _listed(net.broadcast_address), net
+        assert listed(net.network_address) and listed(net.broadcast_address), net
     # ... and just outside each listed range, the shortcut is right too
-    for version, (firsts, lasts) in _LISTED.items():
+    for version, (firsts, lasts) in LISTED_RANGES.items():
         kind = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
         limit = 2 ** (32 if version == 4 else 128) - 1
         for value in [f - 1 for f in firsts if f > 0] + [x + 1 for x in lasts if x < limit]:
             ip = kind(value)
-            if not _listed(ip):
+            if not listed(ip):
                 assert _full_rules(ip).status == "pass", ip
 
 
@@ -843,7 +846,7 @@ _LABEL = st.from_regex(r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?", fullmat
 def test_the_normal_form_shortcut_agrees_with_the_full_rules(text):
     # the shortcut returns a name as it is only where the full rules would return it too
     try:
-        full = _normalise_fqdn_in_full(text)
+        full = normalise_fqdn_in_full(text)
     except ValueError:
         full = None
     try:
@@ -851,7 +854,7 @@ def test_the_normal_form_shortcut_agrees_with_the_full_rules(text):
     except ValueError:
         fast = None
     assert fast == full
-    if _PLAIN_FQDN.fullmatch(text) and "xn--" not in text:
+    if PLAIN_FQDN_RE.fullmatch(text) and "xn--" not in text:
         assert full == text
 
 

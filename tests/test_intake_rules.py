@@ -342,9 +342,9 @@ def test_the_renderer_and_the_checks_judge_every_address_alike(ip, policy_settin
     config = check_config_for(lab, allow_private)
     relay = RelaySettings("relay.example.org", lab_networks=lab, allow_private=allow_private)
     # when
-    from requests_app.checks import _check_address
+    from requests_app.checks.policy import check_address
 
-    result = _check_address(str(ip), config)
+    result = check_address(str(ip), config)
     # then the check passes exactly when the renderer writes the address
     assert (result.status == "pass") == (render_address(str(ip), relay) is not None), result
 
