@@ -4,7 +4,9 @@ An allowlist that only grows is how relays get abused. Every night each active e
 checks run again (batched, concurrent, bounded per run). An entry *drifts* when a check
 that did not fail at approval now fails: its FQDN no longer resolves to the address,
 the PTR changed, the SPF no longer authorises the relay. ``error`` (DNS could not
-answer) never flags or suspends anything.
+answer) never flags or suspends anything. A check added after the entry was approved
+is new to it, not drift: its first answer becomes the entry's baseline for that check
+(docs/dns-checks.md, "Drift and new checks").
 
 A batch costs a constant number of SQL queries whatever its size or drift: one read of
 the entries, one of their approval-time failures, bulk inserts of the runs, events and
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+from collections.abc import Collection
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import timedelta
@@ -28,6 +31,7 @@ from django.utils import timezone
 
 from .checking import check_config
 from .checking import spec_for
+from .checks import CheckStatus
 from .checks import Report
 from .checks import gc_paused
 from .checks import run_many_sharded
@@ -40,9 +44,14 @@ from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
 
-__all__ = ["RecheckStats", "drift_of", "recheck_active_entries", "recheck_batch"]
+__all__ = ["RecheckStats", "drift_of", "new_checks_of", "recheck_active_entries",
+           "recheck_batch"]
 
 log = logging.getLogger(__name__)
+
+# Baseline results that a failure tonight is compared with and not flagged for: failed
+# or unanswered at approval (approved only with a written override).
+_ACCEPTED = (CheckStatus.FAIL, CheckStatus.ERROR)
 
 _FIELDS = ("pk", "kind", "fqdn", "ipv4", "ipv6", "sender_domains", "sender_addresses",
            "dkim_selector", "drifted_at", "suspended_at")
@@ -55,16 +64,47 @@ class RecheckStats:
     recovered: int = 0
     suspended: int = 0
     errors: int = 0
+    new_checks: int = 0  # results of checks added after approval, kept as baseline
     batches: int = 0
     queries_per_batch: list[int] = field(default_factory=list)
 
 
-def drift_of(report: dict[str, Any], accepted_failures: set[tuple[str, str]]) -> list[dict]:
-    """The checks that fail now but did not fail (or were overridden) at approval."""
+def drift_of(report: dict[str, Any], accepted_failures: set[tuple[str, str]],
+             baseline_ids: Collection[str] = ()) -> list[dict]:
+    """The checks that fail now but did not fail (or were overridden) at approval.
+
+    ``baseline_ids`` are the check ids of the entry's baseline: a check whose id it
+    lacks is new to the entry, not drift (:func:`new_checks_of`). Empty, as for an entry
+    without recorded results, every check is compared.
+    """
     return [
         c for c in report["checks"]
         if c["status"] == "fail" and (c["id"], c["subject"]) not in accepted_failures
+        and (not baseline_ids or c["id"] in baseline_ids)
     ]
+
+
+def new_checks_of(report: dict[str, Any], baseline_ids: Collection[str]) -> list[dict]:
+    """The results of checks added after the entry was approved (ids its baseline lacks).
+
+    An entry without any recorded result has no baseline to tell an old check from a
+    new one: none is new there, and every check is compared as before.
+    """
+    if not baseline_ids:
+        return []
+    return [c for c in report["checks"] if c["id"] not in baseline_ids]
+
+
+def _adopted(request_id: int, new: list[dict]) -> list[CheckResult]:
+    """The new checks' results that become the entry's baseline: each check that answered.
+
+    A check with an ``error`` result here is left out whole: it stays new (so it never
+    flags) until a night it answers.
+    """
+    unanswered = {c["id"] for c in new if c["status"] == CheckStatus.ERROR}
+    return [CheckResult(request_id=request_id, check_id=c["id"], subject=c["subject"],
+                        status=c["status"], detail=c["detail"], evidence=c["evidence"])
+            for c in new if c["id"] not in unanswered]
 
 
 class _Row:
@@ -81,16 +121,24 @@ class _Row:
 def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckStats) -> None:
     pks = [r.pk for r in rows]
     accepted: dict[int, set[tuple[str, str]]] = {pk: set() for pk in pks}
-    for request_id, check_id, subject in CheckResult.objects.filter(
-        request_id__in=pks, status__in=("fail", "error")
-    ).values_list("request_id", "check_id", "subject"):
-        accepted[request_id].add((check_id, subject))
+    baseline: dict[int, set[str]] = {pk: set() for pk in pks}  # check ids per entry
+    for request_id, check_id, subject, status in CheckResult.objects.filter(
+        request_id__in=pks
+    ).values_list("request_id", "check_id", "subject", "status"):
+        baseline[request_id].add(check_id)
+        if status in _ACCEPTED:
+            accepted[request_id].add((check_id, subject))
+    adopted: list[CheckResult] = []
     runs, events, notifications = [], [], []
     newly_drifted, recovered = [], []
     unsuspend = False
     for row, report in zip(rows, reports, strict=True):
         data = report.as_dict()
-        drift = drift_of(data, accepted[row.pk])
+        known = baseline[row.pk]
+        new = new_checks_of(data, known)
+        if new:
+            adopted += _adopted(row.pk, new)
+        drift = drift_of(data, accepted[row.pk], known)
         if data["verdict"] == "error":
             stats.errors += 1
         runs.append(CheckRun(request_id=row.pk, ran_at=now, verdict=data["verdict"],
@@ -117,6 +165,9 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
                 comment="checks pass again; drift flag cleared",
                 parameters={"recovered": True}, created_at=now))
     CheckRun.objects.bulk_create(runs, batch_size=1000)
+    if adopted:  # a check added after approval: its first answer is the baseline
+        CheckResult.objects.bulk_create(adopted, batch_size=1000, ignore_conflicts=True)
+        stats.new_checks += len(adopted)
     RelayRequest.objects.filter(pk__in=pks).update(checks_ran_at=now)
     if newly_drifted:
         RelayRequest.objects.bulk_update(newly_drifted, ["drifted_at", "drift_detail"])

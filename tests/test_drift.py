@@ -7,7 +7,15 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from requests_app.checking import run_checks_for
+from requests_app.checks import Applies
+from requests_app.checks import CheckFamily
+from requests_app.checks import CheckResult as EngineResult
+from requests_app.checks import CheckStatus
+from requests_app.checks import register
+from requests_app.checks import unregister
 from requests_app.drift import recheck_active_entries
+from requests_app.models import CheckResult
 from requests_app.models import CheckRun
 from requests_app.models import Notification
 from requests_app.models import RelayRequest
@@ -172,3 +180,109 @@ def test_check_runs_keep_their_json_and_insert_as_values_rows(active):
                 RequestEvent(request=active, type=RequestEvent.Type.DRIFT, actor_name="system",
                              parameters=results) for _ in range(2)])
         assert "UNNEST" in plain.captured_queries[0]["sql"].upper()
+
+
+# --- checks added after approval (docs/dns-checks.md, "Drift and new checks") -----------
+
+
+def _record_baseline(req):
+    """The entry's approval-time results, as the check task records them."""
+    report = run_checks_for(req)
+    CheckResult.objects.bulk_create([
+        CheckResult(request=req, check_id=c["id"], subject=c["subject"], status=c["status"],
+                    detail=c["detail"], evidence=c["evidence"]) for c in report["checks"]])
+    return {c["id"] for c in report["checks"]}
+
+
+class NewCheck:
+    """A check registered after the entries were approved; its outcome set by the test."""
+
+    def __init__(self) -> None:
+        self.status = CheckStatus.FAIL
+        self.registered = False
+
+    def judge(self, _config, _plan, fqdn):
+        return EngineResult("probe", fqdn, self.status, f"probe says {self.status}")
+
+    def register(self) -> None:
+        register(CheckFamily("probe", Applies.FQDN, judge=self.judge))
+        self.registered = True
+
+
+@pytest.fixture
+def new_check():
+    check = NewCheck()
+    try:
+        yield check
+    finally:
+        if check.registered:
+            unregister("probe")
+
+
+def test_a_check_added_after_approval_is_not_drift_on_its_first_night(
+        dns, active, new_check, settings):
+    # given an entry approved with every check of its day, and a new check that fails
+    assert "probe" not in _record_baseline(active)
+    new_check.register()
+    settings.RELAY_DRIFT_SUSPEND_AFTER_HOURS = 0
+    # when the nightly recheck runs twice
+    first = recheck_active_entries()
+    second = recheck_active_entries()
+    # then nothing was flagged or suspended, the run holds the new result, and the first
+    # night's result became the entry's baseline for that check (an accepted failure)
+    assert (first.drifted, first.suspended, first.new_checks) == (0, 0, 1)
+    assert (second.drifted, second.suspended, second.new_checks) == (0, 0, 0)
+    active.refresh_from_db()
+    assert active.drifted_at is None and active.suspended_at is None
+    assert not RequestEvent.objects.filter(request=active, type="drift").exists()
+    run = CheckRun.objects.filter(request=active).order_by("pk").first()
+    assert run.drifted is False and run.verdict == "fail"
+    assert ("probe", "fail") in {(c["id"], c["status"]) for c in run.results}
+    adopted = CheckResult.objects.get(request=active, check_id="probe")
+    assert (adopted.subject, adopted.status) == ("app.example.org", "fail")
+
+
+def test_a_new_check_that_passed_when_adopted_is_drift_when_it_fails_later(
+        dns, active, new_check):
+    # given an approved entry that passes the new check on its first night
+    _record_baseline(active)
+    new_check.register()
+    new_check.status = CheckStatus.PASS
+    assert recheck_active_entries().drifted == 0
+    # when the new check fails on a later night
+    new_check.status = CheckStatus.FAIL
+    stats = recheck_active_entries()
+    # then that is drift, like any other check that passed before
+    assert (stats.drifted, stats.new_checks) == (1, 0)
+    active.refresh_from_db()
+    assert [c["id"] for c in active.drift_detail["checks"]] == ["probe"]
+
+
+def test_a_new_check_that_erred_stays_new_until_it_answers(dns, active, new_check):
+    # given an approved entry whose new check cannot answer on its first night
+    _record_baseline(active)
+    new_check.register()
+    new_check.status = CheckStatus.ERROR
+    first = recheck_active_entries()
+    # then nothing is adopted from an unanswered check ...
+    assert (first.drifted, first.new_checks) == (0, 0)
+    assert not CheckResult.objects.filter(request=active, check_id="probe").exists()
+    # ... and the first night it answers decides its baseline, still without a flag
+    new_check.status = CheckStatus.FAIL
+    second = recheck_active_entries()
+    assert (second.drifted, second.new_checks) == (0, 1)
+    assert CheckResult.objects.get(request=active, check_id="probe").status == "fail"
+    assert recheck_active_entries().drifted == 0
+
+
+def test_an_entry_without_recorded_results_compares_every_check_as_before(
+        dns, active, new_check):
+    # given an active entry with no approval-time results at all (no baseline to tell
+    # an old check from a new one)
+    assert not CheckResult.objects.filter(request=active).exists()
+    new_check.register()
+    # when the new check fails
+    stats = recheck_active_entries()
+    # then it is drift, as every failing check of such an entry always was
+    assert (stats.drifted, stats.new_checks) == (1, 0)
+    assert not CheckResult.objects.filter(request=active).exists()
