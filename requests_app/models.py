@@ -16,21 +16,29 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 from django_fsm import ConcurrentTransitionMixin
 from django_fsm import FSMField
 from django_fsm import transition
 
+from .actions import ACTIONS
+from .actions import Role
+from .checks import CheckStatus
 from .validators import validate_sender_domains
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from django.contrib.auth.models import AbstractBaseUser
 
 __all__ = [
     "APPROVERS_GROUP",
     "AUDITORS_GROUP",
     "CHECKED_FIELDS",
+    "CHECK_STATUS_CHOICES",
     "POLICY_REFUSED",
+    "ROLE_PERMISSIONS",
     "ApprovedSenderDomain",
     "CheckResult",
     "CheckRun",
@@ -54,6 +62,9 @@ __all__ = [
     "content_fingerprint",
     "is_approver",
     "is_auditor",
+    "permission_of",
+    "requesting_side",
+    "role_refusal",
 ]
 
 APPROVERS_GROUP = "approvers"
@@ -224,38 +235,80 @@ class RequestState(models.TextChoices):
     EXPIRED = "expired", _("Expired")
 
 
-class CheckStatus(models.TextChoices):
-    """One check's outcome. A verdict is the worst status seen, in the order
-    ``pass`` < ``warn`` < ``error`` < ``fail`` (``checks.worst_status``, the one
-    definition): a definite failure outranks a look-up that could not be answered.
-    The choices keep their historical order; it is not the ranking."""
-
-    PASS = "pass", _("pass")
-    WARN = "warn", _("warn")
-    FAIL = "fail", _("fail")
-    ERROR = "error", _("error")
+# The columns of check outcomes. ``CheckStatus`` is the check engine's (``checks``, no
+# Django) and so is the ranking of a verdict (``checks.worst_status``); the choices keep
+# the statuses' historical order, which is not the ranking.
+CHECK_STATUS_CHOICES = [(status.value, status.value) for status in CheckStatus]
 
 
-# --- permission functions: (instance, user) -> bool, used by django-fsm ---------------
+# --- roles: the one copy of who may act; the transitions' permissions derive from it ----
+
+
+def requesting_side(instance: RelayRequest, user: AbstractBaseUser) -> str:
+    """How ``user`` stands on the request's own side: ``"filed"`` (created or submitted
+    it), ``"team"`` (a member of its team), or ``""`` (neither).
+
+    Segregation of duties: nobody on that side decides the request or confirms its
+    directory change; another approver must.
+    """
+    if instance.created_by_id == user.pk or instance.submitted_by_id == user.pk:
+        return "filed"
+    return "team" if instance.is_team_member(user) else ""
+
+
+def role_refusal(role: Role, instance: RelayRequest, user: AbstractBaseUser,
+                 doing: str) -> str | None:
+    """Why ``user`` may not act on ``instance`` in ``role`` (``None``: they may).
+
+    ``doing`` completes "Only approvers can ..." ("request changes", "edit request #7").
+    The transitions' ``permission=`` functions (:data:`ROLE_PERMISSIONS`) and the
+    services' 403 messages both come from here, so the rule cannot differ between them.
+    """
+    if role is Role.REQUESTER:
+        if instance.is_team_member(user):
+            return None
+        return gettext("Only members of the owning team can %(doing)s.") % {"doing": doing}
+    if role is Role.INDEPENDENT_APPROVER:
+        if not is_approver(user):
+            return gettext("Only approvers can %(doing)s.") % {"doing": doing}
+        side = requesting_side(instance, user)
+        if side == "filed":
+            return gettext("Approvers cannot decide a request they filed themselves.")
+        if side == "team":
+            return gettext("Approvers cannot decide a request of a team they are a member of.")
+        return None
+    return gettext("Only the system can %(doing)s.") % {"doing": doing}
 
 
 def _is_requester(instance: RelayRequest, user: AbstractBaseUser) -> bool:
     """A member of the owning team acts for the team."""
-    return instance.is_team_member(user)
+    return role_refusal(Role.REQUESTER, instance, user, "") is None
 
 
 def _is_independent_approver(instance: RelayRequest, user: AbstractBaseUser) -> bool:
     """Segregation of duties: approvers never decide their own team's or own request."""
-    if not is_approver(user):
-        return False
-    if instance.created_by_id == user.pk or instance.submitted_by_id == user.pk:
-        return False
-    return not instance.is_team_member(user)
+    return role_refusal(Role.INDEPENDENT_APPROVER, instance, user, "") is None
 
 
 def _system_only(instance: RelayRequest, user: AbstractBaseUser) -> bool:
     """Transitions driven by tasks (check results, provisioning): no user may fire them."""
     return False
+
+
+# django-fsm's ``permission=`` (instance, user) -> bool, one function per role.
+ROLE_PERMISSIONS = {
+    Role.REQUESTER: _is_requester,
+    Role.INDEPENDENT_APPROVER: _is_independent_approver,
+    Role.SYSTEM: _system_only,
+}
+
+
+def permission_of(action: str) -> Callable[[RelayRequest, AbstractBaseUser], bool]:
+    """The ``permission=`` of a transition: the one of its declared role (``actions``).
+
+    A transition without a declaration fails here, when the model is loaded.
+    """
+    return ROLE_PERMISSIONS[ACTIONS[action].role]
 
 
 # --- conditions: pure, read only the instance -----------------------------------------
@@ -376,7 +429,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     activated_at = models.DateTimeField(_("active since"), null=True, blank=True)
     # check results, denormalised for the queue
     check_verdict = models.CharField(
-        _("check verdict"), max_length=5, choices=CheckStatus.choices, blank=True
+        _("check verdict"), max_length=5, choices=CHECK_STATUS_CHOICES, blank=True
     )
     check_summary = models.JSONField(_("check summary"), default=dict, blank=True)
     checks_ran_at = models.DateTimeField(_("checks ran at"), null=True, blank=True)
@@ -512,7 +565,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=[RequestState.DRAFT, RequestState.NEEDS_CHANGES],
         target=RequestState.CHECKING,
-        permission=_is_requester,
+        permission=permission_of("submit"),
     )
     def submit(self, by: AbstractBaseUser) -> None:
         self.submitted_by = by
@@ -525,7 +578,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=[RequestState.PENDING_APPROVAL, RequestState.NEEDS_CHANGES],
         target=RequestState.CHECKING,
-        permission=_is_independent_approver,
+        permission=permission_of("recheck"),
     )
     def recheck(self, by: AbstractBaseUser) -> None:
         self.override_reason = ""
@@ -536,7 +589,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.CHECKING,
         target=RequestState.PENDING_APPROVAL,
-        permission=_system_only,
+        permission=permission_of("checks_passed"),
     )
     def checks_passed(self) -> None:
         """Pass/warn, or error after the retries ran out: approvers decide with evidence."""
@@ -545,7 +598,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.CHECKING,
         target=RequestState.NEEDS_CHANGES,
-        permission=_system_only,
+        permission=permission_of("checks_failed"),
     )
     def checks_failed(self) -> None:
         """A definitive failure goes back to the requester with the reasons."""
@@ -554,7 +607,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=[RequestState.NEEDS_CHANGES, RequestState.PENDING_APPROVAL],
         target=RequestState.PENDING_APPROVAL,
-        permission=_is_independent_approver,
+        permission=permission_of("override_checks"),
         conditions=[checks_current, checks_policy_clear, checks_need_override],
     )
     def override_checks(self, by: AbstractBaseUser, reason: str) -> None:
@@ -564,7 +617,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.PENDING_APPROVAL,
         target=RequestState.PROVISIONING,
-        permission=_is_independent_approver,
+        permission=permission_of("approve"),
         conditions=[checks_current, checks_policy_clear, checks_allow_approval],
     )
     def approve(self, by: AbstractBaseUser, note: str = "") -> None:
@@ -576,7 +629,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.PENDING_APPROVAL,
         target=RequestState.NEEDS_CHANGES,
-        permission=_is_independent_approver,
+        permission=permission_of("request_changes"),
     )
     def request_changes(self, by: AbstractBaseUser, note: str = "") -> None:
         self.decision_note = note
@@ -585,7 +638,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=[RequestState.PENDING_APPROVAL, RequestState.PROVISIONING_FAILED],
         target=RequestState.REJECTED,
-        permission=_is_independent_approver,
+        permission=permission_of("reject"),
     )
     def reject(self, by: AbstractBaseUser, note: str = "") -> None:
         self.decided_by = by
@@ -601,7 +654,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
             RequestState.PENDING_APPROVAL,
         ],
         target=RequestState.WITHDRAWN,
-        permission=_is_requester,
+        permission=permission_of("withdraw"),
     )
     def withdraw(self, by: AbstractBaseUser) -> None:
         """Only the owning team withdraws."""
@@ -610,7 +663,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.PROVISIONING,
         target=RequestState.ACTIVE,
-        permission=_system_only,
+        permission=permission_of("activate"),
     )
     def activate(self) -> None:
         self.provision_error = ""
@@ -621,7 +674,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.PROVISIONING,
         target=RequestState.PROVISIONING_FAILED,
-        permission=_system_only,
+        permission=permission_of("provisioning_failed"),
     )
     def provisioning_failed(self) -> None:
         """Config builds left it out ``RELAY_PROVISION_MAX_ATTEMPTS`` times (the renderer
@@ -631,7 +684,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.PROVISIONING_FAILED,
         target=RequestState.PROVISIONING,
-        permission=_is_independent_approver,
+        permission=permission_of("retry_provisioning"),
     )
     def retry_provisioning(self, by: AbstractBaseUser, note: str = "") -> None:
         """Try again (after the renderer's rules or the data were fixed): attempts restart."""
@@ -642,7 +695,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.ACTIVE,
         target=RequestState.ACTIVE,
-        permission=_is_requester,
+        permission=permission_of("recertify"),
     )
     def recertify(self, by: AbstractBaseUser) -> None:
         """The owner confirms the entry is still needed and correct."""
@@ -652,7 +705,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.ACTIVE,
         target=RequestState.REVOKED,
-        permission=_system_only,
+        permission=permission_of("supersede"),
     )
     def supersede(self) -> None:
         """Replaced by an approved request that recertified it with changes."""
@@ -661,7 +714,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.ACTIVE,
         target=RequestState.REVOKED,
-        permission=_is_independent_approver,
+        permission=permission_of("revoke"),
     )
     def revoke(self, by: AbstractBaseUser, note: str = "") -> None:
         self.decided_by = by
@@ -672,7 +725,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         field=state,
         source=RequestState.ACTIVE,
         target=RequestState.EXPIRED,
-        permission=_system_only,
+        permission=permission_of("expire"),
     )
     def expire(self) -> None:
         """Recertification missed (lifecycle issue)."""
@@ -702,7 +755,7 @@ class CheckRun(models.Model):
         verbose_name=_("request"),
     )
     ran_at = models.DateTimeField(_("ran at"), default=timezone.now, db_index=True)
-    verdict = models.CharField(_("verdict"), max_length=5, choices=CheckStatus.choices)
+    verdict = models.CharField(_("verdict"), max_length=5, choices=CHECK_STATUS_CHOICES)
     drifted = models.BooleanField(_("drifted"), default=False)
     results = RowInsertJSONField(_("results"), default=list)
 
@@ -764,7 +817,7 @@ class CheckResult(TimeStampedModel):
     )
     check_id = models.CharField(_("check"), max_length=40)
     subject = models.CharField(_("subject"), max_length=300)
-    status = models.CharField(_("status"), max_length=5, choices=CheckStatus.choices)
+    status = models.CharField(_("status"), max_length=5, choices=CHECK_STATUS_CHOICES)
     detail = models.TextField(_("detail"), blank=True)
     evidence = models.JSONField(_("evidence"), default=dict, blank=True)
 

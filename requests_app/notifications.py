@@ -25,7 +25,10 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
+from .actions import ACTIONS
+from .actions import Audience
 from .models import APPROVERS_GROUP
+from .models import CheckStatus
 from .models import Notification
 from .models import RelayRequest
 from .models import RequestEvent
@@ -46,19 +49,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# trigger (service action) -> (template kind, audience)
-KINDS_BY_TRIGGER: dict[str, tuple[str, str]] = {
-    "submit": ("submitted", "approvers"),
-    "checks_failed": ("checks_failed", "owners"),
-    "request_changes": ("changes_requested", "owners"),
-    "approve": ("approved", "owners"),
-    "reject": ("rejected", "owners"),
-    "revoke": ("revoked", "owners"),
-    "checks_error": ("checks_error", "approvers"),
-    "handover": ("handover", "owners"),
-    "expire": ("expired", "owners"),
-    # the owners wait for it and only approvers can retry or reject: both are told
-    "provisioning_failed": ("provisioning_failed", "owners+approvers"),
+# trigger -> (template kind, audience): each transition's declared notice (actions.py),
+# plus the two triggers that are not transitions.
+KINDS_BY_TRIGGER: dict[str, tuple[str, Audience]] = {
+    **{name: (a.notice.kind, a.notice.audience) for name, a in ACTIONS.items() if a.notice},
+    # checks_passed with an ``error`` verdict: the checks could not run, approvers decide
+    "checks_error": ("checks_error", Audience.APPROVERS),
+    "handover": ("handover", Audience.OWNERS),  # not a state change, but audited
 }
 
 
@@ -96,15 +93,15 @@ def notification_enqueue(
     ``extra_context`` adds facts the event does not hold (the config version that no
     longer has a revoked entry).
     """
-    if trigger == "checks_passed" and request.check_verdict == "error":
+    if trigger == "checks_passed" and request.check_verdict == CheckStatus.ERROR:
         trigger = "checks_error"
     spec = KINDS_BY_TRIGGER.get(trigger)
     if spec is None:
         return None
     kind, audience = spec
-    if audience == "approvers":
+    if audience is Audience.APPROVERS:
         recipients = approver_emails()
-    elif audience == "owners+approvers":
+    elif audience is Audience.OWNERS_AND_APPROVERS:
         recipients = sorted({*owner_recipients(request), *approver_emails()})
     else:
         recipients = owner_recipients(request)
@@ -126,7 +123,7 @@ def notification_enqueue(
         "failing_checks": [
             {"check_id": c.check_id, "subject": c.subject, "status": c.status,
              "detail": c.detail}
-            for c in request.checks.filter(status__in=("fail", "error"))
+            for c in request.checks.filter(status__in=(CheckStatus.FAIL, CheckStatus.ERROR))
         ] if kind in ("checks_failed", "checks_error") else [],
         **(extra_context or {}),
     }

@@ -34,6 +34,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
 from . import events
+from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
 from .models import Notification
@@ -63,7 +64,7 @@ IN_CONFIG_STATES = (RequestState.ACTIVE, RequestState.PROVISIONING)
 # Entries that left the relay config for good; their owners are told once a version
 # without them exists (the build that removes them writes the mail).
 REMOVED_STATES = (RequestState.REVOKED, RequestState.EXPIRED)
-REMOVAL_TRIGGERS = ("revoke", "expire")
+REMOVAL_TRIGGERS = tuple(AFTER_REMOVAL)  # revoke, expire (declared in actions.py)
 # How far before the newest version a removal is still looked at. A removal's
 # ``updated_at`` is taken before its transaction commits, and web and worker hosts'
 # clocks may disagree: the margin covers both, at the cost of re-reading a few rows.
@@ -307,7 +308,8 @@ def _removals_to_announce(
     Only removals around or after the newest version can still be unannounced (every
     build announces what it removes), which keeps this to a handful of rows.
     """
-    told = Notification.objects.filter(request=OuterRef("pk"), kind__in=("revoked", "expired"))
+    told = Notification.objects.filter(request=OuterRef("pk"),
+                                       kind__in=tuple(AFTER_REMOVAL.values()))
     candidates = RelayRequest.objects.filter(state__in=REMOVED_STATES).exclude(Exists(told))
     if previous is not None:
         candidates = candidates.filter(updated_at__gte=previous.created_at - REMOVAL_LOOKBACK)

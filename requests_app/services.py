@@ -9,9 +9,7 @@ call these functions; none touches ``state`` directly.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from typing import Any
@@ -28,6 +26,10 @@ from django_fsm import has_transition_perm
 from kombu.exceptions import OperationalError
 
 from . import events
+from .actions import ACTIONS
+from .actions import USER_ACTIONS
+from .actions import Action
+from .actions import Role
 from .checks import worst_status
 from .models import CHECKED_FIELDS
 from .models import POLICY_REFUSED
@@ -42,7 +44,8 @@ from .models import Team
 from .models import checks_current
 from .models import checks_policy_clear
 from .models import content_fingerprint
-from .models import is_approver
+from .models import role_refusal
+from .rules import TEAM_RE
 from .validators import validate_free_text
 from .validators import validate_request
 
@@ -51,7 +54,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EDITABLE_FIELDS",
-    "USER_ACTIONS",
     "ActionConflict",
     "directory_sync",
     "dispatch_on_commit",
@@ -94,28 +96,6 @@ class ActionConflict(Exception):
     """
 
 
-@dataclass(frozen=True)
-class _Action:
-    name: str
-    role: str  # "requester" | "approver"
-    needs_comment: bool = False
-
-
-USER_ACTIONS: dict[str, _Action] = {
-    "submit": _Action("submit", "requester"),
-    "withdraw": _Action("withdraw", "requester"),
-    "approve": _Action("approve", "approver"),
-    "reject": _Action("reject", "approver", needs_comment=True),
-    "request_changes": _Action("request_changes", "approver", needs_comment=True),
-    "revoke": _Action("revoke", "approver", needs_comment=True),
-    "recheck": _Action("recheck", "approver"),
-    "override_checks": _Action("override_checks", "approver", needs_comment=True),
-    "recertify": _Action("recertify", "requester"),
-    "retry_provisioning": _Action("retry_provisioning", "approver"),
-}
-
-
-TEAM_SLUG_RE = re.compile(r"[-a-zA-Z0-9_]{1,50}")
 
 
 def _valid_comment(comment: str) -> str:
@@ -159,24 +139,17 @@ def _locked(request_id: int) -> RelayRequest:
     return RelayRequest.objects.select_for_update().select_related("team").get(pk=request_id)
 
 
-def _check_role(request: RelayRequest, action: _Action, user: AbstractBaseUser) -> None:
-    if action.role == "requester":
-        if not request.is_team_member(user):
-            raise PermissionDenied(_("Only members of the owning team can %(action)s it.")
-                                   % {"action": action.name.replace("_", " ")})
-        return
-    if not is_approver(user):
-        raise PermissionDenied(_("Only approvers can %(action)s a request.")
-                               % {"action": action.name.replace("_", " ")})
-    if request.created_by_id == user.pk or request.submitted_by_id == user.pk:
-        raise PermissionDenied(_("Approvers cannot decide a request they filed themselves."))
-    if request.is_team_member(user):
-        raise PermissionDenied(
-            _("Approvers cannot decide a request of a team they are a member of.")
-        )
+def _require_role(role: Role, request: RelayRequest, user: AbstractBaseUser,
+                  doing: str) -> None:
+    """403 unless ``user`` may act in ``role``; the rule and its words are the model's
+    (``models.role_refusal``), the same the transitions' permissions use."""
+    refusal = role_refusal(role, request, user, doing)
+    if refusal is not None:
+        raise PermissionDenied(refusal)
 
 
-def _conflict_message(request: RelayRequest, action: str) -> str:
+def _conflict_message(request: RelayRequest, spec: Action) -> str:
+    action = spec.name
     decides_on_checks = (
         (action == "approve" and request.state == RequestState.PENDING_APPROVAL)
         or (action == "override_checks" and request.state in (
@@ -187,7 +160,7 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
             "The check results are stale: they were not computed on the request's current "
             "content (it was edited since, or no checks ran on it). The checks must be "
             "re-run (recheck) before it can be %(action)s."
-        ) % {"action": "approved" if action == "approve" else "overridden"}
+        ) % {"action": spec.past}
     if decides_on_checks and not checks_policy_clear(request):
         return _(
             "The address policy refuses %(addresses)s: this cannot be overridden or "
@@ -197,7 +170,8 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
         return _(
             "Checks ended with '%(verdict)s': override them with a written reason first."
         ) % {"verdict": request.check_verdict or "none"}
-    if action == "override_checks" and request.check_verdict not in ("fail", "error"):
+    if action == "override_checks" and request.check_verdict not in (
+            CheckStatus.FAIL, CheckStatus.ERROR):
         return _("There is no failed check to override.")
     if action == "retry_provisioning":
         return _("Only a request whose provisioning failed can be retried; this one is "
@@ -215,7 +189,7 @@ def _conflict_message(request: RelayRequest, action: str) -> str:
         }
     return _("A request in state '%(state)s' cannot be %(action)s.") % {
         "state": request.get_state_display().lower(),
-        "action": action.replace("_", " ") + ("d" if action.endswith("e") else "ed"),
+        "action": spec.past,
     }
 
 
@@ -239,19 +213,21 @@ def request_act(
         raise ValidationError({"action": [_("Unknown action '%s'.") % action]})
     comment = _valid_comment(comment)
     request = _locked(request_id)
-    _check_role(request, spec, by)
+    # The role first, whatever the state: who may not act learns that, not the state.
+    _require_role(spec.role, request, by, spec.verb)
     if spec.needs_comment and not comment:
-        what = _("reason") if action == "override_checks" else _("comment")
         raise ValidationError(
             {"comment": [_("A written %(what)s is required to %(action)s.")
-                         % {"what": what, "action": action.replace("_", " ")}]},
+                         % {"what": spec.comment_noun, "action": spec.verb}]},
             code="required",
         )
     method: Callable[..., None] = getattr(request, action)
     if not can_proceed(method):
-        raise ActionConflict(_conflict_message(request, action))
-    if not has_transition_perm(method, by):  # defence in depth: the model's own rule
-        raise PermissionDenied(_("You may not %(action)s this request.") % {"action": action})
+        raise ActionConflict(_conflict_message(request, spec))
+    # The transition's own permission: derived from the same declaration and rule, it
+    # holds even for a caller that skipped the check above.
+    if not has_transition_perm(method, by):
+        raise PermissionDenied(_("You may not %(action)s this request.") % {"action": spec.verb})
     from_state = request.state
     overridden: list[dict[str, str]] = []
     if action == "override_checks":
@@ -260,11 +236,7 @@ def request_act(
                 "check_id", "subject", "status"
             )
         )
-        method(by=by, reason=comment)
-    elif action in ("submit", "withdraw", "recheck", "recertify"):
-        method(by=by)
-    else:
-        method(by=by, note=comment)
+    method(by=by, **({spec.comment_arg: comment} if spec.comment_arg else {}))
     request.full_clean(exclude=["state"])  # protected FSM field: set only by transitions
     try:
         request.save()
@@ -304,12 +276,12 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
         dispatch_on_commit("rebuild_relay_config")
     directory_sync(request, action)
     from . import notifications
-    from .relay import REMOVAL_TRIGGERS
 
     # "Revoked"/"expired" would be untrue until a config version without the entry
     # exists: the build that leaves it out writes that mail (relay.relay_config_rebuild),
     # and the sweep makes sure such a build happens even if the dispatch above is lost.
-    if action not in REMOVAL_TRIGGERS:
+    notice = ACTIONS[action].notice
+    if notice is not None and not notice.after_removal:
         notifications.notification_enqueue(request=request, trigger=action, event=event)
 
 
@@ -453,8 +425,7 @@ def request_update(
     until then neither approve nor override can act on it.
     """
     request = _locked(request_id)
-    if not request.is_team_member(by):
-        raise PermissionDenied(_("Only members of the owning team can edit this request."))
+    _require_role(Role.REQUESTER, request, by, _("edit this request"))
     if request.state not in EDITABLE_STATES:
         raise ActionConflict(
             _("A request in state '%(state)s' cannot be edited.")
@@ -585,7 +556,7 @@ def request_record_checks(
     action = "checks_failed" if verdict == CheckStatus.FAIL else "checks_passed"
     getattr(request, action)()
     request.save()
-    failing = [c for c in checks if c["status"] in ("fail", "error")]
+    failing = [c for c in checks if c["status"] in (CheckStatus.FAIL, CheckStatus.ERROR)]
     comment = "; ".join(f"{c['id']}({c['subject']}): {c.get('detail', '')}" for c in failing)
     event = events.request_transition_event(
         request, action=action, from_state=from_state, actor=None, comment=comment[:2000]
@@ -634,10 +605,9 @@ def request_handover(
     entry is the one to hand over.
     """
     request = _locked(request_id)
-    if not request.is_team_member(by):
-        raise PermissionDenied(_("Only members of the owning team can hand this entry over."))
+    _require_role(Role.REQUESTER, request, by, _("hand over this entry"))
     slug = to_team.slug if isinstance(to_team, Team) else str(to_team)
-    if not TEAM_SLUG_RE.fullmatch(slug):
+    if not TEAM_RE.fullmatch(slug):
         raise ValidationError({"team": [_("Name the team by its slug: letters, digits, '-' "
                                           "or '_', at most 50 characters.")]},
                               code="invalid_team")
@@ -699,8 +669,7 @@ def request_renew(
     active it supersedes the entry it replaces (if that one is still active).
     """
     original = _locked(request_id)
-    if not original.is_team_member(by):
-        raise PermissionDenied(_("Only members of the owning team can renew this entry."))
+    _require_role(Role.REQUESTER, original, by, _("renew this entry"))
     if original.state not in RENEWABLE_STATES:
         raise ActionConflict(
             _("Only active, expired or revoked entries can be renewed; this one is %(state)s.")

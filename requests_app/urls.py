@@ -4,7 +4,7 @@ from django.urls import path
 
 from . import directory_views
 from . import views
-from .services import USER_ACTIONS
+from .actions import USER_ACTIONS
 
 app_name = "requests"
 

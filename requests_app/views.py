@@ -28,15 +28,19 @@ from django.views.generic import ListView
 from . import params
 from . import selectors
 from . import services
+from .actions import USER_ACTIONS
+from .actions import Role
 from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
 from .models import CheckStatus
+from .models import Notification
 from .models import RelayRequest
 from .models import RequestKind
 from .models import RequestState
 from .models import Team
+from .models import role_refusal
 
 __all__ = [
     "QueueView",
@@ -112,7 +116,7 @@ class QueueView(LoginRequiredMixin, StrictPageMixin, ListView):
         # which only normalises values known to be valid and renders the filter bar.
         params.query_choice(get, "kind", RequestKind.values)
         params.query_choice(get, "state", RequestState.values)
-        params.query_choice(get, "verdict", CheckStatus.values)
+        params.query_choice(get, "verdict", CheckStatus)
         params.query_text(get, "team", max_length=50)
         params.query_text(get, "q", max_length=200)
         params.query_flag(get, "drifted")
@@ -197,11 +201,10 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     obj = selectors.request_get_for_user(request.user, pk)
     from .snippets import snippets_for
 
+    # The buttons: the declared actions (actions.py) this user may fire now.
     actions = [
-        (t.name, ACTION_LABELS.get(t.name, t.name.replace("_", " ").capitalize()),
-         services.USER_ACTIONS[t.name].needs_comment or t.name == "approve")
-        for t in obj.get_available_user_state_transitions(request.user)
-        if t.name in services.USER_ACTIONS
+        USER_ACTIONS[t.name] for t in obj.get_available_user_state_transitions(request.user)
+        if t.name in USER_ACTIONS
     ]
     context = {
         "obj": obj,
@@ -213,22 +216,24 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "provision_max_attempts": settings.RELAY_PROVISION_MAX_ATTEMPTS,
         "decision_form": DecisionForm(),
         "can_edit": obj.state in services.EDITABLE_STATES and obj.is_team_member(request.user),
-        "snippets": snippets_for(obj) if obj.state in ("provisioning", "active") else [],
+        "snippets": snippets_for(obj)
+        if obj.state in (RequestState.PROVISIONING, RequestState.ACTIVE) else [],
         "is_owner": obj.is_team_member(request.user),
         # Why mail waits (SMTP down, retrying): visible to the people who can see the request.
-        "waiting_mail": list(obj.notifications.exclude(status="sent").only(
+        "waiting_mail": list(obj.notifications.exclude(status=Notification.Status.SENT).only(
             "kind", "status", "attempts", "last_error", "created_at")),
         "can_renew": obj.state in services.RENEWABLE_STATES and obj.is_team_member(request.user),
-        "can_hand_over": obj.state == "active" and obj.is_team_member(request.user),
+        "can_hand_over": obj.state == RequestState.ACTIVE and obj.is_team_member(request.user),
         # Suggestions for the handover field: only the user's own other teams, never the
         # list of every team (team slugs are not shown to people outside those teams).
         "other_teams": selectors.team_list_for_user(request.user).exclude(
-            pk=obj.team_id).values_list("slug", flat=True) if obj.state == "active" else [],
+            pk=obj.team_id).values_list("slug", flat=True)
+        if obj.state == RequestState.ACTIVE else [],
         # An account logs in only once it is in the relay-allow group: show where the
         # latest group change stands, so "active" with a pending change is not a mystery.
         "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
             "action", "status", "attempts", "last_error", "done_at", "done_by").first()
-        if obj.kind == "account" else None,
+        if obj.kind == RequestKind.ACCOUNT else None,
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 
@@ -237,10 +242,9 @@ def _owned_or_403(request: HttpRequest, pk: int, what: str) -> RelayRequest:
     """The request for a page that changes it: 404 if the user cannot see it, 403 if
     they can (approvers, auditors) but are not in the owning team."""
     obj = selectors.request_get_for_user(request.user, pk)
-    if not obj.is_team_member(request.user):
-        raise PermissionDenied(
-            f"Only members of the owning team can {what} request #{obj.pk}."
-        )
+    refusal = role_refusal(Role.REQUESTER, obj, request.user, f"{what} request #{obj.pk}")
+    if refusal is not None:
+        raise PermissionDenied(refusal)
     return obj
 
 
@@ -303,7 +307,7 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     except (PermissionDenied, services.ActionConflict) as exc:
         messages.error(request, _error_text(exc))
     else:
-        messages.success(request, f"Request #{obj.pk}: {action.replace('_', ' ')} done.")
+        messages.success(request, USER_ACTIONS[action].done_message(obj.pk))
     return redirect(obj)
 
 
@@ -340,20 +344,6 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     if request.path.startswith("/api/"):
         return JsonResponse({name: [message]}, status=400)
     return render(request, "400.html", {"message": message}, status=400)
-
-
-ACTION_LABELS = {
-    "submit": "Submit",
-    "withdraw": "Withdraw",
-    "approve": "Approve",
-    "reject": "Reject",
-    "request_changes": "Ask for changes",
-    "revoke": "Revoke",
-    "recheck": "Re-run checks",
-    "recertify": "Recertify (still needed, unchanged)",
-    "override_checks": "Override failed checks",
-    "retry_provisioning": "Retry provisioning",
-}
 
 
 @login_required

@@ -194,7 +194,7 @@ def test_approver_filters_the_queue_and_approves_with_a_comment(
     approve.get_by_role("button", name="Approve").click()
 
     page.wait_for_load_state()
-    expect_text(page, "[role=status]", f"Request #{mine.pk}: approve done.")
+    expect_text(page, "[role=status]", f"Request #{mine.pk} approved.")
     # Provisioning runs on commit (eager Celery): the relay config is built at once.
     expect_text(page, "h1", "Active")
     approval = page.locator("section.timeline li", has_text="approve (")

@@ -22,6 +22,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from .. import selectors
 from .. import services
+from ..actions import USER_ACTIONS
 from ..models import CheckResult
 from ..models import RelayRequest
 from ..models import RequestKind
@@ -188,13 +189,15 @@ def _make_action(name: str) -> Any:
     def handler(self: RelayRequestViewSet, request: Request, pk: str | None = None) -> Response:
         return self._act(request, pk, name)
 
+    spec = USER_ACTIONS[name]
     handler.__name__ = name
-    handler.__doc__ = f"Lifecycle action `{name}`: 403 for a wrong role, 409 for a wrong state."
+    handler.__doc__ = (f"{spec.label} (lifecycle action `{name}`, by the {spec.role}; comment "
+                       f"{spec.comment}): 403 for a wrong role, 409 for a wrong state.")
     handler = extend_schema(request=ActionSerializer, responses=RelayRequestSerializer)(handler)
     return action(detail=True, methods=["post"], url_path=name, url_name=name)(handler)
 
 
-for _name in services.USER_ACTIONS:
+for _name in USER_ACTIONS:
     setattr(RelayRequestViewSet, _name, _make_action(_name))
 
 

@@ -1,0 +1,179 @@
+"""What can be done to a relay request: one declaration per transition of its state machine.
+
+Each :class:`Action` says who may fire the transition (its :class:`Role`), the label of
+its button, the past tense its messages use, whether it takes a written comment, and the
+mail it sends. Everything else is derived from this table, so a rule about an action is
+written here and nowhere else:
+
+* the transitions' ``permission=`` functions (``models.permission_of``) and the
+  services' 403 messages (``models.role_refusal``) come from the role;
+* the web and API action endpoints and the ``request_act`` service accept exactly the
+  actions a person may fire (:data:`USER_ACTIONS`);
+* the request page's buttons and comment boxes, the flash messages ("Request #7
+  withdrawn.") and the 409 messages ("cannot be sent back for changes") come from the
+  label, the comment rule and the past tense;
+* ``notifications.KINDS_BY_TRIGGER`` comes from the notices.
+
+No Django imports and no imports from the app: every layer may read it.
+``tests/test_actions.py`` walks the state machine and fails on a transition without
+exactly one declaration here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = [
+    "ACTIONS",
+    "AFTER_REMOVAL",
+    "USER_ACTIONS",
+    "Action",
+    "Audience",
+    "Comment",
+    "Notice",
+    "Role",
+]
+
+
+class Role(enum.StrEnum):
+    """Who may fire a transition (the rules themselves: ``models.role_refusal``)."""
+
+    REQUESTER = "requester"  # a member of the owning team
+    INDEPENDENT_APPROVER = "independent approver"  # an approver not on the request's side
+    SYSTEM = "system"  # tasks only (checks, provisioning, expiry): no person may fire it
+
+
+class Comment(enum.StrEnum):
+    """Whether the request page shows a text box for the action, and whether it must be filled."""
+
+    NONE = "none"  # no box (an API caller's comment still goes to the audit trail)
+    OPTIONAL = "optional"
+    REQUIRED = "required"  # refused with a 400 naming the field when empty
+
+
+class Audience(enum.StrEnum):
+    """Who receives a notice (the addresses: ``notifications.notification_enqueue``)."""
+
+    OWNERS = "owners"
+    APPROVERS = "approvers"
+    OWNERS_AND_APPROVERS = "owners+approvers"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """The mail an action sends: its template (``emails/<kind>_*``) and audience.
+
+    ``after_removal``: the mail would be untrue until a relay config version without
+    the entry exists, so the config build that leaves the entry out writes it
+    (``relay.relay_config_rebuild``), not the transition.
+    """
+
+    kind: str
+    audience: Audience
+    after_removal: bool = False
+
+
+@dataclass(frozen=True)
+class Action:
+    """One transition of ``RelayRequest``, as people and mail see it."""
+
+    name: str  # the transition method
+    role: Role
+    past: str  # reads after "Request #7 ..." and "cannot be ...": "sent back for changes"
+    label: str = ""  # the button; only actions a person fires have one
+    comment: Comment = Comment.NONE
+    # The transition's keyword argument that receives the comment ("note", "reason"),
+    # empty when the transition keeps none (the comment is still in the audit event).
+    comment_arg: str = ""
+    comment_noun: str = "comment"  # "A written reason is required to override checks."
+    comment_label: str = "Comment"  # the text box's label on the request page
+    notice: Notice | None = None
+
+    @property
+    def verb(self) -> str:
+        """The action inside a sentence: "Only approvers can request changes a request."
+
+        Kept as the name spelt out, which is what the 403 and 400 messages always said.
+        """
+        return self.name.replace("_", " ")
+
+    @property
+    def by_user(self) -> bool:
+        return self.role is not Role.SYSTEM
+
+    @property
+    def shows_comment(self) -> bool:
+        return self.comment is not Comment.NONE
+
+    @property
+    def needs_comment(self) -> bool:
+        return self.comment is Comment.REQUIRED
+
+    @property
+    def comment_box_label(self) -> str:
+        return f"{self.comment_label} (required)" if self.needs_comment else self.comment_label
+
+    def done_message(self, request_id: int) -> str:
+        """The flash message after a person fired it: "Request #7 withdrawn."."""
+        return f"Request #{request_id} {self.past}."
+
+
+def _index(*actions: Action) -> dict[str, Action]:
+    """The table by transition name; a name declared twice is an error at import."""
+    table: dict[str, Action] = {}
+    for action in actions:
+        if action.name in table:
+            raise ValueError(f"action {action.name!r} is declared twice")
+        table[action.name] = action
+    return table
+
+
+_PERSON, _APPROVER, _SYSTEM = Role.REQUESTER, Role.INDEPENDENT_APPROVER, Role.SYSTEM
+
+# In the order the request page shows their buttons; the system's transitions last.
+ACTIONS: dict[str, Action] = _index(
+    Action("submit", role=_PERSON, past="submitted", label="Submit",
+           notice=Notice("submitted", Audience.APPROVERS)),
+    Action("withdraw", role=_PERSON, past="withdrawn", label="Withdraw"),
+    Action("approve", role=_APPROVER, past="approved", label="Approve",
+           comment=Comment.OPTIONAL, comment_arg="note",
+           notice=Notice("approved", Audience.OWNERS)),
+    Action("reject", role=_APPROVER, past="rejected", label="Reject",
+           comment=Comment.REQUIRED, comment_arg="note",
+           notice=Notice("rejected", Audience.OWNERS)),
+    Action("request_changes", role=_APPROVER, past="sent back for changes",
+           label="Ask for changes", comment=Comment.REQUIRED, comment_arg="note",
+           notice=Notice("changes_requested", Audience.OWNERS)),
+    Action("revoke", role=_APPROVER, past="revoked", label="Revoke",
+           comment=Comment.REQUIRED, comment_arg="note",
+           notice=Notice("revoked", Audience.OWNERS, after_removal=True)),
+    Action("recheck", role=_APPROVER, past="sent to the checks again", label="Re-run checks"),
+    Action("override_checks", role=_APPROVER, past="overridden",
+           label="Override failed checks", comment=Comment.REQUIRED, comment_arg="reason",
+           comment_noun="reason", comment_label="Reason for overriding the failed checks"),
+    Action("recertify", role=_PERSON, past="recertified",
+           label="Recertify (still needed, unchanged)"),
+    # No text box; an API caller's comment goes to the note and the audit trail.
+    Action("retry_provisioning", role=_APPROVER, past="sent to provisioning again",
+           label="Retry provisioning", comment_arg="note"),
+    Action("checks_passed", role=_SYSTEM, past="passed on to approvers"),
+    Action("checks_failed", role=_SYSTEM, past="sent back by its checks",
+           notice=Notice("checks_failed", Audience.OWNERS)),
+    Action("activate", role=_SYSTEM, past="activated"),
+    # the owners wait for it and only approvers can retry or reject: both are told
+    Action("provisioning_failed", role=_SYSTEM, past="marked as failed to provision",
+           notice=Notice("provisioning_failed", Audience.OWNERS_AND_APPROVERS)),
+    Action("supersede", role=_SYSTEM, past="superseded"),
+    Action("expire", role=_SYSTEM, past="expired",
+           notice=Notice("expired", Audience.OWNERS, after_removal=True)),
+)
+
+# What a person may ask for (the web and API endpoints, ``services.request_act``).
+USER_ACTIONS: dict[str, Action] = {n: a for n, a in ACTIONS.items() if a.by_user}
+
+
+# The notices the relay config build that leaves the entry out sends (action -> mail kind).
+AFTER_REMOVAL: dict[str, str] = {
+    n: a.notice.kind for n, a in ACTIONS.items() if a.notice is not None and a.notice.after_removal
+}
