@@ -9,7 +9,7 @@ definitive answer (the request fails), an unanswered query is not (the check is 
 
 :class:`DnsClient` is the fast path for many concurrent look-ups (the check engine, the
 benchmark): dnspython's asyncio resolver opens a socket and builds full message objects
-per query, which costs ~0.7 ms of CPU per query on a small VM; the client keeps one UDP
+per query, a CPU cost that capped a batch (docs/dns-checks.md); the client keeps one UDP
 socket per server, matches replies by ID and question, decodes only the record types
 the checks read (falling back to dnspython for TCP and any other type), and runs each
 look-up from socket callbacks rather than as a task.
@@ -174,8 +174,9 @@ def to_text_name(name: dns.name.Name | str) -> str:
 def reverse_name(address: str) -> str:
     """``in-addr.arpa``/``ip6.arpa`` name of an address, normalised.
 
-    Computed here rather than with ``dns.reversename``, which costs ~0.25 ms per call;
-    memoised because a run asks it twice per address (asked ahead, then checked).
+    Computed here rather than with ``dns.reversename``, which builds dnspython names and
+    is several times slower; memoised because a run asks it twice per address (asked
+    ahead, then checked).
     """
     ip = ipaddress.ip_address(address)
     if ip.version == 4:
@@ -434,8 +435,8 @@ class DnsClient:
 
     Why callbacks: :meth:`query` returns a future that the socket's reply callback
     completes, with no task or coroutine per look-up. Once answers are quick a batch is
-    CPU-bound; a task per look-up (created, scheduled, woken, finished) was 8% of the
-    engine's instructions under callgrind (2.73 -> 2.51 million per request).
+    CPU-bound, and a task per look-up (created, scheduled, woken, finished) was a
+    measurable share of the engine's instructions (docs/dns-checks.md).
     """
 
     def __init__(self, resolver: dns.asyncresolver.Resolver, *, max_in_flight: int = 100):
