@@ -1,7 +1,7 @@
 """The allowed forms of every value that travels from intake to the relay's maps.
 
 One definition, no Django imports: the web forms, the API serializers and the admin
-(through ``validators.py`` and ``model.clean()``), the DNS check engine (``checks.py``)
+(through ``validators.py`` and ``model.clean()``), the DNS check engine (``checks/``)
 and the Postfix renderer (``postfix.py``) all call these functions, so a value the
 intake accepts is one the renderer writes, and a value the renderer refuses is one the
 intake never stores. ``docs/relay-config.md`` ("Allowed forms") lists the rules and why.
