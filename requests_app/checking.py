@@ -12,8 +12,8 @@ from django.conf import settings
 from .checks import CheckConfig
 from .checks import CheckSpec
 from .checks import run_checks_sync
+from .kinds import KINDS
 from .models import ApprovedSenderDomain
-from .models import RequestKind
 from .rules import normalise_fqdn
 
 log = logging.getLogger(__name__)
@@ -74,10 +74,12 @@ def sender_domains_of(request: CheckedFields) -> tuple[str, ...]:
 
 
 def spec_for(request: CheckedFields) -> CheckSpec:
-    server = request.kind == RequestKind.SERVER
+    """What the engine checks for a request: its kind says whether the host checks apply."""
+    kind = KINDS.get(request.kind)
+    host = kind is not None and kind.host_checks
     return CheckSpec(
-        fqdn=request.fqdn if server else None,
-        addresses=tuple(request.ipv6) + tuple(request.ipv4) if server else (),
+        fqdn=request.fqdn if host else None,
+        addresses=tuple(request.ipv6) + tuple(request.ipv4) if host else (),
         sender_domains=sender_domains_of(request),
         dkim_selector=request.dkim_selector or None,
     )

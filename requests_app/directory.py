@@ -43,10 +43,10 @@ from ldap3.utils.dn import escape_rdn
 from ldap3.utils.dn import parse_dn
 
 from . import events
+from .kinds import logs_in
 from .models import DirectoryChange
 from .models import RelayRequest
 from .models import RequestEvent
-from .models import RequestKind
 from .models import RequestState
 from .models import is_approver
 from .validators import validate_account_name
@@ -241,7 +241,7 @@ def _other_live_holder(request: RelayRequest) -> RelayRequest | None:
     """
     return (
         RelayRequest.objects.filter(
-            kind=RequestKind.ACCOUNT, account_name=request.account_name, state__in=LIVE_STATES
+            kind=request.kind, account_name=request.account_name, state__in=LIVE_STATES
         )
         .exclude(pk=request.pk)
         .order_by("pk")
@@ -270,7 +270,7 @@ def directory_change_enqueue(*, request: RelayRequest, action: str) -> Directory
     directory; the relay refuses the login, which is the safe side) instead of rolling
     back the approver's decision.
     """
-    if request.kind != RequestKind.ACCOUNT:
+    if not logs_in(request.kind):
         raise ValueError(f"request #{request.pk} is not a functional-account request")
     if action not in DirectoryChange.Action.values:
         raise ValueError(f"unknown directory action {action!r}")

@@ -172,12 +172,17 @@ class AccountRequestForm(_RequestForm):
         return validate_account_name(self.cleaned_data["account_name"])
 
 
+#: Each kind's form (its fields are the kind's ``fields`` in ``kinds.py`` plus the common ones).
+_FORMS: dict[str, type[_RequestForm]] = {
+    form.kind: form for form in (ServerRequestForm, AccountRequestForm)
+}
+
+
 def form_class_for(kind: str) -> type[_RequestForm]:
-    if kind == RequestKind.SERVER:
-        return ServerRequestForm
-    if kind == RequestKind.ACCOUNT:
-        return AccountRequestForm
-    raise ValidationError(_("Unknown request kind."), code="invalid_kind")
+    form = _FORMS.get(kind) if isinstance(kind, str) else None
+    if form is None:
+        raise ValidationError(_("Unknown request kind."), code="invalid_kind")
+    return form
 
 
 def initial_for(request: RelayRequest) -> dict[str, Any]:

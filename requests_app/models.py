@@ -25,6 +25,8 @@ from django_fsm import transition
 from .actions import ACTIONS
 from .actions import Role
 from .checks import CheckStatus
+from .kinds import KINDS
+from .kinds import KindSpec
 from .validators import validate_sender_domains
 
 if TYPE_CHECKING:
@@ -535,9 +537,16 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         return reverse("requests:detail", kwargs={"pk": self.pk})
 
     @property
+    def kind_spec(self) -> KindSpec | None:
+        """What this request's kind is (``kinds.py``); None for a kind no spec declares."""
+        return KINDS.get(self.kind)
+
+    @property
     def subject(self) -> str:
-        """What the request is about, as shown in lists and mail subjects."""
-        return self.fqdn if self.kind == RequestKind.SERVER else self.account_name
+        """What the request is about, as shown in lists and mail subjects (its kind's
+        ``subject_field``)."""
+        spec = KINDS.get(self.kind)
+        return getattr(self, spec.subject_field) if spec else ""
 
     @property
     def addresses(self) -> list[str]:

@@ -19,10 +19,12 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC
 from datetime import datetime
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -37,12 +39,14 @@ from . import events
 from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
+from .kinds import KINDS
+from .kinds import KindSpec
+from .kinds import login_kinds
 from .models import Notification
 from .models import RelayConfigChange
 from .models import RelayConfigVersion
 from .models import RelayRequest
 from .models import RequestEvent
-from .models import RequestKind
 from .models import RequestState
 from .relay_backend import AccountEntry
 from .relay_backend import RelayBackend
@@ -112,19 +116,21 @@ def relay_entries(
 
 def _entries_of(base: QuerySet[RelayRequest]) -> tuple[Iterator[ServerEntry],
                                                       Iterator[AccountEntry]]:
-    servers = (
-        ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4))
-        for pk, fqdn, team, ipv4, ipv6 in base.filter(kind=RequestKind.SERVER)
-        .values_list("pk", "fqdn", "team__slug", "ipv4", "ipv6")
-        .iterator(chunk_size=5000)
-    )
-    accounts = (
-        AccountEntry(pk, account, team, tuple(addresses) + tuple("@" + d for d in domains))
-        for pk, account, team, addresses, domains in base.filter(kind=RequestKind.ACCOUNT)
-        .values_list("pk", "account_name", "team__slug", "sender_addresses", "sender_domains")
-        .iterator(chunk_size=5000)
-    )
-    return servers, accounts
+    """The relay entries of these rows, each built as its kind says (``kinds.py``):
+    the kinds that log in become account entries, the others server entries."""
+    address_kinds = tuple(spec for spec in KINDS.values() if not spec.authenticates)
+    return _stream(base, address_kinds), _stream(base, login_kinds())
+
+
+def _stream(base: QuerySet[RelayRequest], specs: tuple[KindSpec, ...]) -> Iterator[Any]:
+    for spec in specs:
+        rows = (base.filter(kind=spec.value)
+                .values_list("pk", "team__slug", *spec.relay_columns)
+                .iterator(chunk_size=5000))
+        entry = spec.relay_entry
+        with closing(rows):  # a closed stream closes its cursor (PostgreSQL: server-side)
+            for row in rows:
+                yield entry(*row)
 
 
 def _content_digest(files: dict[str, bytes]) -> str:
@@ -379,10 +385,11 @@ def relay_config_stale() -> bool:
     logins = {entry.account for entry in left if isinstance(entry, AccountEntry)}
     live: list[AccountEntry] = []
     if logins:
-        _, in_config = _entries_of(RelayRequest.objects.filter(
-            state__in=IN_CONFIG_STATES, suspended_at__isnull=True, account_name__in=logins,
-        ).order_by("pk"))
-        live = list(in_config)
+        in_config = RelayRequest.objects.filter(
+            state__in=IN_CONFIG_STATES, suspended_at__isnull=True).order_by("pk")
+        for spec in login_kinds():
+            named = in_config.filter(**{f"{spec.login_field}__in": logins})
+            live.extend(_stream(named, (spec,)))
     return backend.stale(files, left, live)
 
 
@@ -414,11 +421,13 @@ def _supersede_replaced(waiting: list[RelayRequest]) -> None:
 
 def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:
     backend = relay_backend()
-    login_owner = dict(
-        RelayRequest.objects.filter(kind=RequestKind.ACCOUNT)
-        .order_by("pk")
-        .values_list("account_name", "pk")
-    )
+    login_owner: dict[str, int] = {}
+    for spec in login_kinds():
+        login_owner.update(
+            RelayRequest.objects.filter(kind=spec.value)
+            .order_by("pk")
+            .values_list(spec.login_field, "pk")
+        )
     rows = []
     for name in backend.attributed_names:
         old = backend.attribute(name, previous.files.get(name, "") if previous else "",

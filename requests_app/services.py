@@ -31,6 +31,10 @@ from .actions import USER_ACTIONS
 from .actions import Action
 from .actions import Role
 from .checks import worst_status
+from .kinds import COMMON_FIELDS
+from .kinds import KIND_FIELDS
+from .kinds import KINDS
+from .kinds import logs_in
 from .models import CHECKED_FIELDS
 from .models import POLICY_REFUSED
 from .models import CheckResult
@@ -38,7 +42,6 @@ from .models import CheckStatus
 from .models import Membership
 from .models import RelayRequest
 from .models import RequestEvent
-from .models import RequestKind
 from .models import RequestState
 from .models import Team
 from .models import checks_current
@@ -70,21 +73,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EDITABLE_FIELDS = (
-    "contact_email",
-    "chat_channel",
-    "sender_domains",
-    "sender_addresses",
-    "dkim_selector",
-    "expected_daily_volume",
-    "fqdn",
-    "ipv4",
-    "ipv6",
-    "purpose",
-    "account_name",
-    "use_case",
-    "tls_mode",
-)
+# What a requester may change while the request is editable: every kind's fields.
+EDITABLE_FIELDS = (*COMMON_FIELDS, *KIND_FIELDS)
 EDITABLE_STATES = (RequestState.DRAFT, RequestState.NEEDS_CHANGES)
 
 
@@ -287,7 +277,7 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
 
 def directory_sync(request: RelayRequest, action: str) -> None:
     """Functional accounts join the relay-allow group on approval and leave it on removal."""
-    if request.kind != RequestKind.ACCOUNT:
+    if not logs_in(request.kind):
         return
     from .directory import directory_change_enqueue
     from .models import DirectoryChange
@@ -350,8 +340,9 @@ def request_create(
     fields = {k: v for k, v in data.items() if k in EDITABLE_FIELDS}
     request = RelayRequest(kind=kind, team=team_obj, created_by=by,
                            idempotency_key=idempotency_key, **fields)
-    if kind == RequestKind.ACCOUNT:
-        request.fqdn, request.ipv4, request.ipv6 = "", [], []
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
+    for name in spec.cleared_on_create if spec else ():
+        setattr(request, name, RelayRequest._meta.get_field(name).get_default())
     _raise_if_invalid(request)
     request.save()
     events.request_created_event(request, by, source_ip)

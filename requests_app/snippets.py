@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from .kinds import kind_spec
 from .models import RelayEndpoint
 from .models import RelayRequest
-from .models import RequestKind
 from .models import TlsMode
 
 __all__ = [
@@ -129,15 +129,19 @@ def _encoded(values: dict[str, str | int]) -> dict[str, dict[str, str]]:
 
 
 def snippets_for(request: RelayRequest) -> list[Snippet]:
-    """The snippets for a request's kind and TLS mode, every value encoded for its target."""
+    """The snippets for a request's kind and TLS mode, every value encoded for its target.
+
+    The kind says which snippets it gets and whether it logs in (``kinds.py``).
+    """
     endpoint = relay_endpoint()
-    account = request.kind == RequestKind.ACCOUNT
+    spec = kind_spec(request.kind)
+    account = spec.authenticates
     smtps = account and request.tls_mode == TlsMode.SMTPS
     # Allowlisted servers use the submission port with opportunistic STARTTLS.
     port = int(endpoint.smtps_port if smtps else endpoint.submission_port)
     sender = (request.sender_addresses or [f"noreply@{d}" for d in request.sender_domains]
               or ["noreply@example.org"])[0]
-    account_name = request.account_name if account else ""
+    account_name = getattr(request, spec.login_field) if account else ""
     context: dict[str, object] = {
         "port": port,
         "is_account": account,
@@ -154,10 +158,8 @@ def snippets_for(request: RelayRequest) -> list[Snippet]:
             "connect": f"{endpoint.host}:{port}",
         }),
     }
-    keys = ["postfix", *(["sasl_passwd"] if account else []), "django", "smtplib",
-            "nodemailer", "test"]
     out = []
-    for key in keys:
+    for key in spec.snippets:
         title, language = TITLES[key]
         text = render_to_string(f"requests_app/snippets/{key}.txt", context).strip() + "\n"
         out.append(Snippet(key=key, title=title, language=language, text=text))

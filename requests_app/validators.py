@@ -18,6 +18,7 @@ from django.core.exceptions import ValidationError
 from django.utils.translation import gettext as _
 
 from . import rules
+from .kinds import KINDS
 from .rules import normalise_fqdn
 
 __all__ = [
@@ -219,44 +220,23 @@ def validate_dkim_selector(value: str) -> str:
 
 
 def validate_request(data: dict[str, Any]) -> dict[str, list[ValidationError]]:
-    """Cross-field rules for a request of either kind; returns errors per field."""
+    """Cross-field rules of a request; returns errors per field.
+
+    The kind's own rules come from its spec (``kinds.py``); the rules every kind shares
+    (senders, volume, free text) are here.
+    """
     errors: dict[str, list[ValidationError]] = {}
 
     def add(field: str, message: str, code: str) -> None:
         errors.setdefault(field, []).append(ValidationError(message, code=code))
 
     kind = data.get("kind")
-    if kind == "server":
-        if not data.get("fqdn"):
-            add("fqdn", _("A server request needs its FQDN."), "required")
-        if not data.get("ipv4") and not data.get("ipv6"):
-            add(
-                "ipv6",
-                _("Give at least one IPv4 or IPv6 address of the server (IPv6 preferred)."),
-                "address_required",
-            )
-        if not (data.get("purpose") or "").strip():
-            add("purpose", _("Say what the server sends mail for."), "required")
-        for field in ("account_name", "use_case", "tls_mode"):
-            if data.get(field):
-                add(field, _("Not used for a server request (only for functional accounts)."),
-                    "not_allowed")
-    elif kind == "account":
-        if not data.get("account_name"):
-            add("account_name", _("A functional-account request needs the account name."),
-                "required")
-        if not (data.get("use_case") or "").strip():
-            add("use_case", _("Describe the one use case this account serves."), "required")
-        if data.get("tls_mode") not in ("starttls", "smtps"):
-            add(
-                "tls_mode",
-                _("Choose STARTTLS (587) or implicit TLS (465): the relay refuses plain text."),
-                "invalid_tls_mode",
-            )
-        if data.get("ipv4") or data.get("ipv6"):
-            add("ipv4", _("Functional accounts are not IP-allowlisted."), "not_allowed")
+    spec = KINDS.get(kind) if isinstance(kind, str) else None
+    if spec is not None:
+        spec.validate(data, add)  # the kind's own fields: required, refused
     else:
-        add("kind", _("Kind must be 'server' or 'account'."), "invalid_kind")
+        add("kind", _("Kind must be %(kinds)s.") % {
+            "kinds": " or ".join(f"'{value}'" for value in KINDS)}, "invalid_kind")
     if not data.get("sender_domains") and not data.get("sender_addresses"):
         add(
             "sender_domains",

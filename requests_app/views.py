@@ -34,6 +34,8 @@ from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
+from .kinds import kind_spec
+from .kinds import logs_in
 from .models import CheckStatus
 from .models import Notification
 from .models import RelayRequest
@@ -175,6 +177,7 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
         request,
         "requests_app/relayrequest_form.html",
         {"form": form, "kind": kind, "kind_label": RequestKind(kind).label,
+         "quick_check": kind_spec(kind).quick_check,
          "form_token_field": FORM_TOKEN_FIELD, "form_token": token},
         status=400 if request.method == "POST" else 200,  # a POST here had errors
     )
@@ -233,7 +236,7 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         # latest group change stands, so "active" with a pending change is not a mystery.
         "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
             "action", "status", "attempts", "last_error", "done_at", "done_by").first()
-        if obj.kind == RequestKind.ACCOUNT else None,
+        if logs_in(obj.kind) else None,
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 
@@ -282,7 +285,8 @@ def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return render(
         request,
         "requests_app/relayrequest_form.html",
-        {"form": form, "kind": obj.kind, "kind_label": obj.get_kind_display(), "obj": obj},
+        {"form": form, "kind": obj.kind, "kind_label": obj.get_kind_display(), "obj": obj,
+         "quick_check": kind_spec(obj.kind).quick_check},
         status=400 if request.method == "POST" else 200,  # a POST here had errors
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from ..kinds import KIND_FIELDS
 from ..models import CheckResult
 from ..models import RelayRequest
 from ..models import RequestEvent
@@ -169,8 +170,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
                 raise serializers.ValidationError({"team": ["The team cannot be changed."]})
             merged = {
                 f: getattr(self.instance, f)
-                for f in ("kind", "fqdn", "ipv4", "ipv6", "purpose", "account_name",
-                          "use_case", "tls_mode", "sender_domains", "sender_addresses",
+                for f in ("kind", *KIND_FIELDS, "sender_domains", "sender_addresses",
                           "expected_daily_volume")
             } | attrs
         errors = validate_request(merged)
