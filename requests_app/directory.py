@@ -49,6 +49,7 @@ from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
 from .models import is_approver
+from .models import requesting_side
 from .validators import validate_account_name
 
 if TYPE_CHECKING:
@@ -532,12 +533,9 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
 
 
 def own_team_change(change: DirectoryChange, user: AbstractBaseUser) -> bool:
-    """Whether ``user`` is on the requesting side of the change's request."""
-    request = change.request
-    return (
-        request.is_team_member(user)
-        or user.pk in (request.created_by_id, request.submitted_by_id)
-    )
+    """Whether ``user`` is on the requesting side of the change's request (the rule
+    that also keeps approvers from deciding it: ``models.requesting_side``)."""
+    return bool(requesting_side(change.request, user))
 
 
 def pending_manual_changes() -> QuerySet[DirectoryChange]:

@@ -79,7 +79,7 @@ def drift_of(report: dict[str, Any], accepted_failures: set[tuple[str, str]],
     """
     return [
         c for c in report["checks"]
-        if c["status"] == "fail" and (c["id"], c["subject"]) not in accepted_failures
+        if c["status"] == CheckStatus.FAIL and (c["id"], c["subject"]) not in accepted_failures
         and (not baseline_ids or c["id"] in baseline_ids)
     ]
 
@@ -139,7 +139,7 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
         if new:
             adopted += _adopted(row.pk, new)
         drift = drift_of(data, accepted[row.pk], known)
-        if data["verdict"] == "error":
+        if data["verdict"] == CheckStatus.ERROR:
             stats.errors += 1
         runs.append(CheckRun(request_id=row.pk, ran_at=now, verdict=data["verdict"],
                              drifted=bool(drift), results=data["checks"]))
@@ -155,7 +155,8 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
                 request_id=row.pk, kind="drifted",
                 event_key=f"request:{row.pk}:drifted:{now.isoformat()}",
                 recipients=[], context={"comment": summary[:2000]}))
-        elif not drift and row.drifted_at is not None and data["verdict"] != "error":
+        elif (not drift and row.drifted_at is not None
+              and data["verdict"] != CheckStatus.ERROR):
             recovered.append(RelayRequest(pk=row.pk, drifted_at=None, drift_detail={},
                                           suspended_at=None))
             unsuspend = unsuspend or row.suspended_at is not None

@@ -12,6 +12,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
+from .models import CHECK_STATUS_CHOICES
 from .models import RelayRequest
 from .models import RequestKind
 from .models import Team
@@ -209,8 +210,7 @@ class QueueFilterForm(forms.Form):
     state = forms.ChoiceField(required=False)
     team = forms.CharField(required=False, max_length=50)
     verdict = forms.ChoiceField(
-        choices=[("", _("any check")), ("pass", "pass"), ("warn", "warn"), ("fail", "fail"),
-                 ("error", "error")],
+        choices=[("", _("any check")), *CHECK_STATUS_CHOICES],
         required=False,
     )
     q = forms.CharField(required=False, max_length=200, label=_("Search FQDN, IP or account"))

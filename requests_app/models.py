@@ -65,6 +65,7 @@ __all__ = [
     "is_approver",
     "is_auditor",
     "permission_of",
+    "team_ids_of",
     "requesting_side",
     "role_refusal",
 ]
@@ -147,6 +148,16 @@ class Membership(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.team}"
+
+
+def team_ids_of(user: AbstractBaseUser) -> models.QuerySet:
+    """The ids of the teams ``user`` is a member of: the one definition of membership.
+
+    A subquery where the selectors scope what a requester sees, a set in
+    ``RelayRequest.is_team_member`` (the role rules), the filter of the teams a user
+    may file for.
+    """
+    return Membership.objects.filter(user=user).values_list("team_id", flat=True)
 
 
 class ApprovedSenderDomain(TimeStampedModel):
@@ -564,7 +575,7 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
             return False
         team_ids = user.__dict__.get("_relaydesk_team_ids")
         if team_ids is None:
-            team_ids = set(Membership.objects.filter(user=user).values_list("team_id", flat=True))
+            team_ids = set(team_ids_of(user))
             user.__dict__["_relaydesk_team_ids"] = team_ids
         return self.team_id in team_ids
 

@@ -15,13 +15,13 @@ from django.db.models import Q
 from django.db.models import QuerySet
 from django.http import Http404
 
-from .models import Membership
 from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
 from .models import Team
 from .models import is_approver
 from .models import is_auditor
+from .models import team_ids_of
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -53,15 +53,14 @@ def sees_everything(user: AbstractBaseUser) -> bool:
 
 def team_list_for_user(user: AbstractBaseUser) -> QuerySet[Team]:
     """Teams the user may file requests for (their memberships)."""
-    return Team.objects.filter(membership__user=user).order_by("slug")
+    return Team.objects.filter(pk__in=team_ids_of(user)).order_by("slug")
 
 
 def request_list_for_user(user: AbstractBaseUser) -> QuerySet[RelayRequest]:
     qs = RelayRequest.objects.select_related("team", "created_by", "submitted_by")
     if sees_everything(user):
         return qs
-    team_ids = Membership.objects.filter(user=user).values("team_id")
-    return qs.filter(team_id__in=team_ids)
+    return qs.filter(team_id__in=team_ids_of(user))
 
 
 def request_get_for_user(user: AbstractBaseUser, pk: int) -> RelayRequest:
@@ -117,8 +116,7 @@ def event_list_for_user(user: AbstractBaseUser) -> QuerySet[RequestEvent]:
     qs = RequestEvent.objects.select_related("request", "request__team")
     if sees_everything(user):
         return qs
-    team_ids = Membership.objects.filter(user=user).values("team_id")
-    return qs.filter(request__team_id__in=team_ids)
+    return qs.filter(request__team_id__in=team_ids_of(user))
 
 
 def source_ip_visible(user: AbstractBaseUser | None, event: RequestEvent) -> bool:

@@ -39,7 +39,6 @@ from .models import CHECKED_FIELDS
 from .models import POLICY_REFUSED
 from .models import CheckResult
 from .models import CheckStatus
-from .models import Membership
 from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
@@ -48,6 +47,7 @@ from .models import checks_current
 from .models import checks_policy_clear
 from .models import content_fingerprint
 from .models import role_refusal
+from .models import team_ids_of
 from .rules import TEAM_RE
 from .validators import validate_free_text
 from .validators import validate_request
@@ -297,15 +297,13 @@ def directory_sync(request: RelayRequest, action: str) -> None:
 
 def _team_for(user: AbstractBaseUser, team: Team | str) -> Team:
     slug = team.slug if isinstance(team, Team) else team
-    membership = (
-        Membership.objects.select_related("team").filter(user=user, team__slug=slug).first()
-    )
-    if membership is None:
+    own = Team.objects.filter(pk__in=team_ids_of(user), slug=slug).first()
+    if own is None:
         raise ValidationError(
             {"team": [_("You can only file requests for a team you are a member of.")]},
             code="not_member",
         )
-    return membership.team
+    return own
 
 
 def _raise_if_invalid(instance: RelayRequest) -> None:

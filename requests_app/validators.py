@@ -39,7 +39,7 @@ __all__ = [
 
 MAX_LIST_ITEMS = 50
 ACCOUNT_RE = rules.ACCOUNT_RE  # the renderer's rule for sender_login_maps values
-SELECTOR_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SELECTOR_RE = rules.HOST_LABEL_RE  # a DKIM selector is one host-name label
 
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
@@ -211,7 +211,7 @@ def validate_account_name(value: str) -> str:
 
 def validate_dkim_selector(value: str) -> str:
     selector = value.strip().lower()
-    if selector and not SELECTOR_RE.match(selector):
+    if selector and not SELECTOR_RE.fullmatch(selector):
         raise ValidationError(
             _("A DKIM selector is one DNS label (letters, digits, '-')."),
             code="invalid_selector",

@@ -19,12 +19,14 @@ from django.core.management.base import CommandParser
 
 from requests_app.checking import check_config
 from requests_app.checks import CheckSpec
+from requests_app.checks import CheckStatus
 from requests_app.checks import normalise_address
 from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks_sync
 from requests_app.dns import parse_nameserver
 
-EXIT = {"pass": 0, "warn": 0, "fail": 1, "error": 2}
+# The exit code of each verdict (the verdict itself: ``checks.worst_status``).
+EXIT = {CheckStatus.PASS: 0, CheckStatus.WARN: 0, CheckStatus.FAIL: 1, CheckStatus.ERROR: 2}
 
 
 def _fail(message: str) -> NoReturn:
