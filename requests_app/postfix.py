@@ -138,8 +138,8 @@ def _check_fqdn(value: object, what: str = "FQDN") -> str:
     if not isinstance(value, str) or not value.isascii():
         raise _Invalid(what, value)
     lowered = value.lower()
-    if len(lowered) <= 253 and rules.PLAIN_FQDN_RE.fullmatch(lowered) and "xn--" not in lowered:
-        return lowered  # rules.normalise_fqdn's own shortcut, without the call
+    if rules.is_plain_fqdn(lowered):
+        return lowered  # rules.normalise_fqdn's own shortcut
     try:
         normal = rules.normalise_fqdn_in_full(lowered)
     except ValueError:

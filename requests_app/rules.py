@@ -39,8 +39,10 @@ __all__ = [
     "TEAM_RE",
     "AddressPolicy",
     "AddressRuling",
+    "NotFullyQualified",
     "address_policy",
     "ascii_labels",
+    "is_plain_fqdn",
     "judge_address",
     "listed",
     "listed_value",
@@ -108,6 +110,17 @@ def ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str
     return labels
 
 
+class NotFullyQualified(ValueError):
+    """A name of one label: the form validators give this error its own code."""
+
+
+def is_plain_fqdn(value: object) -> bool:
+    """Whether ``value`` is already a host name in normal form (one regex, no copies):
+    the shortcut of :func:`normalise_fqdn` and of the renderer's check of stored names."""
+    return (isinstance(value, str) and len(value) <= 253
+            and PLAIN_FQDN_RE.fullmatch(value) is not None and "xn--" not in value)
+
+
 def normalise_fqdn(value: str) -> str:
     """A fully qualified host name in the form DNS compares: punycode, lower case, no dot.
 
@@ -116,9 +129,8 @@ def normalise_fqdn(value: str) -> str:
     most 63 and names of at most 253 characters, and a top label that is not numeric (so
     an IPv4 address is not taken for a name). Sender domains follow the same rule.
     """
-    if (isinstance(value, str) and len(value) <= 253 and PLAIN_FQDN_RE.fullmatch(value)
-            and "xn--" not in value):
-        return value  # already normalised (as every stored name is): one regex, no copies
+    if is_plain_fqdn(value):
+        return value  # already normalised, as every stored name is
     return normalise_fqdn_in_full(value)
 
 
@@ -126,7 +138,7 @@ def normalise_fqdn_in_full(value: str) -> str:
     """:func:`normalise_fqdn` without the shortcut for names already in normal form."""
     labels = ascii_labels(value, "host name", HOST_LABEL_RE)
     if len(labels) < 2:
-        raise ValueError(f"host name {value!r} is not fully qualified (add its domain)")
+        raise NotFullyQualified(f"host name {value!r} is not fully qualified (add its domain)")
     if labels[-1].isdigit():
         raise ValueError(f"host name {value!r} ends in a numeric label; is it an address?")
     return ".".join(labels)

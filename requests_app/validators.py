@@ -66,14 +66,17 @@ def normalise_list(items: Iterable[str]) -> list[str]:
 
 
 def validate_fqdn(value: str) -> str:
-    """A syntactically valid host name: no wildcard, no empty label, labels <= 63."""
-    if isinstance(value, str) and value.strip() and "." not in value.strip().rstrip("."):
+    """A syntactically valid host name: no wildcard, no empty label, labels <= 63.
+
+    The rule is ``rules.normalise_fqdn``'s alone; a one-label name gets its own code.
+    """
+    try:
+        fqdn = normalise_fqdn(value)
+    except rules.NotFullyQualified:
         raise ValidationError(
             _("A fully qualified name needs at least two labels (e.g. host.example.org)."),
             code="not_fully_qualified",
-        )
-    try:
-        fqdn = normalise_fqdn(value)
+        ) from None
     except ValueError as exc:
         raise ValidationError(
             _("Not a valid host name (FQDN rule): %(reason)s"),
