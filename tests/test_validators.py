@@ -28,6 +28,9 @@ from requests_app.validators import validate_sender_domains
         ("  mail.example.org ", "mail.example.org"),
         ("bücher.example", "xn--bcher-kva.example"),
         ("a-b.c-d.example", "a-b.c-d.example"),
+        # labels separated by an ideographic full stop: two labels by the rules (IDNA
+        # maps it to a dot), so the form accepts it too (no ASCII-dot count of its own)
+        ("host\u3002example", "host.example"),
     ],
 )
 def test_fqdn_normalised(raw, expected):
@@ -45,6 +48,8 @@ def test_fqdn_normalised(raw, expected):
         ("x" * 64 + ".example.org", "invalid_fqdn"),
         (("a" * 60 + ".") * 5 + "org", "invalid_fqdn"),
         ("localhost", "not_fully_qualified"),
+        ("localhost.", "not_fully_qualified"),
+        ("bücher", "not_fully_qualified"),
         ("", "invalid_fqdn"),
     ],
 )
