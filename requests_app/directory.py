@@ -438,7 +438,7 @@ def directory_apply(*, change_id: int) -> str:
                     "still grants it.",
                     kept_for=holder.pk,
                 )
-                return "done"
+                return DirectoryChange.Status.DONE
             outcome = _modify(spec)
         except _TRANSIENT_EXCEPTIONS as exc:
             transient = DirectoryUnavailable(f"{exc.__class__.__name__}: {exc}")
@@ -456,7 +456,7 @@ def directory_apply(*, change_id: int) -> str:
             change.save(update_fields=["status", "attempts", "last_error", "updated_at"])
             _event(change, f"Directory change failed: {error}", error=error)
             log.warning("directory change %s failed: %s", change_id, error)
-            return "failed"
+            return DirectoryChange.Status.FAILED
         else:
             change.status = DirectoryChange.Status.DONE
             change.done_at = timezone.now()
@@ -464,7 +464,7 @@ def directory_apply(*, change_id: int) -> str:
             change.last_error = ""
             change.save()
             _event(change, f"Directory: {spec.member_dn} {outcome}.", outcome=outcome)
-            return "done"
+            return DirectoryChange.Status.DONE
         change.last_error = str(transient)
         change.save(update_fields=["attempts", "last_error", "updated_at"])
     # Raised after commit, so the attempt count and the error survive the retry.

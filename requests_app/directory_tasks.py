@@ -12,6 +12,7 @@ import logging
 from celery import shared_task
 
 from .directory import DirectoryUnavailable
+from .models import DirectoryChange
 
 __all__ = ["DIRECTORY_MAX_RETRIES", "provision_directory"]
 
@@ -50,5 +51,5 @@ def provision_directory(self, change_id: int) -> str:  # type: ignore[no-untyped
         if self.request.retries >= self.max_retries:
             log.warning("directory change %s: giving up after retries: %s", change_id, exc)
             directory_give_up(change_id=change_id, error=str(exc))
-            return "failed"
+            return DirectoryChange.Status.FAILED
         raise
