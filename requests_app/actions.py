@@ -12,7 +12,7 @@ written here and nowhere else:
 * the request page's buttons and comment boxes, the flash messages ("Request #7
   withdrawn.") and the 409 messages ("cannot be sent back for changes") come from the
   label, the comment rule and the past tense;
-* ``notifications.KINDS_BY_TRIGGER`` comes from the notices.
+* ``notifications.KINDS_BY_TRIGGER`` and ``relay.REMOVAL_TRIGGERS`` come from the notices.
 
 No Django imports and no imports from the app: every layer may read it.
 ``tests/test_actions.py`` walks the state machine and fails on a transition without
@@ -92,10 +92,8 @@ class Action:
 
     @property
     def verb(self) -> str:
-        """The action inside a sentence: "Only approvers can request changes a request."
-
-        Kept as the name spelt out, which is what the 403 and 400 messages always said.
-        """
+        """The action inside a sentence: "Only approvers can request changes.", "A
+        written comment is required to reject." (the name spelt out)."""
         return self.name.replace("_", " ")
 
     @property
