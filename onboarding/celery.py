@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from logging.config import dictConfig
 
 from celery import Celery
 from celery.signals import setup_logging
+from django.conf import settings
 
 # Importing the package (``onboarding/__init__.py`` imports this module) must not pick
 # the settings of a web process: gunicorn imports ``onboarding.wsgi`` and only then would
@@ -22,10 +24,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 @setup_logging.connect
 def _config_loggers(*args: object, **kwargs: object) -> None:
     """Reuse Django's LOGGING so worker and web log the same way."""
-    from logging.config import dictConfig
-
-    from django.conf import settings
-
     dictConfig(settings.LOGGING)
 
 

@@ -43,6 +43,8 @@ from ldap3.utils.dn import escape_rdn
 from ldap3.utils.dn import parse_dn
 
 from . import events
+from .dispatch import dispatch_on_commit
+from .exceptions import ActionConflict
 from .kinds import logs_in
 from .models import DirectoryChange
 from .models import RelayRequest
@@ -64,6 +66,7 @@ __all__ = [
     "directory_apply",
     "directory_give_up",
     "directory_mark_done_manually",
+    "directory_sync",
     "own_team_change",
     "pending_manual_changes",
     "render_ldif",
@@ -311,8 +314,6 @@ def directory_change_enqueue(*, request: RelayRequest, action: str) -> Directory
         )
     elif configured:
         _event(change, f"Directory change queued: {action} {spec.member_dn}.")
-        from .services import dispatch_on_commit
-
         dispatch_on_commit("provision_directory", change.pk)
     else:
         _event(
@@ -493,6 +494,24 @@ def directory_give_up(*, change_id: int, error: str) -> DirectoryChange | None:
     return change
 
 
+def directory_sync(request: RelayRequest, action: str) -> None:
+    """Functional accounts join the relay-allow group on approval and leave it on removal.
+
+    Called by the services after a transition and by the relay build when a renewal
+    supersedes an entry, inside their transaction.
+    """
+    if not logs_in(request.kind):
+        return
+    if action == "approve":
+        directory_change_enqueue(request=request, action=DirectoryChange.Action.ADD)
+    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED) or (
+        # rejected after approval (its provisioning failed): undo the approval's add
+        action == "reject" and request.directory_changes.filter(
+            action=DirectoryChange.Action.ADD).exists()
+    ):
+        directory_change_enqueue(request=request, action=DirectoryChange.Action.REMOVE)
+
+
 @transaction.atomic
 def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> DirectoryChange:
     """An approver confirms an administrator applied the LDIF; records who, in the trail.
@@ -503,8 +522,6 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
     filed the request) cannot confirm its change; another approver must, so nobody
     vouches alone for their own team's relay access.
     """
-    from .services import ActionConflict
-
     if not is_approver(by):
         raise PermissionDenied("Only approvers can confirm directory changes.")
     change = _locked_change(change_id)

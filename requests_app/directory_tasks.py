@@ -1,8 +1,8 @@
 """The Celery task that applies directory changes (kept apart from ``tasks.py``).
 
-Imported by ``tasks.py`` (``from .directory_tasks import provision_directory``) so that
-``services.dispatch_on_commit("provision_directory", ...)`` finds it and Celery's autodiscovery,
-which imports ``requests_app.tasks``, registers it.
+Imported by ``tasks.py`` (``from .directory_tasks import provision_directory``), so that
+whatever imports ``requests_app.tasks`` (``RequestsAppConfig.ready``, Celery's
+autodiscovery) registers it and ``dispatch_on_commit("provision_directory", ...)`` finds it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import logging
 from celery import shared_task
 
 from .directory import DirectoryUnavailable
+from .directory import directory_apply
+from .directory import directory_give_up
 from .models import DirectoryChange
 
 __all__ = ["DIRECTORY_MAX_RETRIES", "provision_directory"]
@@ -42,9 +44,6 @@ def provision_directory(self, change_id: int) -> str:  # type: ignore[no-untyped
     change is marked ``failed`` instead of raising, so it appears on the approvers' to-do
     list rather than silently staying ``pending``.
     """
-    from .directory import directory_apply
-    from .directory import directory_give_up
-
     try:
         return directory_apply(change_id=change_id)
     except DirectoryUnavailable as exc:

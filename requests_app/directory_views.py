@@ -20,6 +20,7 @@ from django.views.decorators.http import require_POST
 from .directory import directory_mark_done_manually
 from .directory import own_team_change
 from .directory import pending_manual_changes
+from .exceptions import ActionConflict
 from .models import DirectoryChange
 from .models import is_approver
 
@@ -53,8 +54,6 @@ def directory_todo(request: HttpRequest) -> HttpResponse:
 def directory_change_mark_done(request: HttpRequest, pk: int) -> HttpResponse:
     """Record that an administrator applied the change; the service records who."""
     _require_approver(request)
-    from .services import ActionConflict
-
     try:
         change = directory_mark_done_manually(change_id=pk, by=request.user)
     except DirectoryChange.DoesNotExist:

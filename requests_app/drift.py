@@ -19,12 +19,14 @@ import contextlib
 import logging
 import multiprocessing
 from collections.abc import Collection
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -36,6 +38,7 @@ from .checks import Report
 from .checks import gc_paused
 from .checks import run_many_sharded
 from .checks import run_many_sync
+from .dispatch import dispatch_on_commit
 from .dns import make_resolver
 from .models import CheckResult
 from .models import CheckRun
@@ -43,6 +46,8 @@ from .models import Notification
 from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
+from .notifications import approver_emails
+from .notifications import owner_emails
 
 __all__ = ["RecheckStats", "drift_of", "new_checks_of", "recheck_active_entries",
            "recheck_batch"]
@@ -180,8 +185,6 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
     if notifications:
         _enqueue_drift_notifications(notifications)
     if unsuspend:  # a suspended entry is back: it returns to the relay config
-        from .services import dispatch_on_commit
-
         dispatch_on_commit("rebuild_relay_config")
     stats.drifted += len(newly_drifted)
     stats.recovered += len(recovered)
@@ -189,8 +192,6 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
 
 def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
     """Owners and approvers are told once per drift (the key holds the drift time)."""
-    from .services import dispatch_on_commit
-
     recipients = _drift_recipients([n.request_id for n in notifications])
     for n in notifications:
         n.recipients = recipients.get(n.request_id, [])
@@ -203,9 +204,6 @@ def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
 
 def _drift_recipients(request_ids: list[int]) -> dict[int, list[str]]:
     """Owners (the notifications rule) plus approvers, in two queries for the batch."""
-    from .notifications import approver_emails
-    from .notifications import owner_emails
-
     approvers = approver_emails()
     return {
         pk: owner_emails(*owners, *approvers)
@@ -235,8 +233,6 @@ def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
                          parameters={"suspended": True}, created_at=now)
             for pk in pks
         ])
-        from .services import dispatch_on_commit
-
         dispatch_on_commit("rebuild_relay_config")
     stats.suspended += len(pks)
 
@@ -280,8 +276,6 @@ class _QueryCounter:
 def recheck_active_entries(*, limit: int | None = None, batch_size: int | None = None,
                            count_queries: bool = False) -> RecheckStats:
     """Re-verify up to ``limit`` active entries, least recently checked first."""
-    from django.db import connection
-
     limit = limit or settings.RELAY_RECHECK_MAX_PER_RUN
     batch_size = batch_size or settings.RELAY_RECHECK_BATCH_SIZE
     stats = RecheckStats()
@@ -297,8 +291,6 @@ def recheck_active_entries(*, limit: int | None = None, batch_size: int | None =
                 and not multiprocessing.current_process().daemon):
             # one set of worker processes for the whole run, not one per batch (a daemonic
             # Celery prefork child may not have children: it checks in-process instead)
-            from concurrent.futures import ProcessPoolExecutor
-
             pool = stack.enter_context(ProcessPoolExecutor(settings.RELAY_RECHECK_PROCESSES))
         for start in range(0, len(pks), batch_size):
             chunk = pks[start:start + batch_size]

@@ -15,6 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from .models import CHECK_STATUS_CHOICES
 from .models import RelayRequest
 from .models import RequestKind
+from .models import RequestState
 from .models import Team
 from .models import TlsMode
 from .selectors import team_list_for_user
@@ -217,7 +218,5 @@ class QueueFilterForm(forms.Form):
     drifted = forms.BooleanField(required=False, label=_("Drifted active entries only"))
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        from .models import RequestState
-
         super().__init__(*args, **kwargs)
         self.fields["state"].choices = [("", _("open (default)")), *RequestState.choices]

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from .actions import ACTIONS
 from .actions import Audience
+from .dispatch import dispatch_on_commit
 from .models import APPROVERS_GROUP
 from .models import CheckStatus
 from .models import Notification
@@ -170,8 +171,6 @@ def notification_record(
                   "context": bounded_context(context)},
     )
     if created:
-        from .services import dispatch_on_commit
-
         dispatch_on_commit("send_notification", notification.pk)
     return notification, created
 

@@ -20,6 +20,9 @@ from django.utils import timezone
 
 from .models import RelayRequest
 from .models import RequestState
+from .notifications import notification_record
+from .notifications import owner_recipients
+from .services import request_expire
 
 __all__ = ["RecertificationStats", "recertification_sweep"]
 
@@ -40,9 +43,6 @@ def _remind(today: date, days: int) -> int:
     ):
         key = f"request:{request.pk}:recertify:{request.recertify_by.isoformat()}:{days}d"
         with transaction.atomic():
-            from .notifications import notification_record
-            from .notifications import owner_recipients
-
             recipients = owner_recipients(request)
             if not recipients:
                 continue
@@ -56,8 +56,6 @@ def _remind(today: date, days: int) -> int:
 
 def recertification_sweep(*, today: date | None = None) -> RecertificationStats:
     """Send due reminders and expire overdue entries (idempotent: safe to run twice)."""
-    from .services import request_expire
-
     today = today or timezone.localdate()
     stats = RecertificationStats()
     for days in sorted(set(settings.RELAY_RECERTIFY_REMINDER_DAYS), reverse=True):

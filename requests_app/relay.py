@@ -39,6 +39,7 @@ from . import events
 from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
+from .directory import directory_sync
 from .kinds import KINDS
 from .kinds import KindSpec
 from .kinds import login_kinds
@@ -48,6 +49,7 @@ from .models import RelayConfigVersion
 from .models import RelayRequest
 from .models import RequestEvent
 from .models import RequestState
+from .notifications import notification_enqueue
 from .relay_backend import AccountEntry
 from .relay_backend import RelayBackend
 from .relay_backend import RelaySettings
@@ -273,8 +275,6 @@ def _provisioning_left_out(
         parameters={"attempts": request.provision_attempts, "reason": reason,
                     "version": version.number if version else None},
     )
-    from .notifications import notification_enqueue
-
     notification_enqueue(request=request, trigger="provisioning_failed", event=event)
 
 
@@ -338,8 +338,6 @@ def _removals_to_announce(
 def _announce_removals(
     removals: list[tuple[RelayRequest, RequestEvent]], served: RelayConfigVersion | None
 ) -> None:
-    from .notifications import notification_enqueue
-
     for request, event in removals:
         notification_enqueue(
             request=request, trigger=event.parameters["action"], event=event,
@@ -414,8 +412,6 @@ def _supersede_replaced(waiting: list[RelayRequest]) -> None:
             comment="replaced by its renewal",
             parameters={"replaced_by": [r.pk for r in waiting if r.replaces_id == old.pk]},
         )
-        from .services import directory_sync
-
         directory_sync(old, "supersede")
 
 

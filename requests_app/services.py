@@ -23,18 +23,20 @@ from django.utils.translation import gettext as _
 from django_fsm import ConcurrentTransition
 from django_fsm import can_proceed
 from django_fsm import has_transition_perm
-from kombu.exceptions import OperationalError
 
 from . import events
+from . import notifications
 from .actions import ACTIONS
 from .actions import USER_ACTIONS
 from .actions import Action
 from .actions import Role
 from .checks import worst_status
+from .directory import directory_sync
+from .dispatch import dispatch_on_commit
+from .exceptions import ActionConflict
 from .kinds import COMMON_FIELDS
 from .kinds import KIND_FIELDS
 from .kinds import KINDS
-from .kinds import logs_in
 from .models import CHECKED_FIELDS
 from .models import POLICY_REFUSED
 from .models import CheckResult
@@ -57,9 +59,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EDITABLE_FIELDS",
-    "ActionConflict",
-    "directory_sync",
-    "dispatch_on_commit",
     "request_act",
     "request_create",
     "request_create_once",
@@ -78,14 +77,6 @@ EDITABLE_FIELDS = (*COMMON_FIELDS, *KIND_FIELDS)
 EDITABLE_STATES = (RequestState.DRAFT, RequestState.NEEDS_CHANGES)
 
 
-class ActionConflict(Exception):
-    """The request is not in a state that allows the action (HTTP 409).
-
-    Raised for a wrong state, an unmet condition, and the loser of a race between two
-    approvers: by the time its lock is granted the request has already moved on.
-    """
-
-
 
 
 def _valid_comment(comment: str) -> str:
@@ -102,26 +93,6 @@ def _valid_comment(comment: str) -> str:
         except ValidationError as exc:
             raise ValidationError({"comment": exc.error_list}) from None
     return comment
-
-
-def dispatch_on_commit(task_name: str, *args: Any) -> None:
-    """Send a task after commit; a broker outage must not lose the work or fail the user.
-
-    The database already says what is pending (a request in ``checking`` or
-    ``provisioning``, a notification row not yet sent), and the periodic sweep
-    re-dispatches it, so a failed publish is logged, not raised.
-    """
-    from . import tasks
-
-    task = getattr(tasks, task_name)
-
-    def send() -> None:
-        try:
-            task.delay(*args)
-        except OperationalError:  # kombu's wrapper for every transport's connection error
-            log.warning("broker unavailable: %s%r left for the sweep", task_name, args)
-
-    transaction.on_commit(send)
 
 
 def _locked(request_id: int) -> RelayRequest:
@@ -265,31 +236,12 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
     elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
         dispatch_on_commit("rebuild_relay_config")
     directory_sync(request, action)
-    from . import notifications
-
     # "Revoked"/"expired" would be untrue until a config version without the entry
     # exists: the build that leaves it out writes that mail (relay.relay_config_rebuild),
     # and the sweep makes sure such a build happens even if the dispatch above is lost.
     notice = ACTIONS[action].notice
     if notice is not None and not notice.after_removal:
         notifications.notification_enqueue(request=request, trigger=action, event=event)
-
-
-def directory_sync(request: RelayRequest, action: str) -> None:
-    """Functional accounts join the relay-allow group on approval and leave it on removal."""
-    if not logs_in(request.kind):
-        return
-    from .directory import directory_change_enqueue
-    from .models import DirectoryChange
-
-    if action == "approve":
-        directory_change_enqueue(request=request, action=DirectoryChange.Action.ADD)
-    elif request.state in (RequestState.REVOKED, RequestState.EXPIRED) or (
-        # rejected after approval (its provisioning failed): undo the approval's add
-        action == "reject" and request.directory_changes.filter(
-            action=DirectoryChange.Action.ADD).exists()
-    ):
-        directory_change_enqueue(request=request, action=DirectoryChange.Action.REMOVE)
 
 
 # --- create and edit ---------------------------------------------------------------
@@ -550,8 +502,6 @@ def request_record_checks(
     event = events.request_transition_event(
         request, action=action, from_state=from_state, actor=None, comment=comment[:2000]
     )
-    from . import notifications
-
     notifications.notification_enqueue(request=request, trigger=action, event=event)
     return request
 
@@ -639,8 +589,6 @@ def request_handover(
         to_team=target.slug, comment=comment,
         detached_renewals=[r.pk for r in renewals],
     )
-    from . import notifications
-
     notifications.notification_enqueue(
         request=request, trigger="handover", event=event,
         extra_recipients=[old_team.contact_email, *(r.created_by.email for r in renewals)],

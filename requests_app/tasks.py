@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
 from django.db.models import Q
+from django.utils import timezone
 
-from .directory_tasks import provision_directory  # noqa: F401 - looked up by name
+from . import checking
+from .directory_tasks import provision_directory
+from .drift import recheck_active_entries as drift_recheck_active_entries
 from .models import DirectoryChange
 from .models import Notification
 from .models import RelayRequest
 from .models import RequestState
+from .models import content_fingerprint
+from .notifications import notification_record_failure
+from .notifications import notification_send
+from .recertification import recertification_sweep as recertification_run
+from .relay import relay_config_rebuild
+from .relay import relay_config_stale
+from .services import request_record_checks
 
 __all__ = [
     "provision_directory",
@@ -55,12 +66,6 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     recorded by another delivery does nothing; and the attempt is compared again under
     the row lock when recording, so two copies of one message record one run.
     """
-    from django.utils import timezone
-
-    from . import checking
-    from .models import content_fingerprint
-    from .services import request_record_checks
-
     request = RelayRequest.objects.filter(pk=request_id).first()
     if request is None:
         log.info("request %s is gone; nothing to check", request_id)
@@ -100,8 +105,6 @@ def provision_request(request_id: int) -> str:
     is left out (and counted, see ``relay_config_rebuild``) without holding back the
     others.
     """
-    from .relay import relay_config_rebuild
-
     request = RelayRequest.objects.filter(pk=request_id).first()
     if request is None or request.state != RequestState.PROVISIONING:
         return "skipped"
@@ -112,8 +115,6 @@ def provision_request(request_id: int) -> str:
 @shared_task(name="relaydesk.rebuild_relay_config", acks_late=True)
 def rebuild_relay_config() -> str:
     """Rebuild after a removal (revoke, expiry); a no-op when nothing changed."""
-    from .relay import relay_config_rebuild
-
     version = relay_config_rebuild(reason="removal")
     return f"v{version.number}" if version else "unchanged"
 
@@ -133,9 +134,6 @@ def send_notification(self, notification_id: int) -> str:  # type: ignore[no-unt
     and the sweep picks it up again, so an SMTP outage of any length delays mail but
     never loses it.
     """
-    from .notifications import notification_record_failure
-    from .notifications import notification_send
-
     try:
         sent = notification_send(notification_id=notification_id)
     except (smtplib.SMTPException, OSError) as exc:
@@ -165,10 +163,6 @@ def sweep_pending_work() -> dict[str, int]:
     that retry until it is overdue by the sweep interval: one retry chain per piece of
     work.
     """
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     now = timezone.now()
     stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
     counts = {"checks": 0, "provisioning": 0, "rebuild": 0, "notifications": 0,
@@ -191,8 +185,6 @@ def sweep_pending_work() -> dict[str, int]:
     else:
         # A removal whose rebuild message was lost: the served version still has the
         # entry. The check is exact, so nothing is rebuilt when nothing is left over.
-        from .relay import relay_config_stale
-
         if relay_config_stale():
             rebuild_relay_config.delay()
             counts["rebuild"] = 1
@@ -214,9 +206,7 @@ def sweep_pending_work() -> dict[str, int]:
 @shared_task(name="relaydesk.recheck_active_entries", acks_late=True)
 def recheck_active_entries() -> dict[str, int]:
     """Nightly: re-verify active entries (bounded per run) and report drift once."""
-    from .drift import recheck_active_entries as run
-
-    stats = run()
+    stats = drift_recheck_active_entries()
     return {"checked": stats.checked, "drifted": stats.drifted,
             "recovered": stats.recovered, "suspended": stats.suspended}
 
@@ -224,7 +214,5 @@ def recheck_active_entries() -> dict[str, int]:
 @shared_task(name="relaydesk.recertification_sweep", acks_late=True)
 def recertification_sweep() -> dict[str, int]:
     """Daily: recertification reminders (30/7/1 days before) and expiry after the date."""
-    from .recertification import recertification_sweep as run
-
-    stats = run()
+    stats = recertification_run()
     return {"reminded": stats.reminded, "expired": stats.expired}

@@ -21,6 +21,7 @@ from django.http import StreamingHttpResponse
 from django.shortcuts import redirect
 from django.shortcuts import render
 from django.utils import timezone
+from django.utils.safestring import mark_safe
 from django.views.decorators.csrf import requires_csrf_token
 from django.views.decorators.http import require_POST
 from django.views.generic import ListView
@@ -30,6 +31,9 @@ from . import selectors
 from . import services
 from .actions import USER_ACTIONS
 from .actions import Role
+from .dashboard import dashboard_data
+from .dashboard import weekly_chart_svg
+from .exceptions import ActionConflict
 from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
@@ -43,6 +47,7 @@ from .models import RequestKind
 from .models import RequestState
 from .models import Team
 from .models import role_refusal
+from .snippets import snippets_for
 
 __all__ = [
     "QueueView",
@@ -202,8 +207,6 @@ def request_choose(request: HttpRequest) -> HttpResponse:
 @login_required
 def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
     obj = selectors.request_get_for_user(request.user, pk)
-    from .snippets import snippets_for
-
     # The buttons: the declared actions (actions.py) this user may fire now.
     actions = [
         USER_ACTIONS[t.name] for t in obj.get_available_user_state_transitions(request.user)
@@ -276,7 +279,7 @@ def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
                 )
         except ValidationError as exc:
             _add_errors(form, exc)
-        except (PermissionDenied, services.ActionConflict) as exc:
+        except (PermissionDenied, ActionConflict) as exc:
             messages.error(request, _error_text(exc))
             return redirect(obj)
         else:
@@ -308,7 +311,7 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         )
     except ValidationError as exc:
         return _refused_input(request, obj.pk, exc)
-    except (PermissionDenied, services.ActionConflict) as exc:
+    except (PermissionDenied, ActionConflict) as exc:
         messages.error(request, _error_text(exc))
     else:
         messages.success(request, USER_ACTIONS[action].done_message(obj.pk))
@@ -358,7 +361,7 @@ def request_renew(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         copy = services.request_renew(request_id=obj.pk, by=request.user,
                                       source_ip=client_ip(request))
-    except (ValidationError, PermissionDenied, services.ActionConflict) as exc:
+    except (ValidationError, PermissionDenied, ActionConflict) as exc:
         messages.error(request, _error_text(exc))
         return redirect(obj)
     messages.success(request, f"Draft #{copy.pk} renews #{obj.pk}: edit it and submit.")
@@ -376,7 +379,7 @@ def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
                                   source_ip=client_ip(request))
     except ValidationError as exc:
         return _refused_input(request, obj.pk, exc)
-    except (PermissionDenied, services.ActionConflict) as exc:
+    except (PermissionDenied, ActionConflict) as exc:
         messages.error(request, _error_text(exc))
         return redirect(obj)
     messages.success(request, f"Request #{obj.pk} handed over.")
@@ -390,11 +393,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     """Approvers' and auditors' overview: queue age, decisions, teams, lifecycle."""
     if not selectors.sees_everything(request.user):
         raise PermissionDenied("The dashboard is for approvers and auditors.")
-    from django.utils.safestring import mark_safe
-
-    from .dashboard import dashboard_data
-    from .dashboard import weekly_chart_svg
-
     data = dashboard_data(timezone.now())
     return render(request, "requests_app/dashboard.html", {
         "data": data,

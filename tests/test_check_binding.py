@@ -21,6 +21,7 @@ from requests_app.checks import CheckSpec
 from requests_app.checks import run_checks_sync
 from requests_app.checks import worst_status
 from requests_app.dns import reverse_name
+from requests_app.exceptions import ActionConflict
 from requests_app.models import CheckResult
 from requests_app.models import Notification
 from requests_app.models import RelayRequest
@@ -178,7 +179,7 @@ def test_a_verdict_of_other_content_blocks_approve_and_override_until_rechecked(
                                  checked_fingerprint="0" * 64)
     # when approving and overriding them
     for req, action in ((passed, "approve"), (failed, "override_checks")):
-        with pytest.raises(services.ActionConflict, match="stale.*re-run"):
+        with pytest.raises(ActionConflict, match="stale.*re-run"):
             services.request_act(request_id=req.pk, action=action, by=approver,
                                  comment="looks fine")
     # then nothing moved
@@ -341,13 +342,13 @@ def test_a_policy_refused_address_is_not_looked_up_and_cannot_be_let_through(
     assert req.check_summary["policy_refused"] == ["127.0.0.1"]
     before = trail(req)
     # when an approver tries to override it
-    with pytest.raises(services.ActionConflict, match="address policy refuses 127.0.0.1"):
+    with pytest.raises(ActionConflict, match="address policy refuses 127.0.0.1"):
         services.request_act(request_id=req.pk, action="override_checks", by=approver,
                              comment="It is our lab")
     # and when an override got there anyway (an old row), approval is refused too
     RelayRequest.objects.filter(pk=req.pk).update(state=S.PENDING_APPROVAL,
                                                   override_reason="old override")
-    with pytest.raises(services.ActionConflict, match="cannot be overridden or approved"):
+    with pytest.raises(ActionConflict, match="cannot be overridden or approved"):
         services.request_act(request_id=req.pk, action="approve", by=approver)
     # then nothing happened
     req.refresh_from_db()

@@ -10,6 +10,7 @@ from django.db import connections
 from django_fsm import ConcurrentTransition
 
 from requests_app import services
+from requests_app.exceptions import ActionConflict
 from requests_app.models import RelayRequest
 from requests_app.models import RequestEvent
 from requests_app.models import RequestState as S
@@ -34,7 +35,7 @@ def test_two_approvers_race_one_wins_the_other_is_told(team, requester, approver
             barrier.wait()
             services.request_act(request_id=req.pk, action=action, by=user, comment="mine")
             outcomes[user.username] = "won"
-        except services.ActionConflict as exc:
+        except ActionConflict as exc:
             outcomes[user.username] = f"conflict: {exc}"
         finally:
             connections.close_all()

@@ -69,7 +69,7 @@ urlpatterns = [
 
 @pytest.fixture(autouse=True)
 def _task_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``services.dispatch_on_commit`` finds tasks on ``requests_app.tasks`` (the lead's import)."""
+    """``provision_directory`` is on ``requests_app.tasks``, which registers it for dispatch."""
     monkeypatch.setattr(tasks, "provision_directory", provision_directory, raising=False)
 
 

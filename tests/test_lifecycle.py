@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 
 from requests_app import services
+from requests_app.exceptions import ActionConflict
 from requests_app.models import Notification
 from requests_app.models import RelayRequest
 from requests_app.models import RequestEvent
@@ -61,7 +62,7 @@ def test_renew_creates_a_linked_draft(active, requester):
 
 def test_renew_refused_for_open_requests(team, requester):
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL)
-    with pytest.raises(services.ActionConflict):
+    with pytest.raises(ActionConflict):
         services.request_renew(request_id=req.pk, by=requester)
 
 

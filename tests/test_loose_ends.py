@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 from requests_app import events
 from requests_app import services
 from requests_app.directory import directory_change_enqueue
+from requests_app.exceptions import ActionConflict
 from requests_app.models import DirectoryChange
 from requests_app.models import Membership
 from requests_app.models import Notification
@@ -290,7 +291,7 @@ def test_handover_waits_for_an_approved_renewal(active, requester, team):
                                   state=S.PROVISIONING)
 
     # when the owners try to hand the entry over
-    with pytest.raises(services.ActionConflict, match=f"Renewal #{renewal.pk} .* approved"):
+    with pytest.raises(ActionConflict, match=f"Renewal #{renewal.pk} .* approved"):
         services.request_handover(request_id=active.pk, by=requester, to_team="billing")
 
     # then nothing changed

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from requests_app import services
 from requests_app import tasks
+from requests_app.dispatch import dispatch_on_commit
 from requests_app.models import Notification
 from requests_app.models import RelayConfigVersion
 from requests_app.models import RelayRequest
@@ -409,7 +410,7 @@ def test_a_removal_whose_rebuild_was_lost_is_served_after_one_sweep(
     mail.outbox.clear()
     # when one leaves the config while the broker is unreachable
     lose_broker_messages(monkeypatch, "rebuild_relay_config")
-    caplog.set_level(logging.WARNING, logger="requests_app.services")
+    caplog.set_level(logging.WARNING, logger="requests_app.dispatch")
     with capture(execute=True):
         if removal == "revoke":
             services.request_act(request_id=gone.pk, action="revoke", by=approver,
@@ -418,7 +419,7 @@ def test_a_removal_whose_rebuild_was_lost_is_served_after_one_sweep(
             services.request_expire(request_id=gone.pk)
         else:  # what the nightly recheck does past the drift grace period
             RelayRequest.objects.filter(pk=gone.pk).update(suspended_at=timezone.now())
-            services.dispatch_on_commit("rebuild_relay_config")
+            dispatch_on_commit("rebuild_relay_config")
     # then the action succeeded, the lost publish was logged, and nothing else happened
     assert "broker unavailable: rebuild_relay_config" in caplog.text
     assert served() == (before, number_before)

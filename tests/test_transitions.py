@@ -7,6 +7,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 
 from requests_app import services
+from requests_app.exceptions import ActionConflict
 from requests_app.models import RelayRequest
 from requests_app.models import RequestEvent
 from requests_app.models import RequestState as S
@@ -69,7 +70,7 @@ def test_approver_action_grid(state, action, allowed, approver, team, requester)
         assert event.source_ip == "192.0.2.7"
         assert event.comment == "reason given"
     else:
-        with pytest.raises(services.ActionConflict):
+        with pytest.raises(ActionConflict):
             services.request_act(request_id=req.pk, action=action, by=approver,
                                  comment="reason given")
         req.refresh_from_db()
@@ -86,7 +87,7 @@ def test_requester_action_grid(state, action, allowed, team, requester):
         assert req.state in (S.CHECKING, S.WITHDRAWN, S.PENDING_APPROVAL)
         assert _events(req)[0].parameters["action"] == action
     else:
-        with pytest.raises(services.ActionConflict):
+        with pytest.raises(ActionConflict):
             services.request_act(request_id=req.pk, action=action, by=requester)
         req.refresh_from_db()
         assert req.state == state
@@ -154,7 +155,7 @@ def test_failed_checks_block_approval_until_overridden(approver, team, requester
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL,
                               check_verdict="error")
     # when approving without override
-    with pytest.raises(services.ActionConflict, match="override"):
+    with pytest.raises(ActionConflict, match="override"):
         services.request_act(request_id=req.pk, action="approve", by=approver)
     # then an override with a reason is audited and unlocks approval
     services.request_act(request_id=req.pk, action="override_checks", by=approver,
@@ -180,7 +181,7 @@ def test_override_from_needs_changes_returns_to_queue(approver, team, requester)
 def test_override_refused_when_nothing_failed(approver, team, requester):
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL,
                               check_verdict="pass")
-    with pytest.raises(services.ActionConflict, match="no failed check"):
+    with pytest.raises(ActionConflict, match="no failed check"):
         services.request_act(request_id=req.pk, action="override_checks", by=approver,
                              comment="why not")
 

@@ -15,8 +15,8 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..exceptions import ActionConflict
 from ..params import BadParameter
-from ..services import ActionConflict
 
 __all__ = ["exception_handler", "validation_error_dict"]
 

@@ -23,6 +23,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from .. import selectors
 from .. import services
 from ..actions import USER_ACTIONS
+from ..checking import quick_check_report
 from ..models import CheckResult
 from ..models import RelayRequest
 from ..models import RequestKind
@@ -246,8 +247,6 @@ def quick_check(request: Request) -> Response:
     serializer = QuickCheckSerializer(data=request.data)
     if not serializer.is_valid():
         return Response({"errors": serializer.errors, "checks": []}, status=400)
-    from ..checking import quick_check_report
-
     data = serializer.validated_data
     return Response(
         quick_check_report(

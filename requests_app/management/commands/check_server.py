@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 from typing import NoReturn
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.core.management.base import CommandParser
+from django.db import connection
+from django.db.utils import DatabaseError
 
 from requests_app.checking import check_config
 from requests_app.checks import CheckSpec
@@ -24,6 +27,7 @@ from requests_app.checks import normalise_address
 from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks_sync
 from requests_app.dns import parse_nameserver
+from requests_app.models import ApprovedSenderDomain
 
 # The exit code of each verdict (the verdict itself: ``checks.worst_status``).
 EXIT = {CheckStatus.PASS: 0, CheckStatus.WARN: 0, CheckStatus.FAIL: 1, CheckStatus.ERROR: 2}
@@ -89,8 +93,6 @@ class Command(BaseCommand):
             _fail("--timeout must be between 0 and 300 seconds")
         config = check_config(include_db=_db_available())
         if timeout is not None:
-            from dataclasses import replace
-
             config = replace(config, lifetime=timeout)
         try:
             report = run_checks_sync(
@@ -115,13 +117,8 @@ class Command(BaseCommand):
 
 def _db_available() -> bool:
     """Approved domains from the admin count too, but the CLI works without a database."""
-    from django.db import connection
-    from django.db.utils import DatabaseError
-
     try:
         connection.ensure_connection()
-        from requests_app.models import ApprovedSenderDomain
-
         ApprovedSenderDomain.objects.exists()
     except DatabaseError:
         return False
