@@ -18,7 +18,6 @@ from django.urls import path
 
 from onboarding import urls as project_urls
 from requests_app import directory_views
-from requests_app import tasks
 from requests_app import urls as app_urls
 from requests_app.directory import DirectoryUnavailable
 from requests_app.directory import InvalidAccountName
@@ -65,12 +64,6 @@ urlpatterns = [
 
 
 # --- fixtures --------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _task_registered(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``provision_directory`` is on ``requests_app.tasks``, which registers it for dispatch."""
-    monkeypatch.setattr(tasks, "provision_directory", provision_directory, raising=False)
 
 
 @pytest.fixture
