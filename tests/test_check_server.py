@@ -86,6 +86,9 @@ def test_unanswered_dns_exits_2_within_timeout(tmp_path):
         (["app.example.org", "--timeout", "-1", "--json"], "--timeout"),
         (["--json"], "required"),
         (["app.example.org", "--bogus"], "unrecognized arguments"),
+        # the selector rule of the request forms, not a looser one of its own
+        (["app.example.org", "--dkim-selector", "sel_1", "--json"], "one DNS label"),
+        (["app.example.org", "--dkim-selector", "", "--json"], "one DNS label"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message, dns_server, tmp_path):

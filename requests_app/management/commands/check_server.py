@@ -28,6 +28,7 @@ from requests_app.checks import normalise_fqdn
 from requests_app.checks import run_checks_sync
 from requests_app.dns import parse_nameserver
 from requests_app.models import ApprovedSenderDomain
+from requests_app.rules import HOST_LABEL_RE
 
 # The exit code of each verdict (the verdict itself: ``checks.worst_status``).
 EXIT = {CheckStatus.PASS: 0, CheckStatus.WARN: 0, CheckStatus.FAIL: 1, CheckStatus.ERROR: 2}
@@ -80,8 +81,11 @@ class Command(BaseCommand):
             except ValueError as exc:
                 _fail(f"--sender-domain {raw!r}: {exc}")
         selector = options["dkim_selector"]
-        if selector is not None and (not selector or "." in selector):
-            _fail(f"--dkim-selector {selector!r} must be one DNS label")
+        if selector is not None:
+            # the forms' rule (validators.validate_dkim_selector): one host-name label
+            raw, selector = selector, selector.strip().lower()
+            if not HOST_LABEL_RE.fullmatch(selector):
+                _fail(f"--dkim-selector {raw!r} must be one DNS label (letters, digits, '-')")
         nameservers = options["nameserver"] or list(settings.DNS_NAMESERVERS)
         for ns in nameservers:
             try:
