@@ -9,8 +9,9 @@ is new to it, not drift: its first answer becomes the entry's baseline for that 
 (docs/dns-checks.md, "Drift and new checks").
 
 A batch costs a constant number of SQL queries whatever its size or drift: one read of
-the entries, one of their approval-time failures, bulk inserts of the runs, events and
-notifications, bulk updates of the flags.
+the entries, one of their approval-time failures, bulk inserts of the runs, the events
+(``events.drift_event``) and the outbox rows (``notifications.notification_record_many``),
+bulk updates of the flags.
 """
 
 from __future__ import annotations
@@ -40,14 +41,13 @@ from .checks import run_many_sharded
 from .checks import run_many_sync
 from .dispatch import dispatch_on_commit
 from .dns import make_resolver
+from .events import drift_event
+from .events import insert_many
 from .models import CheckResult
 from .models import CheckRun
-from .models import Notification
 from .models import RelayRequest
-from .models import RequestEvent
 from .models import RequestState
-from .notifications import approver_emails
-from .notifications import owner_emails
+from .notifications import notification_record_many
 
 __all__ = ["RecheckStats", "drift_of", "new_checks_of", "recheck_active_entries",
            "recheck_batch"]
@@ -134,7 +134,8 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
         if status in _ACCEPTED:
             accepted[request_id].add((check_id, subject))
     adopted: list[CheckResult] = []
-    runs, events, notifications = [], [], []
+    runs, trail = [], []
+    messages: list[tuple[int, str, dict[str, Any]]] = []
     newly_drifted, recovered = [], []
     unsuspend = False
     for row, report in zip(rows, reports, strict=True):
@@ -152,24 +153,18 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
             newly_drifted.append(RelayRequest(pk=row.pk, drifted_at=now, drift_detail={
                 "checks": drift, "seen_at": now.isoformat()}))
             summary = "; ".join(f"{c['id']}({c['subject']}): {c['detail']}" for c in drift)
-            events.append(RequestEvent(
-                request_id=row.pk, type=RequestEvent.Type.DRIFT, actor_name="system",
-                from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
-                comment=summary[:2000], parameters={"checks": drift}, created_at=now))
-            notifications.append(Notification(
-                request_id=row.pk, kind="drifted",
-                event_key=f"request:{row.pk}:drifted:{now.isoformat()}",
-                recipients=[], context={"comment": summary[:2000]}))
+            trail.append(drift_event(row.pk, comment=summary[:2000],
+                                     parameters={"checks": drift}, at=now))
+            # owners and approvers are told once per drift (the key holds the drift time)
+            messages.append((row.pk, f"request:{row.pk}:drifted:{now.isoformat()}",
+                             {"comment": summary[:2000]}))
         elif (not drift and row.drifted_at is not None
               and data["verdict"] != CheckStatus.ERROR):
             recovered.append(RelayRequest(pk=row.pk, drifted_at=None, drift_detail={},
                                           suspended_at=None))
             unsuspend = unsuspend or row.suspended_at is not None
-            events.append(RequestEvent(
-                request_id=row.pk, type=RequestEvent.Type.DRIFT, actor_name="system",
-                from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
-                comment="checks pass again; drift flag cleared",
-                parameters={"recovered": True}, created_at=now))
+            trail.append(drift_event(row.pk, comment="checks pass again; drift flag cleared",
+                                     parameters={"recovered": True}, at=now))
     CheckRun.objects.bulk_create(runs, batch_size=1000)
     if adopted:  # a check added after approval: its first answer is the baseline
         CheckResult.objects.bulk_create(adopted, batch_size=1000, ignore_conflicts=True)
@@ -180,37 +175,14 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
     if recovered:
         RelayRequest.objects.bulk_update(recovered, ["drifted_at", "drift_detail",
                                                      "suspended_at"])
-    if events:
-        RequestEvent.objects.bulk_create(events, batch_size=1000)
-    if notifications:
-        _enqueue_drift_notifications(notifications)
+    if trail:
+        insert_many(trail)
+    if messages:
+        notification_record_many(kind="drifted", messages=messages)
     if unsuspend:  # a suspended entry is back: it returns to the relay config
         dispatch_on_commit("rebuild_relay_config")
     stats.drifted += len(newly_drifted)
     stats.recovered += len(recovered)
-
-
-def _enqueue_drift_notifications(notifications: list[Notification]) -> None:
-    """Owners and approvers are told once per drift (the key holds the drift time)."""
-    recipients = _drift_recipients([n.request_id for n in notifications])
-    for n in notifications:
-        n.recipients = recipients.get(n.request_id, [])
-    Notification.objects.bulk_create([n for n in notifications if n.recipients],
-                                     ignore_conflicts=True)
-    keys = [n.event_key for n in notifications]
-    for pk in Notification.objects.filter(event_key__in=keys).values_list("pk", flat=True):
-        dispatch_on_commit("send_notification", pk)
-
-
-def _drift_recipients(request_ids: list[int]) -> dict[int, list[str]]:
-    """Owners (the notifications rule) plus approvers, in two queries for the batch."""
-    approvers = approver_emails()
-    return {
-        pk: owner_emails(*owners, *approvers)
-        for pk, *owners in RelayRequest.objects.filter(pk__in=request_ids).values_list(
-            "pk", "contact_email", "team__contact_email", "created_by__email",
-            "submitted_by__email")
-    }
 
 
 def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
@@ -226,11 +198,9 @@ def _suspend_overdue(now: Any, stats: RecheckStats) -> None:
         return
     with transaction.atomic():
         RelayRequest.objects.filter(pk__in=pks).update(suspended_at=now)
-        RequestEvent.objects.bulk_create([
-            RequestEvent(request_id=pk, type=RequestEvent.Type.DRIFT, actor_name="system",
-                         from_state=RequestState.ACTIVE, to_state=RequestState.ACTIVE,
-                         comment=f"suspended: drifted for more than {hours} h",
-                         parameters={"suspended": True}, created_at=now)
+        insert_many([
+            drift_event(pk, comment=f"suspended: drifted for more than {hours} h",
+                        parameters={"suspended": True}, at=now)
             for pk in pks
         ])
         dispatch_on_commit("rebuild_relay_config")

@@ -39,6 +39,7 @@ __all__ = [
     "notification_enqueue",
     "notification_message_id",
     "notification_record",
+    "notification_record_many",
     "notification_record_failure",
     "notification_send",
     "approver_emails",
@@ -173,6 +174,39 @@ def notification_record(
     if created:
         dispatch_on_commit("send_notification", notification.pk)
     return notification, created
+
+
+def _owners_and_approvers(request_ids: list[int]) -> dict[int, list[str]]:
+    """Each request's owners (the ``owner_emails`` rule) plus the approvers, in two
+    queries for any number of requests."""
+    approvers = approver_emails()
+    return {
+        pk: owner_emails(*owners, *approvers)
+        for pk, *owners in RelayRequest.objects.filter(pk__in=request_ids).values_list(
+            "pk", "contact_email", "team__contact_email", "created_by__email",
+            "submitted_by__email")
+    }
+
+
+def notification_record_many(*, kind: str,
+                             messages: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """Write one outbox row per ``(request id, event key, context)`` to the request's
+    owners and the approvers, each key once, and send them after commit.
+
+    For the nightly drift batch: a constant number of queries whatever the number of
+    messages, and the requests are not loaded.
+    """
+    recipients = _owners_and_approvers([request_id for request_id, _key, _ctx in messages])
+    rows = [
+        Notification(request_id=request_id, kind=kind, event_key=key,
+                     recipients=recipients.get(request_id, []),
+                     context=bounded_context(context))
+        for request_id, key, context in messages
+    ]
+    Notification.objects.bulk_create([n for n in rows if n.recipients], ignore_conflicts=True)
+    keys = [n.event_key for n in rows]
+    for pk in Notification.objects.filter(event_key__in=keys).values_list("pk", flat=True):
+        dispatch_on_commit("send_notification", pk)
 
 
 def notification_message_id(notification: Notification) -> str:
