@@ -111,7 +111,7 @@ def make_plan(spec: CheckSpec, config: CheckConfig) -> Plan:
     for family in FAMILIES:
         judge = family.judge
         if judge is not None:
-            found = [judge(config, made, s) for s in made.subjects(family.applies_to)]
+            found = [judge(config, made, s) for s in family.subjects(made)]
             made.judged[family.id] = found
             if family.narrow is not None:
                 family.narrow(made, found)
@@ -124,7 +124,7 @@ def first_lookups(planned: Plan) -> list[tuple[str, str]]:
     for family in FAMILIES:
         first = family.first_lookups
         if first is not None:
-            for subject in planned.subjects(family.applies_to):
+            for subject in family.subjects(planned):
                 asked += first(planned, subject)
     return asked
 
@@ -164,7 +164,7 @@ async def _run(planned: Plan, config: CheckConfig, lookups: Lookups) -> Report:
             results += planned.judged[family.id]
             continue
         check_id = family.id
-        for subject in planned.subjects(family.applies_to):
+        for subject in family.subjects(planned):
             coro = _guard(check_id, subject, check(run, planned, subject))
             try:
                 step = coro.send(None)

@@ -65,15 +65,39 @@ class Plan:
 
     def subjects(self, applies: Applies) -> Sequence[str]:
         """The subjects of this request that a family applying to ``applies`` runs on."""
-        if applies is Applies.SENDER_DOMAIN:
-            return self.domains
-        if applies is Applies.HOST_ADDRESS:
-            return self.addresses if self.fqdn is not None else ()
-        if applies is Applies.FQDN:
-            return (self.fqdn,) if self.fqdn is not None else ()
-        if applies is Applies.ADDRESS:
-            return self.typed
-        return self.domains if self.selector else ()  # SENDER_DOMAIN_WITH_SELECTOR
+        return SUBJECTS[applies](self)
+
+
+def _typed(plan: Plan) -> Sequence[str]:
+    return plan.typed
+
+
+def _fqdn(plan: Plan) -> Sequence[str]:
+    return (plan.fqdn,) if plan.fqdn is not None else ()
+
+
+def _host_addresses(plan: Plan) -> Sequence[str]:
+    return plan.addresses if plan.fqdn is not None else ()
+
+
+def _domains(plan: Plan) -> Sequence[str]:
+    return plan.domains
+
+
+def _domains_with_selector(plan: Plan) -> Sequence[str]:
+    return plan.domains if plan.selector else ()
+
+
+# How to read each kind of subject off a plan. A family keeps its own getter
+# (``CheckFamily.subjects``): the engine asks it several times per request, and an enum
+# member's attribute access costs a descriptor call on this Python.
+SUBJECTS: dict[Applies, Callable[[Plan], Sequence[str]]] = {
+    Applies.ADDRESS: _typed,
+    Applies.FQDN: _fqdn,
+    Applies.HOST_ADDRESS: _host_addresses,
+    Applies.SENDER_DOMAIN: _domains,
+    Applies.SENDER_DOMAIN_WITH_SELECTOR: _domains_with_selector,
+}
 
 
 Check = Callable[[Run, Plan, str], Awaitable[CheckResult]]
@@ -97,8 +121,11 @@ class CheckFamily:
     judge: Judge | None = None
     first_lookups: FirstLookups | None = None
     narrow: Callable[[Plan, list[CheckResult]], None] | None = None
+    # the subjects of a plan this family runs on (derived from ``applies_to``)
+    subjects: Callable[[Plan], Sequence[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "subjects", SUBJECTS[self.applies_to])
         if (self.check is None) == (self.judge is None):
             raise ValueError(f"check family {self.id!r}: give exactly one of check and judge")
         if self.judge is not None and self.first_lookups is not None:
