@@ -79,6 +79,8 @@ class KindSpec:
     facts_template: str
     #: Whether the form offers the as-you-type DNS check of the host.
     quick_check: bool
+    #: What the "New request" page says about the kind, under its label.
+    description: str
 
     @property
     def authenticates(self) -> bool:
@@ -143,6 +145,8 @@ SERVER = KindSpec(
     snippet_target="server",
     facts_template="requests_app/kinds/server_facts.html",
     quick_check=True,
+    description="A server or appliance sends through the relay from fixed IP addresses. "
+                "Needs forward and reverse DNS.",
 )
 
 ACCOUNT = KindSpec(
@@ -159,6 +163,8 @@ ACCOUNT = KindSpec(
     snippet_target="application",
     facts_template="requests_app/kinds/account_facts.html",
     quick_check=False,
+    description="An application authenticates with a service account over STARTTLS (587) "
+                "or implicit TLS (465). No IP allowlisting.",
 )
 
 #: Every kind by its value, in the order ``RequestKind`` lists them.

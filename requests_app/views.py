@@ -38,6 +38,7 @@ from .forms import DecisionForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
+from .kinds import KINDS
 from .kinds import kind_spec
 from .kinds import logs_in
 from .models import CheckStatus
@@ -147,7 +148,8 @@ class QueueView(LoginRequiredMixin, StrictPageMixin, ListView):
 @login_required
 def request_create(request: HttpRequest, kind: str) -> HttpResponse:
     if kind not in RequestKind.values:
-        return render(request, "requests_app/relayrequest_choose.html", status=404)
+        return render(request, "requests_app/relayrequest_choose.html",
+                      {"kinds": _kind_cards()}, status=404)
     form_class = form_class_for(kind)
     form = form_class(request.POST or None, user=request.user)
     # One token per rendered form (hidden field): a double click or a resent POST carries
@@ -201,7 +203,13 @@ def _add_errors(form: Any, exc: ValidationError) -> None:
 
 @login_required
 def request_choose(request: HttpRequest) -> HttpResponse:
-    return render(request, "requests_app/relayrequest_choose.html")
+    return render(request, "requests_app/relayrequest_choose.html", {"kinds": _kind_cards()})
+
+
+def _kind_cards() -> list[dict[str, str]]:
+    """One card per request kind on the "New request" page: its value, label, description."""
+    return [{"value": value, "label": RequestKind(value).label, "description": spec.description}
+            for value, spec in KINDS.items()]
 
 
 @login_required

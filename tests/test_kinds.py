@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
+from django.test import Client
+from django.urls import reverse
 
 from requests_app import kinds
 from requests_app.checking import spec_for
@@ -105,3 +107,17 @@ def test_checks_relay_and_snippets_follow_the_kind_spec(team, requester):
     assert [s.key for s in snippets_for(server)] == list(kinds.KINDS["server"].snippets)
     assert [s.key for s in snippets_for(account)] == list(kinds.KINDS["account"].snippets)
     assert (server.subject, account.subject) == ("app.example.org", "svc-shop")
+
+
+@pytest.mark.django_db
+def test_the_new_request_page_offers_every_kind_with_its_description(requester):
+    # given a signed-in requester
+    client = Client()
+    client.force_login(requester)
+    # when the "New request" page is shown
+    page = client.get(reverse("requests:choose")).content.decode()
+    # then it has one card per kind: a link to the kind's form, its label and description
+    for value, spec in kinds.KINDS.items():
+        assert f'href="{reverse("requests:create", args=[value])}"' in page
+        assert f"<h2>{RequestKind(value).label}</h2>" in page
+        assert spec.description in page
