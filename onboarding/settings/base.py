@@ -313,7 +313,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "requests_app.models.CheckStatus"},
+    "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "requests_app.models.CHECK_STATUS_CHOICES"},
 }
 
 # ---------------------------------------------------------------------------
