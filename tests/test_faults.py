@@ -67,6 +67,18 @@ def _mail_once(smtp: SmtpTestServer, requests: list[int]) -> dict[str, int]:
             for row in rows}
 
 
+def _assert_delivered(system: RelaydeskSystem, ids: list[int], *, repeats_allowed: int) -> None:
+    """Every outbox row of these requests is sent and its message arrived; at most
+    ``repeats_allowed`` arrivals repeat a Message-ID, and no copy carries another id."""
+    assert wait_until(lambda: not Notification.objects.filter(
+        request_id__in=ids).exclude(status="sent").exists(), 60), system.logs()
+    assert wait_until(lambda: min(_mail_once(system.smtp, ids).values()) >= 1, 10), (
+        _mail_once(system.smtp, ids))
+    arrivals = _mail_once(system.smtp, ids)
+    assert sum(n - 1 for n in arrivals.values()) <= repeats_allowed, arrivals
+    assert len(system.smtp.messages) == sum(arrivals.values())
+
+
 @pytest.fixture
 def faults_dns() -> DnsTestServer:
     with DnsTestServer(_faults_zone()) as server:
@@ -128,17 +140,7 @@ def test_broker_outage_loses_nothing_and_a_revocation_is_served_after_it(
     assert "81.2.69.101/32 OK" in served
     # and every mail (checks passed, approved, active, revoked) arrives exactly once
     ids = [revoked.pk, waiting.pk, draft.pk]
-    assert wait_until(lambda: Notification.objects.filter(
-        request_id__in=ids).exclude(status="sent").count() == 0, 60), system.logs()
-    # and every mail arrived; a SIGKILL after the SMTP server accepted a message but before
-    # its row was committed makes that one message go again with the same Message-ID (the
-    # outbox is at-least-once with a stable id, so receivers drop the copy); no other
-    # message repeats
-    assert wait_until(lambda: min(_mail_once(system.smtp, ids).values()) >= 1, 10), (
-        _mail_once(system.smtp, ids))
-    arrivals = _mail_once(system.smtp, ids)
-    assert sum(n - 1 for n in arrivals.values()) <= 1, arrivals
-    assert len(system.smtp.messages) == sum(arrivals.values())  # no copy with another id
+    _assert_delivered(system, ids, repeats_allowed=0)
     assert Notification.objects.filter(request=revoked, kind="revoked").count() == 1
     # and each request's checks were recorded once per attempt, by one chain
     recorded = Counter(RequestEvent.objects.filter(
@@ -192,17 +194,10 @@ def test_worker_killed_mid_work_every_request_finishes_exactly_once(
         system.logs())
     served = system.served()
     assert all(f"81.2.69.{100 + i}/32 OK" in served for i in range(1, 5))
-    assert wait_until(lambda: Notification.objects.filter(
-        request_id__in=ids).exclude(status="sent").count() == 0, 60), system.logs()
     # and every mail arrived; a SIGKILL after the SMTP server accepted a message but before
     # its row was committed makes that one message go again with the same Message-ID (the
-    # outbox is at-least-once with a stable id, so receivers drop the copy); no other
-    # message repeats
-    assert wait_until(lambda: min(_mail_once(system.smtp, ids).values()) >= 1, 10), (
-        _mail_once(system.smtp, ids))
-    arrivals = _mail_once(system.smtp, ids)
-    assert sum(n - 1 for n in arrivals.values()) <= 1, arrivals
-    assert len(system.smtp.messages) == sum(arrivals.values())  # no copy with another id
+    # outbox is at-least-once with a stable id, so receivers drop the copy)
+    _assert_delivered(system, ids, repeats_allowed=1)
 
 
 def test_dns_and_smtp_outage_the_request_waits_visibly_then_goes_on_and_mails_once(
@@ -242,7 +237,5 @@ def test_dns_and_smtp_outage_the_request_waits_visibly_then_goes_on_and_mails_on
     # when the mail server comes back
     system.smtp.start()
     # then every notification of the request arrives exactly once
-    assert wait_until(lambda: not Notification.objects.filter(request=draft).exclude(
-        status="sent").exists(), 60), system.logs()
-    assert wait_until(lambda: set(_mail_once(system.smtp, [draft.pk]).values()) == {1}, 10)
+    _assert_delivered(system, [draft.pk], repeats_allowed=0)
     assert not RelayRequest.objects.filter(state=RequestState.CHECKING).exists()
