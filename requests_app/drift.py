@@ -32,6 +32,8 @@ from django.db import transaction
 from django.db.models import Aggregate
 from django.db.models import CharField
 from django.db.models import F
+from django.db.models import OuterRef
+from django.db.models import Subquery
 from django.utils import timezone
 
 from .checking import check_config
@@ -61,8 +63,9 @@ class _CheckIds(Aggregate):
     """A request's distinct check ids as one comma-separated text (ids have no comma).
 
     Why: read row by row, an entry's baseline (some eight results) made the recheck
-    measurably slower (docs/dns-checks.md); the database joins the ids instead, one row
-    per entry. ``GROUP_CONCAT`` on SQLite, ``STRING_AGG`` on PostgreSQL.
+    measurably slower (docs/dns-checks.md); the database joins the ids instead, as one
+    more column of the entry's own row. ``GROUP_CONCAT`` on SQLite, ``STRING_AGG`` on
+    PostgreSQL.
     """
 
     function = "GROUP_CONCAT"
@@ -78,9 +81,18 @@ class _CheckIds(Aggregate):
 # Baseline results that a failure tonight is compared with and not flagged for: failed
 # or unanswered at approval (approved only with a written override).
 _ACCEPTED = (CheckStatus.FAIL, CheckStatus.ERROR)
+_NO_BASELINE: frozenset[str] = frozenset()
 
+# ``baseline_ids``: the check ids of the entry's approval-time results, comma-joined
 _FIELDS = ("pk", "kind", "fqdn", "ipv4", "ipv6", "sender_domains", "sender_addresses",
-           "dkim_selector", "drifted_at", "suspended_at")
+           "dkim_selector", "drifted_at", "suspended_at", "baseline_ids")
+
+
+def _baseline_ids() -> Subquery:
+    """Each entry's baseline check ids, read with the entry (no query of their own)."""
+    return Subquery(CheckResult.objects.filter(request_id=OuterRef("pk")).order_by()
+                    .values("request_id").annotate(ids=_CheckIds("check_id", distinct=True))
+                    .values("ids"))
 
 
 @dataclass
@@ -151,12 +163,6 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
         request_id__in=pks, status__in=_ACCEPTED
     ).values_list("request_id", "check_id", "subject"):
         accepted[request_id].add((check_id, subject))
-    baseline: dict[int, set[str]] = {pk: set() for pk in pks}  # check ids per entry
-    for request_id, ids in (
-        CheckResult.objects.filter(request_id__in=pks).order_by().values("request_id")
-        .annotate(ids=_CheckIds("check_id", distinct=True)).values_list("request_id", "ids")
-    ):
-        baseline[request_id] = set(ids.split(","))
     adopted: list[CheckResult] = []
     runs, trail = [], []
     messages: list[tuple[int, str, dict[str, Any]]] = []
@@ -164,7 +170,7 @@ def _record(rows: list[_Row], reports: list[Report], now: Any, stats: RecheckSta
     unsuspend = False
     for row, report in zip(rows, reports, strict=True):
         data = report.as_dict()
-        known = baseline[row.pk]
+        known = set(row.baseline_ids.split(",")) if row.baseline_ids else _NO_BASELINE
         new = new_checks_of(data, known)
         if new:
             adopted += _adopted(row.pk, new)
@@ -292,6 +298,7 @@ def recheck_active_entries(*, limit: int | None = None, batch_size: int | None =
             with (connection.execute_wrapper(counter) if count_queries
                   else contextlib.nullcontext()), gc_paused():
                 rows = [_Row(v) for v in RelayRequest.objects.filter(pk__in=chunk)
+                        .annotate(baseline_ids=_baseline_ids())
                         .order_by("pk").values_list(*_FIELDS)]
                 recheck_batch(rows, stats=stats, pool=pool)
                 del rows  # freed before the collector is back
