@@ -757,10 +757,10 @@ class RowInsertJSONField(models.JSONField):
     Why: Django 5.2 bulk-inserts literal values on PostgreSQL through ``UNNEST(%s::jsonb[])``.
     With psycopg's client-side binding (Django's default) each document then becomes an
     array element escaped by a Python regex, one substitution per double quote: for the
-    recheck's multi-kilobyte results that was 2.9 of the 4.3 seconds its inserts took per
-    5,000 runs. A ``get_placeholder`` makes Django keep the plain multi-row ``VALUES``
-    form, whose literals libpq escapes in C (bench/recheck.py: 760 -> 1,086 entries/s on
-    PostgreSQL). The column and its contents are unchanged.
+    recheck's multi-kilobyte results that was most of the time its inserts took
+    (docs/architecture.md, "Measured choices"). A ``get_placeholder`` makes Django keep
+    the plain multi-row ``VALUES`` form, whose literals libpq escapes in C. The column
+    and its contents are unchanged.
     """
 
     def get_placeholder(self, value: object, compiler: object, connection: object) -> str:

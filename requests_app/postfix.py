@@ -185,14 +185,15 @@ def normalise_host_address(
 ) -> tuple[int, str, int]:
     """Validate one host address; return ``(sort key, normalised text, prefix length)``.
 
-    The hot path uses ``inet_pton``/``inet_ntop`` (C code, ~10x faster than constructing
-    ``ipaddress`` objects and formatting them), which accept exactly the strict textual
-    forms; the result equals ``ipaddress.ip_address(value).compressed`` (tested in
-    ``tests/test_postfix.py``). IPv6 addresses whose first 80 bits are zero (IPv4-mapped or
-    -compatible forms, where glibc and ``ipaddress`` print differently) go through
-    ``ipaddress``. Then the address policy of ``rules.py`` (``policy``: lab networks,
-    private addresses) decides, as it did at intake: an address outside every special
-    and lab range costs one binary search. Raises ``ValueError``.
+    The hot path uses ``inet_pton``/``inet_ntop`` (C code, far cheaper than constructing
+    ``ipaddress`` objects and formatting them; docs/architecture.md "Measured choices"),
+    which accept exactly the strict textual forms; the result equals
+    ``ipaddress.ip_address(value).compressed`` (tested in ``tests/test_postfix.py``).
+    IPv6 addresses whose first 80 bits are zero (IPv4-mapped or -compatible forms, where
+    glibc and ``ipaddress`` print differently) go through ``ipaddress``. Then the address
+    policy of ``rules.py`` (``policy``: lab networks, private addresses) decides, as it
+    did at intake: an address outside every special and lab range costs one binary
+    search. Raises ``ValueError``.
     """
     if not isinstance(value, str):
         raise ValueError(f"not a string: {value!r}")

@@ -103,8 +103,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # * timeout: the busy timeout, how long BEGIN IMMEDIATE waits for the lock (seconds).
     # * WAL: readers never wait for the writer and the writer never waits for readers.
     # * synchronous=FULL: a commit is on disk before the user is told it happened, even
-    #   across a power cut (NORMAL would only protect against corruption); ~0.5 ms per
-    #   commit measured here.
+    #   across a power cut (NORMAL would only protect against corruption); its cost per
+    #   commit is in docs/architecture.md, "Measured choices".
     DATABASES["default"].setdefault("OPTIONS", {}).update({
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
