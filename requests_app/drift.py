@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 
 class _CheckIds(Aggregate):
-    """A request's distinct check ids as one comma-separated text (ids have no comma).
+    """A request's check ids joined by commas (an id with several subjects repeats).
 
     Why: read row by row, an entry's baseline (some eight results) made the recheck
     measurably slower (docs/dns-checks.md); the database joins the ids instead, as one
@@ -69,7 +69,6 @@ class _CheckIds(Aggregate):
     """
 
     function = "GROUP_CONCAT"
-    allow_distinct = True
     output_field = CharField()
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
@@ -91,7 +90,7 @@ _FIELDS = ("pk", "kind", "fqdn", "ipv4", "ipv6", "sender_domains", "sender_addre
 def _baseline_ids() -> Subquery:
     """Each entry's baseline check ids, read with the entry (no query of their own)."""
     return Subquery(CheckResult.objects.filter(request_id=OuterRef("pk")).order_by()
-                    .values("request_id").annotate(ids=_CheckIds("check_id", distinct=True))
+                    .values("request_id").annotate(ids=_CheckIds("check_id"))
                     .values("ids"))
 
 
