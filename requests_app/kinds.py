@@ -121,14 +121,21 @@ def _validate_account(data: Mapping[str, Any], add: AddError) -> None:
         add("ipv4", _("Functional accounts are not IP-allowlisted."), "not_allowed")
 
 
-def _server_entry(pk: int, team: str, fqdn: str, ipv4: list[str], ipv6: list[str]) -> ServerEntry:
-    return ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4))
+def _server_entry(
+    pk: int, team: str, fqdn: str, ipv4: list[str], ipv6: list[str],
+    addresses: list[str], domains: list[str], tier: str, volume: int,
+) -> ServerEntry:
+    return ServerEntry(pk, fqdn, team, tuple(ipv6) + tuple(ipv4),
+                       senders=tuple(addresses) + tuple("@" + d for d in domains),
+                       production=tier == "production", daily_volume=volume)
 
 
 def _account_entry(
-    pk: int, team: str, account: str, addresses: list[str], domains: list[str]
+    pk: int, team: str, account: str, addresses: list[str], domains: list[str],
+    tier: str, volume: int,
 ) -> AccountEntry:
-    return AccountEntry(pk, account, team, tuple(addresses) + tuple("@" + d for d in domains))
+    return AccountEntry(pk, account, team, tuple(addresses) + tuple("@" + d for d in domains),
+                        production=tier == "production", daily_volume=volume)
 
 
 SERVER = KindSpec(
@@ -139,7 +146,8 @@ SERVER = KindSpec(
     cleared_on_create=(),
     host_checks=True,
     login_field="",
-    relay_columns=("fqdn", "ipv4", "ipv6"),
+    relay_columns=("fqdn", "ipv4", "ipv6", "sender_addresses", "sender_domains",
+                   "quota_tier", "expected_daily_volume"),
     relay_entry=_server_entry,
     snippets=("postfix", "django", "smtplib", "nodemailer", "test"),
     snippet_target="server",
@@ -157,7 +165,8 @@ ACCOUNT = KindSpec(
     cleared_on_create=("fqdn", "ipv4", "ipv6"),
     host_checks=False,
     login_field="account_name",
-    relay_columns=("account_name", "sender_addresses", "sender_domains"),
+    relay_columns=("account_name", "sender_addresses", "sender_domains", "quota_tier",
+                   "expected_daily_volume"),
     relay_entry=_account_entry,
     snippets=("postfix", "sasl_passwd", "django", "smtplib", "nodemailer", "test"),
     snippet_target="application",

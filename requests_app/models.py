@@ -40,6 +40,7 @@ __all__ = [
     "CHECKED_FIELDS",
     "CHECK_STATUS_CHOICES",
     "POLICY_REFUSED",
+    "QuotaTier",
     "ROLE_PERMISSIONS",
     "ApprovedSenderDomain",
     "CheckResult",
@@ -232,6 +233,14 @@ class RequestKind(models.TextChoices):
 class TlsMode(models.TextChoices):
     STARTTLS = "starttls", _("STARTTLS on port 587")
     SMTPS = "smtps", _("Implicit TLS (SMTPS) on port 465")
+
+
+class QuotaTier(models.TextChoices):
+    """How much an entry may send: every new entry starts in the sandbox (a small daily
+    quota), production (its approved daily volume) is granted after a review."""
+
+    SANDBOX = "sandbox", _("Sandbox")
+    PRODUCTION = "production", _("Production")
 
 
 class RequestState(models.TextChoices):
@@ -480,6 +489,20 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
                     "first request instead of making a second."),
     )
     search_text = models.TextField(_("search text"), blank=True, editable=False)
+    # sending quota: sandbox until an approver grants production access
+    quota_tier = models.CharField(
+        _("quota tier"), max_length=10, choices=QuotaTier.choices, default=QuotaTier.SANDBOX
+    )
+    production_requested_at = models.DateTimeField(
+        _("production access requested at"), null=True, blank=True,
+        help_text=_("Set while the owners' request for production access awaits approvers."),
+    )
+    production_volume = models.PositiveIntegerField(
+        _("requested production volume (messages per day)"), null=True, blank=True
+    )
+    production_use_case = models.TextField(_("production use case"), blank=True)
+    production_bounce_handling = models.TextField(_("bounce and complaint handling"),
+                                                  blank=True)
     # lifecycle after approval
     recertify_by = models.DateField(_("recertify by"), null=True, blank=True, db_index=True)
     drifted_at = models.DateTimeField(_("drift seen at"), null=True, blank=True, db_index=True)

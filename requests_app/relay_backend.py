@@ -46,6 +46,12 @@ class ServerEntry:
     fqdn: str
     team: str
     addresses: tuple[str, ...]
+    # What the relay lets it send as (``user@domain`` or ``@domain``; the sender policy
+    # also requires an approved domain) and its sending quota: sandboxed until an
+    # approver grants production, which gets ``daily_volume`` messages per 24 h.
+    senders: tuple[str, ...] = ()
+    production: bool = False
+    daily_volume: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,8 @@ class AccountEntry:
     account: str
     team: str
     senders: tuple[str, ...]
+    production: bool = False  # sandboxed until an approver grants production
+    daily_volume: int = 0  # the production quota, messages per 24 h
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,27 @@ class RelaySettings:
     sasl_path: str = "private/auth"
     lab_networks: tuple[str, ...] = ()
     allow_private: bool = False
+    # Sender policy (``RELAY_SENDER_MODE``): what the relay does with a server's sender
+    # that is not declared by its entry or not on an approved domain: ``rewrite`` (SRS
+    # under ``rewrite_domain``; empty means ``srs.<relay_host>``) or ``reject`` (553).
+    sender_mode: str = "rewrite"
+    rewrite_domain: str = ""
+    approved_sender_domains: tuple[str, ...] = ()
+    # TLS policy (``RELAY_REQUIRE_TLS``): allowlisted clients must STARTTLS too.
+    require_tls: bool = False
+    # Quotas: sandbox messages per 24 h and per second; production per second (the
+    # production daily quota is each entry's approved volume).
+    sandbox_daily: int = 200
+    sandbox_per_second: int = 1
+    production_per_second: int = 14
+    # Relay-local services the generated main.cf/master.cf point at.
+    policy_service: str = "127.0.0.1:10040"
+    srs_forward: str = "127.0.0.1:10001"
+    srs_reverse: str = "127.0.0.1:10002"
+    reinject_port: int = 10026
+    # The public SMTP service: port and address master.cf listens on ("" = all).
+    smtp_port: int = 25
+    listen_address: str = ""
 
     @property
     def address_policy(self) -> rules.AddressPolicy:

@@ -290,7 +290,25 @@ RELAY_MAP_DIRECTORY = os.environ.get("RELAY_MAP_DIRECTORY", "$config_directory/r
 # Which relay back-end renders the config, and its map type (requests_app/relay_backend.py,
 # docs/relay-config.md "Back-ends and map types"): only postfix with cidr exists so far.
 RELAY_BACKEND = env.str("RELAY_BACKEND", default="postfix")
+# cidr (read from the text file), hash or lmdb (indexed: the relay runs postmap on install).
 RELAY_MAP_TYPE = env.str("RELAY_MAP_TYPE", default="cidr")
+
+# What the relay enforces (docs/relay-enforcement.md). A server's sender that its entry
+# did not declare, or that is not on an approved domain, is rewritten under
+# RELAY_REWRITE_DOMAIN with SRS (bounces still reach the sender) or refused with 553.
+RELAY_SENDER_MODE = env.str("RELAY_SENDER_MODE", default="rewrite")
+RELAY_REWRITE_DOMAIN = env.str("RELAY_REWRITE_DOMAIN", default="") or f"srs.{RELAY_HOST}"
+# true: allowlisted servers must STARTTLS too (plain MAIL gets 530 5.7.0).
+RELAY_REQUIRE_TLS = env.bool("RELAY_REQUIRE_TLS", default=False)
+# Every new entry starts in the sandbox; production gets the approved daily volume.
+RELAY_SANDBOX_DAILY_LIMIT = env.int("RELAY_SANDBOX_DAILY_LIMIT", default=200)
+RELAY_SANDBOX_PER_SECOND = env.int("RELAY_SANDBOX_PER_SECOND", default=1)
+RELAY_PRODUCTION_PER_SECOND = env.int("RELAY_PRODUCTION_PER_SECOND", default=14)
+# Relay-local services the generated main.cf/master.cf point at (host:port).
+RELAY_POLICY_SERVICE = env.str("RELAY_POLICY_SERVICE", default="127.0.0.1:10040")
+RELAY_SRS_FORWARD = env.str("RELAY_SRS_FORWARD", default="127.0.0.1:10001")
+RELAY_SRS_REVERSE = env.str("RELAY_SRS_REVERSE", default="127.0.0.1:10002")
+RELAY_REINJECT_PORT = env.int("RELAY_REINJECT_PORT", default=10026)
 
 # ---------------------------------------------------------------------------
 # API
