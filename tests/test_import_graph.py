@@ -53,6 +53,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.postfix",
         "requests_app.relay_backend",
         "requests_app.artifacts_io",
+        "requests_app.sender_policy",  # the sender rule the relay enforces and pages show
+        "requests_app.policyd",  # the relay's policy service (runs without Django)
     )),
     ("models", (
         "requests_app.kinds",
@@ -78,6 +80,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.recertification",
         "requests_app.snippets",
         "requests_app.dashboard",
+        "requests_app.quotas",  # sandbox -> production access
     )),
     ("tasks", (
         "requests_app.tasks",
