@@ -7,8 +7,15 @@ parser and the real ``smtpd`` prove that.
 :class:`PostfixInstance` builds a throw-away configuration directory in ``/tmp`` (not in
 pytest's ``tmp_path``: that lives under a 0700 directory the unprivileged ``postfix`` user
 cannot traverse) with its own queue, data directory and log file, listening only on
-``127.0.0.1:<free port>``. Mail is never delivered anywhere: every transport is
-``discard``. ``mynetworks`` is empty, so only the generated cidr map lets a client relay.
+``127.0.0.1:<free port>``. By default mail is never delivered anywhere: every transport is
+``discard``. With ``relay_to=(host, port)`` it relays instead, through the stock ``smtp``
+client, to that loopback SMTP server (``relayhost = [host]:port``, no TLS towards it, no
+DNS), so a test can read what the relay really sent (``tests/support/relay.py``).
+``mynetworks`` is empty, so only the generated maps let a client relay.
+
+``master.cf`` is either the small discarding one with a single smtpd on ``port``, or, when
+a generated ``master.cf.fragment`` is given, the stock service lines Postfix needs plus
+that fragment, which then defines the listening services itself.
 
 Needs root (to start ``master``) and the ``postfix`` package; :func:`require_tool` skips
 the calling test when a binary is missing, or fails it when ``RELAYDESK_REQUIRE_TOOLS=1``
@@ -38,6 +45,7 @@ __all__ = (
     "require_root",
     "require_tool",
     "run_tool",
+    "stock_master_cf",
 )
 
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
@@ -135,6 +143,52 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 
+# The stock private services of Debian's master.cf, none chrooted, for an instance whose
+# listening services come from a generated master.cf.fragment. Unlike _MASTER_CF this
+# includes the delivery agents (smtp, relay, local, virtual, lmtp) so mail really leaves.
+_STOCK_SERVICES = """\
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n -  0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n -  - trivial-rewrite
+bounce    unix  - - n -  0 bounce
+defer     unix  - - n -  0 bounce
+trace     unix  - - n -  0 bounce
+verify    unix  - - n -  1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n -  - proxymap
+proxywrite unix - - n -  1 proxymap
+smtp      unix  - - n -  - smtp
+relay     unix  - - n -  - smtp
+  -o syslog_name=postfix/$service_name
+showq     unix  n - n -  - showq
+error     unix  - - n -  - error
+retry     unix  - - n -  - error
+discard   unix  - - n -  - discard
+local     unix  - n n -  - local
+virtual   unix  - n n -  - virtual
+lmtp      unix  - - n -  - lmtp
+anvil     unix  - - n -  1 anvil
+scache    unix  - - n -  1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+def stock_master_cf(fragment: str) -> str:
+    """The stock private services followed by a generated ``master.cf.fragment``."""
+    return _STOCK_SERVICES + fragment
+
+
+def _defined_names(main_cf_text: str) -> set[str]:
+    """The parameter names a main.cf text assigns (``name = value`` at line start)."""
+    names = set()
+    for line in main_cf_text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#") and "=" in line:
+            names.add(line.split("=", 1)[0].strip())
+    return names
+
+
 class PostfixInstance:
     """A private Postfix on loopback, configured from a generated ``main.cf.fragment``.
 
@@ -150,7 +204,13 @@ class PostfixInstance:
     directory, also when the test failed.
     """
 
-    def __init__(self, *, port: int | None = None, extra_main_cf: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        extra_main_cf: str = "",
+        relay_to: tuple[str, int] | None = None,
+    ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="relaydesk-postfix-"))
         # The postfix user must traverse to the queue and data directories.
         os.chmod(self.root, 0o755)
@@ -162,12 +222,27 @@ class PostfixInstance:
         self.host = "127.0.0.1"
         self.port = port or free_port(self.host)
         self.extra_main_cf = extra_main_cf
+        self.relay_to = relay_to
+        self.master_cf_fragment: str | None = None
         self.running = False
 
     # -- configuration -------------------------------------------------------------------
 
     def base_main_cf(self) -> str:
-        """The parts of main.cf that make this a private, loopback-only, discarding relay."""
+        """The parts of main.cf that make this a private, loopback-only relay that discards
+        everything, or, with ``relay_to``, hands everything to that loopback server."""
+        if self.relay_to is None:
+            transport = "default_transport = discard\nrelay_transport = discard\n"
+        else:
+            host, port = self.relay_to
+            transport = (
+                f"relayhost = [{host}]:{port}\n"
+                # The sink offers no STARTTLS; a bracketed IP literal needs no MX look-up,
+                # and "native" keeps the client off the DNS resolver library altogether.
+                "smtp_tls_security_level = none\n"
+                "smtp_host_lookup = native\n"
+                "lmtp_host_lookup = native\n"
+            )
         return (
             "compatibility_level = 3.6\n"
             f"queue_directory = {self.queue_dir}\n"
@@ -181,22 +256,34 @@ class PostfixInstance:
             "relay_domains =\n"
             "local_recipient_maps =\n"
             "mynetworks =\n"
-            "default_transport = discard\n"
-            "relay_transport = discard\n"
+            + transport
             # No reverse DNS for 127.0.0.x: CI has no resolver worth waiting for.
-            "smtpd_peername_lookup = no\n"
+            + "smtpd_peername_lookup = no\n"
         )
 
-    def write_config(self, main_cf_fragment: str) -> Path:
-        """Write main.cf (base + generated fragment + extras) and master.cf; return the dir."""
+    def write_config(self, main_cf_fragment: str, master_cf_fragment: str | None = None) -> Path:
+        """Write main.cf (base + generated fragment + extras) and master.cf; return the dir.
+
+        A base parameter that the fragment or the extras assign again is left out of the
+        base: Postfix warns about a parameter set twice ("overriding earlier entry"), and
+        the generated value is the one under test. With ``master_cf_fragment``, master.cf
+        is :func:`stock_master_cf` of it (remembered for later rewrites).
+        """
+        if master_cf_fragment is not None:
+            self.master_cf_fragment = master_cf_fragment
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        _write_settled(
-            self.config_dir / "main.cf",
-            self.base_main_cf() + main_cf_fragment + self.extra_main_cf,
+        overridden = _defined_names(main_cf_fragment + self.extra_main_cf)
+        base = "".join(
+            line
+            for line in self.base_main_cf().splitlines(keepends=True)
+            if line.split("=", 1)[0].strip() not in overridden
         )
-        _write_settled(
-            self.config_dir / "master.cf", _MASTER_CF.format(listen=f"{self.host}:{self.port}")
-        )
+        _write_settled(self.config_dir / "main.cf", base + main_cf_fragment + self.extra_main_cf)
+        if self.master_cf_fragment is None:
+            master = _MASTER_CF.format(listen=f"{self.host}:{self.port}")
+        else:
+            master = stock_master_cf(self.master_cf_fragment)
+        _write_settled(self.config_dir / "master.cf", master)
         return self.config_dir
 
     def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -210,11 +297,21 @@ class PostfixInstance:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self, main_cf_fragment: str, *, timeout: float = 20) -> None:
-        """Write the config, create the queue, start master and wait until smtpd answers."""
+    def start(
+        self,
+        main_cf_fragment: str,
+        *,
+        master_cf_fragment: str | None = None,
+        timeout: float = 20,
+    ) -> None:
+        """Write the config, create the queue, start master and wait until smtpd answers.
+
+        With ``master_cf_fragment`` the fragment must define an smtpd on ``host:port``
+        (the one waited for); its other services are the caller's to wait for.
+        """
         require_tool("postfix")
         require_root()
-        self.write_config(main_cf_fragment)
+        self.write_config(main_cf_fragment, master_cf_fragment)
         for path in (self.queue_dir, self.data_dir, self.log_file.parent):
             path.mkdir(parents=True, exist_ok=True)
         postfix_user = pwd.getpwnam("postfix")
@@ -240,6 +337,12 @@ class PostfixInstance:
         self._postfix("reload")
         if settle:
             time.sleep(settle)
+
+    def queue_empty(self) -> bool:
+        """Whether nothing is queued (``postqueue -p``): every message was delivered or
+        refused, so nothing more can reach the relayhost."""
+        result = run_tool("postqueue", "-c", str(self.config_dir), "-p")
+        return result.returncode == 0 and "Mail queue is empty" in result.stdout
 
     def master_pid(self) -> int | None:
         try:
