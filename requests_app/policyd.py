@@ -418,7 +418,10 @@ class _OutageLog:
 
 _REDIS_OPTIONS = {
     # Fail fast: Postfix waits for the answer with the client connected; a short,
-    # certain 451 beats a long wait. No retries: a retried script may count twice.
+    # certain 451 beats a long wait. One retry on a broken connection only (a Redis
+    # restart leaves the pool's connections stale: without it the first message on each
+    # would get a needless 451); never on a timeout, where the script may have run and a
+    # retry would count the message twice.
     "socket_timeout": 2.0,
     "socket_connect_timeout": 1.0,
     "health_check_interval": 30,
@@ -429,8 +432,8 @@ class Quota:
     """The counters, synchronous (the ``threads`` server)."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0),
-                                           **_REDIS_OPTIONS)
+        retry = Retry(NoBackoff(), 1, (redis.ConnectionError,))
+        self.client = redis.Redis.from_url(url, retry=retry, **_REDIS_OPTIONS)
         self.script = self.client.register_script(QUOTA_SCRIPT)
         self.outage = _OutageLog()
 
@@ -452,8 +455,8 @@ class AsyncQuota:
     """The counters, for the ``asyncio`` server."""
 
     def __init__(self, url: str) -> None:
-        self.client = aioredis.Redis.from_url(url, retry=AsyncRetry(NoBackoff(), 0),
-                                              **_REDIS_OPTIONS)
+        retry = AsyncRetry(NoBackoff(), 1, (redis.ConnectionError,))
+        self.client = aioredis.Redis.from_url(url, retry=retry, **_REDIS_OPTIONS)
         self.script = self.client.register_script(QUOTA_SCRIPT)
         self.outage = _OutageLog()
 
