@@ -27,6 +27,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACTIONS",
     "AFTER_REMOVAL",
+    "PRODUCTION_ACTIONS",
     "USER_ACTIONS",
     "Action",
     "Audience",
@@ -89,6 +90,11 @@ class Action:
     comment_noun: str = "comment"  # "A written reason is required to override checks."
     comment_label: str = "Comment"  # the text box's label on the request page
     notice: Notice | None = None
+    # The transition's own keyword arguments besides ``by`` and the comment (what the
+    # owners state when they ask for production access). A service validates them
+    # (``quotas.request_production_access``) and the request page gives them a form of
+    # their own; ``services.request_act`` refuses the action without them (400).
+    data: tuple[str, ...] = ()
 
     @property
     def verb(self) -> str:
@@ -152,6 +158,20 @@ ACTIONS: dict[str, Action] = _index(
            comment_noun="reason", comment_label="Reason for overriding the failed checks"),
     Action("recertify", role=_PERSON, past="recertified",
            label="Recertify (still needed, unchanged)"),
+    # Sending quota (docs/quotas.md): active entries start in the sandbox; the owners ask,
+    # an approver of another team grants (the volume becomes the entry's daily quota) or
+    # refuses with a reason. All three keep the entry active.
+    Action("request_production", role=_PERSON, past="sent to approvers for production access",
+           label="Ask for production access",
+           data=("volume", "use_case", "bounce_handling"),
+           notice=Notice("production_requested", Audience.APPROVERS)),
+    Action("grant_production", role=_APPROVER, past="given production access",
+           label="Grant production access", comment=Comment.OPTIONAL,
+           notice=Notice("production_granted", Audience.OWNERS)),
+    Action("refuse_production", role=_APPROVER, past="refused production access",
+           label="Refuse production access", comment=Comment.REQUIRED,
+           comment_noun="reason", comment_label="Why production access is refused",
+           notice=Notice("production_refused", Audience.OWNERS)),
     # No text box; an API caller's comment goes to the note and the audit trail.
     Action("retry_provisioning", role=_APPROVER, past="sent to provisioning again",
            label="Retry provisioning", comment_arg="note"),
@@ -170,6 +190,11 @@ ACTIONS: dict[str, Action] = _index(
 # What a person may ask for (the web and API endpoints, ``services.request_act``).
 USER_ACTIONS: dict[str, Action] = {n: a for n, a in ACTIONS.items() if a.by_user}
 
+
+# The quota transitions: the request page shows them in its "Sending quota" section, not
+# among the lifecycle buttons.
+PRODUCTION_ACTIONS: tuple[str, ...] = ("request_production", "grant_production",
+                                       "refuse_production")
 
 # The notices the relay config build that leaves the entry out sends (action -> mail kind).
 AFTER_REMOVAL: dict[str, str] = {

@@ -18,6 +18,8 @@ from .models import RequestKind
 from .models import RequestState
 from .models import Team
 from .models import TlsMode
+from .quotas import PRODUCTION_TEXT_LIMIT
+from .quotas import PRODUCTION_VOLUME_MAX
 from .selectors import team_list_for_user
 from .validators import FREE_TEXT_LIMITS
 from .validators import split_list
@@ -33,6 +35,7 @@ from .validators import validate_sender_domains
 __all__ = [
     "AccountRequestForm",
     "DecisionForm",
+    "ProductionRequestForm",
     "QueueFilterForm",
     "ServerRequestForm",
     "form_class_for",
@@ -204,6 +207,29 @@ class DecisionForm(forms.Form):
 
     def clean_comment(self) -> str:
         return validate_free_text(self.cleaned_data["comment"], field="comment")
+
+
+class ProductionRequestForm(forms.Form):
+    """The owners' request for production access. The widgets carry the limits for the
+    browser; the rules are ``quotas.validate_production_request``'s, which the view's
+    service call applies (so the web and the API refuse the same input in the same words).
+    """
+
+    volume = forms.CharField(
+        label=_("Messages per day in production"), required=False,
+        widget=forms.NumberInput(attrs={"min": 1, "max": PRODUCTION_VOLUME_MAX, "step": 1}),
+    )
+    use_case = forms.CharField(
+        label=_("Use case: what is sent, to whom, and why the recipients expect it"),
+        required=False, strip=False,
+        widget=forms.Textarea(attrs={"rows": 3, "maxlength": PRODUCTION_TEXT_LIMIT}),
+    )
+    bounce_handling = forms.CharField(
+        label=_("Bounce and complaint handling: who reads bounces, how bouncing and "
+                "complaining addresses are removed"),
+        required=False, strip=False,
+        widget=forms.Textarea(attrs={"rows": 3, "maxlength": PRODUCTION_TEXT_LIMIT}),
+    )
 
 
 class QueueFilterForm(forms.Form):

@@ -66,6 +66,9 @@ __all__ = [
     "is_approver",
     "is_auditor",
     "permission_of",
+    "production_askable",
+    "production_conflict",
+    "production_pending",
     "team_ids_of",
     "requesting_side",
     "role_refusal",
@@ -383,6 +386,41 @@ def checks_allow_approval(instance: RelayRequest) -> bool:
 
 def checks_need_override(instance: RelayRequest) -> bool:
     return instance.check_verdict in (CheckStatus.FAIL, CheckStatus.ERROR)
+
+
+def production_askable(instance: RelayRequest) -> bool:
+    """The owners may ask for production access: still in the sandbox, nothing pending.
+
+    One open request at a time, so approvers never decide on a superseded volume.
+    """
+    return instance.quota_tier == QuotaTier.SANDBOX and instance.production_requested_at is None
+
+
+def production_pending(instance: RelayRequest) -> bool:
+    """A request for production access waits for an approver's decision."""
+    return instance.quota_tier == QuotaTier.SANDBOX and instance.production_requested_at is not None
+
+
+def production_conflict(instance: RelayRequest, action: str) -> str | None:
+    """Why a quota action cannot happen on this active entry (the 409's words), or
+    ``None`` when the quota conditions are not what stops it (another state: the
+    services' generic message says that)."""
+    if instance.state != RequestState.ACTIVE:
+        return None
+    if action == "request_production" and instance.quota_tier == QuotaTier.PRODUCTION:
+        return gettext("Request #%(pk)s already has production access (%(volume)s messages "
+                       "per 24 hours); to change the volume, recertify it with changes.") % {
+            "pk": instance.pk, "volume": instance.expected_daily_volume}
+    if action == "request_production" and production_pending(instance):
+        return gettext("Production access for request #%(pk)s was already requested on "
+                       "%(when)s UTC and waits for an approver's decision; ask again only "
+                       "after it is decided.") % {
+            "pk": instance.pk,
+            "when": instance.production_requested_at.strftime("%Y-%m-%d %H:%M")}
+    if action in ("grant_production", "refuse_production") and not production_pending(instance):
+        return gettext("Request #%(pk)s has no pending request for production access to "
+                       "decide.") % {"pk": instance.pk}
+    return None
 
 
 class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
@@ -743,6 +781,49 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
     def recertify(self, by: AbstractBaseUser) -> None:
         """The owner confirms the entry is still needed and correct."""
         self.recertify_by = (timezone.now() + settings.RELAY_RECERTIFY_AFTER).date()
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.ACTIVE,
+        permission=permission_of("request_production"),
+        conditions=[production_askable],
+    )
+    def request_production(self, by: AbstractBaseUser, *, volume: int, use_case: str,
+                           bounce_handling: str) -> None:
+        """The owners ask to leave the sandbox; the values were validated by
+        ``quotas.request_production_access`` and wait for an approver."""
+        self.production_requested_at = timezone.now()
+        self.production_volume = volume
+        self.production_use_case = use_case
+        self.production_bounce_handling = bounce_handling
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.ACTIVE,
+        permission=permission_of("grant_production"),
+        conditions=[production_pending],
+    )
+    def grant_production(self, by: AbstractBaseUser) -> None:
+        """The requested volume becomes the entry's daily quota (the relay's policy file
+        carries it from the next config build). The request's texts stay as the record
+        of what was granted."""
+        self.quota_tier = QuotaTier.PRODUCTION
+        self.expected_daily_volume = self.production_volume
+        self.production_requested_at = None
+
+    @transition(
+        field=state,
+        source=RequestState.ACTIVE,
+        target=RequestState.ACTIVE,
+        permission=permission_of("refuse_production"),
+        conditions=[production_pending],
+    )
+    def refuse_production(self, by: AbstractBaseUser) -> None:
+        """The entry stays in the sandbox; the reason is in the audit event and the mail.
+        The owners may ask again."""
+        self.production_requested_at = None
 
     @transition(
         field=state,

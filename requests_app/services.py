@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from typing import Any
@@ -27,6 +28,7 @@ from django_fsm import has_transition_perm
 from . import events
 from . import notifications
 from .actions import ACTIONS
+from .actions import PRODUCTION_ACTIONS
 from .actions import USER_ACTIONS
 from .actions import Action
 from .actions import Role
@@ -48,6 +50,7 @@ from .models import Team
 from .models import checks_current
 from .models import checks_policy_clear
 from .models import content_fingerprint
+from .models import production_conflict
 from .models import role_refusal
 from .models import team_ids_of
 from .rules import TEAM_RE
@@ -111,6 +114,9 @@ def _require_role(role: Role, request: RelayRequest, user: AbstractBaseUser,
 
 def _conflict_message(request: RelayRequest, spec: Action) -> str:
     action = spec.name
+    quota = production_conflict(request, action)
+    if quota is not None:
+        return quota
     decides_on_checks = (
         (action == "approve" and request.state == RequestState.PENDING_APPROVAL)
         or (action == "override_checks" and request.state in (
@@ -162,12 +168,18 @@ def request_act(
     by: AbstractBaseUser,
     comment: str = "",
     source_ip: str | None = None,
+    data: Callable[[], Mapping[str, Any]] | None = None,
 ) -> RelayRequest:
     """Fire one user lifecycle action (the API's ``POST /api/requests/{id}/{action}/``).
 
     Raises ``PermissionDenied`` for a wrong role (403), ``ActionConflict`` for a wrong
     state, an unmet condition or a lost race (409), ``ValidationError`` for a missing
     comment (400).
+
+    ``data`` validates and returns the keyword arguments of an action that declares
+    ``data`` (``actions.Action.data``); it is called once the role and the state allow
+    the action, so a caller who may not act learns that first, and its values go to the
+    transition and to the audit event's parameters.
     """
     spec = USER_ACTIONS.get(action)
     if spec is None:
@@ -189,6 +201,12 @@ def request_act(
     # holds even for a caller that skipped the check above.
     if not has_transition_perm(method, by):
         raise PermissionDenied(_("You may not %(action)s this request.") % {"action": spec.verb})
+    arguments: dict[str, Any] = {}
+    if spec.data:
+        if data is None:
+            raise ValidationError({field: [_("This field is required.")] for field in spec.data},
+                                  code="required")
+        arguments = dict(data())
     from_state = request.state
     overridden: list[dict[str, str]] = []
     if action == "override_checks":
@@ -197,7 +215,7 @@ def request_act(
                 "check_id", "subject", "status"
             )
         )
-    method(by=by, **({spec.comment_arg: comment} if spec.comment_arg else {}))
+    method(by=by, **({spec.comment_arg: comment} if spec.comment_arg else {}), **arguments)
     request.full_clean(exclude=["state"])  # protected FSM field: set only by transitions
     try:
         request.save()
@@ -222,6 +240,7 @@ def request_act(
             actor=by,
             source_ip=source_ip,
             comment=comment,
+            parameters=arguments,
         )
     _after_transition(request, action, event)
     return request
@@ -235,13 +254,33 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
         dispatch_on_commit("provision_request", request.pk)
     elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
         dispatch_on_commit("rebuild_relay_config")
+    elif action == "grant_production":
+        # The relay's policy file carries each entry's limits: the production quota
+        # reaches the relay with this build. Were the dispatch lost, the entry keeps
+        # relaying under its sandbox limit until the next build (docs/quotas.md).
+        dispatch_on_commit("rebuild_relay_config", f"production access for #{request.pk}")
     directory_sync(request, action)
     # "Revoked"/"expired" would be untrue until a config version without the entry
     # exists: the build that leaves it out writes that mail (relay.relay_config_rebuild),
     # and the sweep makes sure such a build happens even if the dispatch above is lost.
     notice = ACTIONS[action].notice
     if notice is not None and not notice.after_removal:
-        notifications.notification_enqueue(request=request, trigger=action, event=event)
+        notifications.notification_enqueue(request=request, trigger=action, event=event,
+                                           extra_context=_quota_facts(request, action))
+
+
+def _quota_facts(request: RelayRequest, action: str) -> dict[str, Any] | None:
+    """What a quota mail quotes, as it was at the event (a mail sent late must not show a
+    later request's volume or tier)."""
+    if action not in PRODUCTION_ACTIONS:
+        return None
+    return {
+        "quota_tier": request.quota_tier,
+        "daily_volume": request.expected_daily_volume,
+        "production_volume": request.production_volume,
+        "production_use_case": request.production_use_case,
+        "production_bounce_handling": request.production_bounce_handling,
+    }
 
 
 # --- create and edit ---------------------------------------------------------------

@@ -11,28 +11,40 @@ written past the validators) must stay a string there, never become code. Python
 JavaScript get double-quoted ASCII-only string literals (so also no U+2028, no
 ``</script>``), the shell gets ``shlex.quote``; Postfix's files have no quoting at all,
 so a value outside the plain host/account alphabet is not rendered into them.
+
+Server snippets also carry, as comment lines, what the relay will do with each declared
+sender (:func:`sender_preview`, the relay's own rule in ``sender_policy``): a sender
+inside a comment is written as an escaped ASCII literal too, because a line break in it
+would end the comment and start code.
 """
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from .checking import check_config
 from .kinds import kind_spec
 from .models import RelayEndpoint
 from .models import RelayRequest
 from .models import TlsMode
+from .sender_policy import Outcome
+from .sender_policy import Verdict
+from .sender_policy import outcome
 
 __all__ = [
     "PASSWORD_PLACEHOLDER",
+    "SenderPreview",
     "Snippet",
     "js_string",
     "python_string",
     "relay_endpoint",
+    "sender_preview",
     "snippets_for",
 ]
 
@@ -128,6 +140,69 @@ def _encoded(values: dict[str, str | int]) -> dict[str, dict[str, str]]:
     }
 
 
+@dataclass(frozen=True)
+class SenderPreview:
+    """What the relay will do with a server's senders, before approval: one
+    :class:`~requests_app.sender_policy.Outcome` per declared sender, and the settings
+    the outcomes depend on (shown next to them)."""
+
+    mode: str
+    rewrite_domain: str
+    approved_domains: tuple[str, ...]
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def rewrites(self) -> bool:
+        """As ``sender_policy.outcome`` reads the mode: anything but ``reject`` rewrites."""
+        return self.mode != "reject"
+
+
+def _rewrite_domain() -> str:
+    """``RELAY_REWRITE_DOMAIN``, or ``srs.<RELAY_HOST>`` when it is empty (as the relay)."""
+    return settings.RELAY_REWRITE_DOMAIN or f"srs.{settings.RELAY_HOST}"
+
+
+def sender_preview(request: RelayRequest) -> SenderPreview | None:
+    """Each declared sender of a server request with the relay's verdict on it.
+
+    ``None`` for kinds that log in: the relay ties an account's senders to its login
+    (``reject_authenticated_sender_login_mismatch``), not to this rule. The approved
+    domains are the settings' plus the admin's (``checking.check_config``), the same
+    list the relay config is built with, so the page promises what the relay does.
+    """
+    if kind_spec(request.kind).authenticates:
+        return None
+    declared = (*request.sender_addresses, *(f"@{d}" for d in request.sender_domains))
+    approved = check_config().approved_sender_domains
+    mode, rewrite_domain = settings.RELAY_SENDER_MODE, _rewrite_domain()
+    outcomes = tuple(outcome(sender, declared, approved, mode=mode,
+                             rewrite_domain=rewrite_domain) for sender in declared)
+    return SenderPreview(mode, rewrite_domain, approved, outcomes)
+
+
+def _preview_comments(preview: SenderPreview | None, literal: Callable[[str], str]
+                      ) -> list[str]:
+    """The sender preview as comment text, one line each, every request value written
+    as an escaped literal (``literal``) so no value can end the comment."""
+    if preview is None:
+        return []
+    lines = ["What the relay does with the senders declared on this request:"]
+    for item in preview.outcomes:
+        if item.verdict is Verdict.UNCHANGED:
+            lines.append(f"  {literal(item.sender)}: sent unchanged")
+        elif item.verdict is Verdict.REWRITTEN:
+            lines.append(f"  {literal(item.sender)}: From and Return-Path become "
+                         f"{literal(item.shown_as)}")
+        else:
+            lines.append(f"  {literal(item.sender)}: refused by the relay (553 5.7.1)")
+    if not preview.outcomes:
+        lines.append("  (none declared)")
+    lines.append("Any other sender is " + (
+        "rewritten the same way (SRS); bounces still reach it." if preview.rewrites
+        else "refused with 553 5.7.1."))
+    return lines
+
+
 def snippets_for(request: RelayRequest) -> list[Snippet]:
     """The snippets for a request's kind and TLS mode, every value encoded for its target.
 
@@ -142,10 +217,17 @@ def snippets_for(request: RelayRequest) -> list[Snippet]:
     sender = (request.sender_addresses or [f"noreply@{d}" for d in request.sender_domains]
               or ["noreply@example.org"])[0]
     account_name = getattr(request, spec.login_field) if account else ""
+    preview = sender_preview(request)
     context: dict[str, object] = {
         "port": port,
         "is_account": account,
         "smtps": smtps,
+        # ``RELAY_REQUIRE_TLS``: the relay answers a plain MAIL with 530 5.7.0, so a
+        # server's Postfix must not fall back to plain text ("encrypt", not "may").
+        "require_tls": bool(settings.RELAY_REQUIRE_TLS),
+        # comment lines, each value an escaped literal of the snippet's language
+        "preview_py": _preview_comments(preview, python_string),
+        "preview_js": _preview_comments(preview, js_string),
         "password": PASSWORD_PLACEHOLDER,
         # Postfix files: the raw value only when it needs no quoting (else None)
         "postfix_host": _postfix_value(endpoint.host),

@@ -113,9 +113,10 @@ def provision_request(request_id: int) -> str:
 
 
 @shared_task(name="relaydesk.rebuild_relay_config", acks_late=True)
-def rebuild_relay_config() -> str:
-    """Rebuild after a removal (revoke, expiry); a no-op when nothing changed."""
-    version = relay_config_rebuild(reason="removal")
+def rebuild_relay_config(reason: str = "removal") -> str:
+    """Rebuild after a removal (revoke, expiry) or a quota change (``reason`` says which,
+    in the version's history); a no-op when nothing changed."""
+    version = relay_config_rebuild(reason=reason)
     return f"v{version.number}" if version else "unchanged"
 
 

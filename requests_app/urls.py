@@ -8,6 +8,9 @@ from .actions import USER_ACTIONS
 
 app_name = "requests"
 
+# Actions whose transition takes data of its own (``Action.data``) have their own form.
+FORM_VIEWS = {"request_production": views.request_production}
+
 urlpatterns = [
     path("", views.RequestListView.as_view(), name="list"),
     path("queue/", views.QueueView.as_view(), name="queue"),
@@ -23,7 +26,8 @@ urlpatterns = [
     path("<int:pk>/renew/", views.request_renew, name="renew"),
     path("<int:pk>/handover/", views.request_handover, name="handover"),
     *[
-        path(f"<int:pk>/{action}/", views.request_action, {"action": action}, name=action)
+        path(f"<int:pk>/{action}/", FORM_VIEWS.get(action, views.request_action),
+             {"action": action}, name=action)
         for action in USER_ACTIONS
     ],
 ]

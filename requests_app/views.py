@@ -27,14 +27,17 @@ from django.views.decorators.http import require_POST
 from django.views.generic import ListView
 
 from . import params
+from . import quotas
 from . import selectors
 from . import services
+from .actions import PRODUCTION_ACTIONS
 from .actions import USER_ACTIONS
 from .actions import Role
 from .dashboard import dashboard_data
 from .dashboard import weekly_chart_svg
 from .exceptions import ActionConflict
 from .forms import DecisionForm
+from .forms import ProductionRequestForm
 from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
@@ -48,6 +51,7 @@ from .models import RequestKind
 from .models import RequestState
 from .models import Team
 from .models import role_refusal
+from .snippets import sender_preview
 from .snippets import snippets_for
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "request_detail",
     "request_edit",
     "request_handover",
+    "request_production",
     "request_renew",
     "request_events_csv",
     "bad_request",
@@ -142,7 +147,14 @@ class QueueView(LoginRequiredMixin, StrictPageMixin, ListView):
         context["filter_form"] = self.filter_form
         context["teams"] = Team.objects.order_by("slug").values_list("slug", flat=True)
         context["now"] = timezone.now()
+        # Active entries whose owners asked for production access: not "open" requests,
+        # so the table leaves them out; the approvers decide them too.
+        context["production_requests"] = quotas.production_pending_requests(
+            selectors.request_list_for_user(self.request.user))[:PRODUCTION_QUEUE_ROWS]
         return context
+
+
+PRODUCTION_QUEUE_ROWS = 100
 
 
 @login_required
@@ -213,13 +225,17 @@ def _kind_cards() -> list[dict[str, str]]:
 
 
 @login_required
-def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
+def request_detail(request: HttpRequest, pk: int,
+                   production_form: ProductionRequestForm | None = None) -> HttpResponse:
     obj = selectors.request_get_for_user(request.user, pk)
-    # The buttons: the declared actions (actions.py) this user may fire now.
-    actions = [
+    # The buttons: the declared actions (actions.py) this user may fire now; the quota
+    # actions have their own section ("Sending quota").
+    available = [
         USER_ACTIONS[t.name] for t in obj.get_available_user_state_transitions(request.user)
         if t.name in USER_ACTIONS
     ]
+    actions = [a for a in available if a.name not in PRODUCTION_ACTIONS]
+    quota_actions = {a.name: a for a in available if a.name in PRODUCTION_ACTIONS}
     context = {
         "obj": obj,
         "checks": list(obj.checks.all()),
@@ -248,6 +264,18 @@ def request_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
             "action", "status", "attempts", "last_error", "done_at", "done_by").first()
         if logs_in(obj.kind) else None,
+        # What the relay will do with each declared sender (server requests, from draft on).
+        "sender_preview": sender_preview(obj),
+        # The sending quota of an active entry, and who may ask for or decide production.
+        "quota": quotas.limits_for(obj) if obj.state == RequestState.ACTIVE else None,
+        # the owners' form, with their values and errors again after a refusal (400)
+        "production_form": (production_form or ProductionRequestForm())
+        if "request_production" in quota_actions else None,
+        "production_decisions": [quota_actions[n] for n in ("grant_production",
+                                                            "refuse_production")
+                                 if n in quota_actions],
+        "production_decision": quotas.last_production_decision(obj)
+        if obj.state == RequestState.ACTIVE else None,
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 
@@ -326,8 +354,39 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     return redirect(obj)
 
 
+@login_required
+@require_POST
+def request_production(request: HttpRequest, pk: int, action: str = "request_production"
+                       ) -> HttpResponse:
+    """The owners ask for production access (the form of the "Sending quota" section).
+
+    The service decides, in this order: 403 for a non-member, 409 (a message, back to the
+    page) for an entry not active, already in production or with a request pending, 400
+    with the page and the form again, naming each bad field, for bad values.
+    """
+    obj = selectors.request_get_for_user(request.user, pk)
+    form = ProductionRequestForm(request.POST)
+    form.is_valid()  # only collects the strings: the service applies the rules
+    data = form.cleaned_data
+    try:
+        quotas.request_production_access(
+            request_id=obj.pk, by=request.user, volume=data.get("volume", ""),
+            use_case=data.get("use_case", ""),
+            bounce_handling=data.get("bounce_handling", ""), source_ip=client_ip(request),
+        )
+    except ValidationError as exc:
+        _add_errors(form, exc)
+        return _refused_input(request, obj.pk, exc, production_form=form)
+    except (PermissionDenied, ActionConflict) as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, USER_ACTIONS[action].done_message(obj.pk))
+    return redirect(obj)
+
+
 def _refused_input(request: HttpRequest, pk: int,
-                   errors: ValidationError | dict[str, list[ValidationError]]) -> HttpResponse:
+                   errors: ValidationError | dict[str, list[ValidationError]],
+                   production_form: ProductionRequestForm | None = None) -> HttpResponse:
     """The request page again, answered 400, with what was wrong in which field.
 
     A comment or team the service refused is bad input (400), not a wrong state (those
@@ -340,7 +399,7 @@ def _refused_input(request: HttpRequest, pk: int,
             else ""
         for error in field_errors:
             messages.error(request, label + " ".join(error.messages))
-    response = request_detail(request, pk)
+    response = request_detail(request, pk, production_form=production_form)
     response.status_code = 400
     return response
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ..kinds import KIND_FIELDS
@@ -13,6 +14,9 @@ from ..models import RelayRequest
 from ..models import RequestEvent
 from ..models import RequestKind
 from ..models import TlsMode
+from ..quotas import PRODUCTION_TEXT_LIMIT
+from ..quotas import PRODUCTION_VOLUME_MAX
+from ..quotas import limits_for
 from ..selectors import source_ip_visible
 from ..validators import split_list
 from ..validators import validate_account_name
@@ -26,6 +30,8 @@ from ..validators import validate_sender_domains
 
 __all__ = [
     "CheckResultSerializer",
+    "ProductionRequestSerializer",
+    "QuotaLimitsSerializer",
     "QuickCheckSerializer",
     "RelayRequestSerializer",
     "RequestEventSerializer",
@@ -78,6 +84,31 @@ class RequestEventSerializer(serializers.ModelSerializer):
         return data
 
 
+class QuotaLimitsSerializer(serializers.Serializer):
+    """The sending limits the relay applies to the entry (``quotas.limits_for``)."""
+
+    tier = serializers.CharField()
+    daily = serializers.IntegerField(help_text="Messages per 24 hours.")
+    per_second = serializers.IntegerField(help_text="Messages per second.")
+
+
+class ProductionRequestSerializer(serializers.Serializer):
+    """The input of ``POST /api/requests/{id}/request_production/`` (for the schema).
+
+    The endpoint hands the raw values to ``quotas.request_production_access``, which
+    checks the caller's role and the entry's state first (403, 409) and then these
+    fields (400 naming each), so the web form and the API answer alike.
+    """
+
+    volume = serializers.IntegerField(min_value=1, max_value=PRODUCTION_VOLUME_MAX,
+                                      help_text="Messages per day in production.")
+    use_case = serializers.CharField(max_length=PRODUCTION_TEXT_LIMIT,
+                                     help_text="What is sent, to whom, and why they expect it.")
+    bounce_handling = serializers.CharField(
+        max_length=PRODUCTION_TEXT_LIMIT,
+        help_text="Who reads bounces and complaints, and how such addresses are removed.")
+
+
 class RelayRequestSerializer(serializers.ModelSerializer):
     """``kind`` selects the fields: server (fqdn, ipv4, ipv6, purpose) or account
     (account_name, use_case, tls_mode). ``team`` is the team's slug."""
@@ -101,6 +132,10 @@ class RelayRequestSerializer(serializers.ModelSerializer):
     )
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
     submit = serializers.BooleanField(write_only=True, required=False, default=False)
+    quota_limits = serializers.SerializerMethodField(
+        help_text="The limits the relay applies: the sandbox's, or the granted volume and "
+                  "the production rate. Changed only by request_production and an "
+                  "approver's grant_production.")
 
     class Meta:
         model = RelayRequest
@@ -112,6 +147,8 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "check_attempts", "check_next_attempt_at", "override_reason", "decision_note",
             "created_by", "created_at", "submitted_at",
             "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
+            "quota_tier", "quota_limits", "production_requested_at", "production_volume",
+            "production_use_case", "production_bounce_handling",
         )
         read_only_fields = (
             "state", "check_verdict", "check_summary", "checks_ran_at", "override_reason",
@@ -120,7 +157,16 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "decision_note", "created_at", "submitted_at", "decided_at", "activated_at",
             # why the relay config leaves the request out (provisioning, failed, active)
             "provision_attempts", "provision_error",
+            # the sending quota: changed only through the quota actions
+            "quota_tier", "production_requested_at", "production_volume",
+            "production_use_case", "production_bounce_handling",
         )
+
+    @extend_schema_field(QuotaLimitsSerializer)
+    def get_quota_limits(self, obj: RelayRequest) -> dict[str, Any]:
+        limits = limits_for(obj)
+        return {"tier": str(limits.tier), "daily": limits.daily,
+                "per_second": limits.per_second}
 
     def to_internal_value(self, data: Any) -> Any:
         # The contract names the field ``team`` for both reading and writing.

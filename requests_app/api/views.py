@@ -20,6 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from .. import quotas
 from .. import selectors
 from .. import services
 from ..actions import USER_ACTIONS
@@ -34,6 +35,7 @@ from ..params import query_text
 from ..validators import FREE_TEXT_LIMITS
 from ..views import client_ip
 from .serializers import CheckResultSerializer
+from .serializers import ProductionRequestSerializer
 from .serializers import QuickCheckSerializer
 from .serializers import RelayRequestSerializer
 from .serializers import RequestEventSerializer
@@ -78,6 +80,9 @@ class RelayRequestViewSet(
             qs = qs.filter(team__slug=team)
         if query_flag(params, "drifted"):
             qs = qs.filter(drifted_at__isnull=False)
+        if query_flag(params, "production_pending"):
+            # active entries whose owners asked for production access (approvers decide)
+            qs = qs.filter(pk__in=quotas.production_pending_requests(qs).values("pk"))
         return qs.order_by("-created_at", "-pk")
 
     @extend_schema(
@@ -194,12 +199,41 @@ def _make_action(name: str) -> Any:
     handler.__name__ = name
     handler.__doc__ = (f"{spec.label} (lifecycle action `{name}`, by the {spec.role}; comment "
                        f"{spec.comment}): 403 for a wrong role, 409 for a wrong state.")
-    handler = extend_schema(request=ActionSerializer, responses=RelayRequestSerializer)(handler)
-    return action(detail=True, methods=["post"], url_path=name, url_name=name)(handler)
+    # ``action`` first: it replaces the function's ``kwargs``, where ``extend_schema``
+    # leaves the schema (applied the other way round, the schema showed the request
+    # body as the whole RelayRequest instead of the comment).
+    handler = action(detail=True, methods=["post"], url_path=name, url_name=name)(handler)
+    return extend_schema(request=ActionSerializer, responses=RelayRequestSerializer)(handler)
 
 
 for _name in USER_ACTIONS:
     setattr(RelayRequestViewSet, _name, _make_action(_name))
+
+
+def _request_production(self: RelayRequestViewSet, request: Request,
+                        pk: str | None = None) -> Response:
+    """Ask for production access for an active sandbox entry (owners): volume, use case,
+    bounce and complaint handling. 403 for a non-member; 409 when the entry is not
+    active, already in production or has a request pending; 400 naming each bad field.
+    Approvers answer with `grant_production` or `refuse_production` (comment required)."""
+    obj = self.get_object()  # 404 outside the caller's scope
+    body = request.data if hasattr(request.data, "get") else {}
+    quotas.request_production_access(
+        request_id=obj.pk, by=request.user, volume=body.get("volume"),
+        use_case=body.get("use_case"), bounce_handling=body.get("bounce_handling"),
+        source_ip=client_ip(request),
+    )
+    fresh = self.get_queryset().get(pk=obj.pk)
+    return Response(self.get_serializer(fresh).data)
+
+
+# The one action whose transition takes data (``Action.data``): its own input replaces
+# the comment-only handler made above, at the same path.
+_request_production.__name__ = "request_production"
+RelayRequestViewSet.request_production = extend_schema(  # type: ignore[attr-defined]
+    request=ProductionRequestSerializer, responses=RelayRequestSerializer,
+)(action(detail=True, methods=["post"], url_path="request_production",
+         url_name="request_production")(_request_production))
 
 
 class QuickCheckThrottle(SimpleRateThrottle):
