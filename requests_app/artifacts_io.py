@@ -54,13 +54,18 @@ def manifest_bytes(
     *,
     version: int,
     generated_at: datetime,
+    extra: Mapping[str, object] | None = None,
 ) -> bytes:
     """The manifest of ``files``: version, UTC time, each file's SHA-256 and size, counts.
 
     Sorted keys and a fixed layout, so the same files and counts give the same bytes
     (apart from version and time, which :func:`write_artifacts_atomically` ignores).
+    ``extra`` adds a back-end's own instructions for the relay (Postfix: which files
+    need ``postmap``); they follow from the files' names, so change detection need not
+    look at them.
     """
-    manifest = {
+    manifest: dict[str, object] = {
+        **(extra or {}),
         "version": version,
         "generated_at": generated_at.astimezone(UTC).isoformat(),
         "files": {

@@ -39,6 +39,7 @@ from . import events
 from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
+from .checking import check_config
 from .directory import directory_sync
 from .kinds import KINDS
 from .kinds import KindSpec
@@ -79,7 +80,16 @@ REMOVAL_LOOKBACK = timedelta(minutes=15)
 _REASON_MAX = 1000
 
 
-def relay_settings() -> RelaySettings:
+def relay_settings(*, include_db: bool = True) -> RelaySettings:
+    """The relay settings of this deployment, as the back-end renders them.
+
+    The approved sender domains are those the checks use (``checking.check_config``:
+    ``RELAY_APPROVED_SENDER_DOMAINS`` plus the admin's list, normalised and sorted), so
+    the relay passes unchanged exactly what the request page promised. ``include_db``
+    False leaves out the admin's list (the start-up checks run before the database
+    may exist). Values are passed as configured: the renderer checks them and raises
+    ``ValueError`` naming the setting.
+    """
     return RelaySettings(
         relay_host=settings.RELAY_HOST,
         submission_port=settings.RELAY_SUBMISSION_PORT,
@@ -88,6 +98,17 @@ def relay_settings() -> RelaySettings:
         # The address policy the forms and checks apply: the renderer applies it again.
         lab_networks=tuple(settings.RELAY_LAB_NETWORKS),
         allow_private=bool(settings.RELAY_ALLOW_PRIVATE),
+        sender_mode=settings.RELAY_SENDER_MODE,
+        rewrite_domain=settings.RELAY_REWRITE_DOMAIN,
+        approved_sender_domains=check_config(include_db=include_db).approved_sender_domains,
+        require_tls=settings.RELAY_REQUIRE_TLS,
+        sandbox_daily=settings.RELAY_SANDBOX_DAILY_LIMIT,
+        sandbox_per_second=settings.RELAY_SANDBOX_PER_SECOND,
+        production_per_second=settings.RELAY_PRODUCTION_PER_SECOND,
+        policy_service=settings.RELAY_POLICY_SERVICE,
+        srs_forward=settings.RELAY_SRS_FORWARD,
+        srs_reverse=settings.RELAY_SRS_REVERSE,
+        reinject_port=settings.RELAY_REINJECT_PORT,
     )
 
 

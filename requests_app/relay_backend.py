@@ -8,6 +8,10 @@ of every version, line by line), and answers whether a set of files still serves
 entry that has left. A second MTA, or another map type of the same MTA, is then one
 module that implements :class:`RelayBackend` and one line in :data:`BACKENDS`.
 
+It also says which enforcement settings are usable (:func:`enforcement_problems`): the
+renderer and the start-up system check ask the same function, so a value one refuses
+the other refuses too.
+
 Which back-end runs is the ``RELAY_BACKEND`` setting (default ``postfix``); the map type
 is ``RELAY_MAP_TYPE`` (default ``cidr``), which each back-end checks itself, so a type
 it does not implement is refused with a clear error instead of being half-served.
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
+import socket
 from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,16 +32,29 @@ from datetime import datetime
 from typing import Protocol
 
 from . import rules
+from .sender_policy import MODES
 
 __all__ = (
     "BACKENDS",
+    "MAX_DAILY_VOLUME",
+    "MAX_PER_SECOND",
+    "SETTING_NAMES",
     "AccountEntry",
     "Artifacts",
     "RelayBackend",
     "RelaySettings",
     "ServerEntry",
+    "enforcement_problems",
     "load_backend",
+    "parse_host_port",
 )
+
+#: The largest daily volume anyone can ask for (the intake's ceiling in the forms and the
+#: API): a quota above it is a typo or a corrupted row, never a decision.
+MAX_DAILY_VOLUME = 100_000_000
+#: The largest per-second rate a setting may give; a relay does not accept more than this
+#: from one client anyway, so a larger figure means the setting is wrong.
+MAX_PER_SECOND = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,127 @@ class RelaySettings:
     def address_policy(self) -> rules.AddressPolicy:
         """The address policy of these settings; ``ValueError`` for a malformed lab network."""
         return rules.address_policy(tuple(self.lab_networks), bool(self.allow_private))
+
+
+#: Each enforcement field of :class:`RelaySettings` and the Django setting it comes from,
+#: so a message can name what the operator has to fix.
+SETTING_NAMES: dict[str, str] = {
+    "sender_mode": "RELAY_SENDER_MODE",
+    "rewrite_domain": "RELAY_REWRITE_DOMAIN",
+    "approved_sender_domains": "RELAY_APPROVED_SENDER_DOMAINS",
+    "require_tls": "RELAY_REQUIRE_TLS",
+    "sandbox_daily": "RELAY_SANDBOX_DAILY_LIMIT",
+    "sandbox_per_second": "RELAY_SANDBOX_PER_SECOND",
+    "production_per_second": "RELAY_PRODUCTION_PER_SECOND",
+    "policy_service": "RELAY_POLICY_SERVICE",
+    "srs_forward": "RELAY_SRS_FORWARD",
+    "srs_reverse": "RELAY_SRS_REVERSE",
+    "reinject_port": "RELAY_REINJECT_PORT",
+    "smtp_port": "smtp_port",
+    "listen_address": "listen_address",
+}
+
+_PORT_RE = re.compile(r"[1-9][0-9]{0,4}\Z")
+
+
+def _port_ok(value: object) -> bool:
+    return type(value) is int and 0 < value < 65536
+
+
+def parse_host_port(value: object) -> tuple[str, int]:
+    """Split ``host:port`` as Postfix writes a service address; ``ValueError`` otherwise.
+
+    The host is an IPv4 address, an IPv6 address in brackets (``[::1]:10040``, Postfix's
+    own syntax) or a host name; the port a decimal 1-65535. The strings end up in
+    ``main.cf`` and ``master.cf`` verbatim, where a space, a comma or a second colon
+    would change what Postfix connects to, so nothing else passes.
+    """
+    if not isinstance(value, str) or not value.isascii():
+        raise ValueError("not host:port")
+    host, sep, port = value.rpartition(":")
+    if not sep or not _PORT_RE.match(port) or int(port) > 65535:
+        raise ValueError("not host:port with a port 1-65535")
+    try:
+        if host.startswith("[") and host.endswith("]"):
+            socket.inet_pton(socket.AF_INET6, host[1:-1])
+        elif host and host.replace(".", "").isdigit():
+            socket.inet_pton(socket.AF_INET, host)
+        elif not _host_name_ok(host):
+            raise OSError
+    except OSError:
+        raise ValueError(f"host {host!r} is not an IPv4 address, [IPv6 address] or "
+                         "host name") from None
+    return host, int(port)
+
+
+def _host_name_ok(value: str) -> bool:
+    """A host name in normal form; one label (``localhost``) is allowed for a service."""
+    labels = value.split(".")
+    return (0 < len(value) <= 253
+            and all(rules.HOST_LABEL_RE.fullmatch(label) for label in labels))
+
+
+def _fqdn_problem(value: object) -> str | None:
+    if not isinstance(value, str) or not value.isascii():
+        return "not a host name"
+    try:
+        normal = rules.normalise_fqdn(value)
+    except ValueError as exc:
+        return str(exc)
+    return None if normal == value else f"not in normal form (would be {normal!r})"
+
+
+def enforcement_problems(settings: RelaySettings) -> list[tuple[str, str]]:
+    """``(field, why)`` for every enforcement setting of ``settings`` that is unusable.
+
+    One list for the renderer (which raises on the first, naming the setting) and the
+    start-up system check (which reports them all), so both refuse the same values.
+    """
+    problems: list[tuple[str, str]] = []
+    if settings.sender_mode not in MODES:
+        problems.append(("sender_mode", f"must be one of {', '.join(MODES)}"))
+    if settings.rewrite_domain != "":
+        why = _fqdn_problem(settings.rewrite_domain)
+        if why is not None:
+            problems.append(("rewrite_domain", why))
+    domains = settings.approved_sender_domains
+    if not isinstance(domains, tuple | list):
+        problems.append(("approved_sender_domains", "not a list of domains"))
+    else:
+        for domain in domains:
+            why = _fqdn_problem(domain)
+            if why is not None:
+                problems.append(("approved_sender_domains", f"{domain!r}: {why}"))
+    if type(settings.require_tls) is not bool:
+        problems.append(("require_tls", "must be true or false"))
+    limits = (("sandbox_daily", MAX_DAILY_VOLUME), ("sandbox_per_second", MAX_PER_SECOND),
+              ("production_per_second", MAX_PER_SECOND))
+    for name, ceiling in limits:
+        value = getattr(settings, name)
+        if type(value) is not int or not 0 < value <= ceiling:
+            problems.append((name, f"must be a whole number from 1 to {ceiling}"))
+    for name in ("policy_service", "srs_forward", "srs_reverse"):
+        try:
+            parse_host_port(getattr(settings, name))
+        except ValueError as exc:
+            problems.append((name, str(exc)))
+    for name in ("reinject_port", "smtp_port"):
+        if not _port_ok(getattr(settings, name)):
+            problems.append((name, "must be a port 1-65535"))
+    ports = [settings.smtp_port, settings.submission_port, settings.smtps_port,
+             settings.reinject_port]
+    if all(_port_ok(p) for p in ports) and len(set(ports)) != len(ports):
+        problems.append(("reinject_port" if ports.count(settings.reinject_port) > 1
+                         else "smtp_port",
+                         "the SMTP, submission, smtps and re-injection ports must differ"))
+    address = settings.listen_address
+    if address != "":
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in str(address) else socket.AF_INET,
+                             address)
+        except (OSError, TypeError):
+            problems.append(("listen_address", "must be empty (all) or one IP address"))
+    return problems
 
 
 class Artifacts(dict[str, bytes]):

@@ -76,7 +76,8 @@ def test_postfix_back_end_attributes_each_map_line_to_its_request():
     assert access == {"81.2.69.10/32 OK": 7, "2a02:898:0:20::10/128 OK": 7}
     assert logins == {"@example.org  svc-alerts": 9,
                       "billing@example.org  svc-alerts,svc-billing": 9}
-    assert backend.artifact_names == (ACCESS_MAP_NAME, LOGIN_MAP_NAME, "main.cf.fragment",
+    assert backend.artifact_names == (ACCESS_MAP_NAME, LOGIN_MAP_NAME, "relay_policy",
+                                      "main.cf.fragment", "master.cf.fragment",
                                       MANIFEST_NAME)
 
 
@@ -90,15 +91,21 @@ def test_postfix_back_end_knows_when_a_left_entry_is_still_served():
         generated_at=NOW).items()}
     assert backend.stale(files, [server], []) is True
     assert backend.stale(files, [account], []) is True
-    # a live renewal of the same account legitimately serves the same line
-    assert backend.stale(files, [account], [renewal]) is False
+    # a live renewal of the same account legitimately serves the same login-map line
+    renewed = {name: data.decode() for name, data in backend.build(
+        [server], [renewal], RelaySettings(relay_host="relay.example.org"), version=2,
+        generated_at=NOW).items()}
+    assert backend.stale(renewed, [account], [renewal]) is False
+    # but the policy file's quota line names the request: the old one's is still served
+    assert backend.stale(files, [account], [renewal]) is True
     empty = {name: "" for name in backend.attributed_names}
     assert backend.stale(empty, [server, account], []) is False
 
 
 @pytest.mark.parametrize(("name", "map_type", "message"), [
-    ("postfix", "lmdb",
-     "RELAY_MAP_TYPE 'lmdb' is not supported by the postfix back-end (supported: cidr)"),
+    ("postfix", "btree",
+     "RELAY_MAP_TYPE 'btree' is not supported by the postfix back-end "
+     "(supported: cidr, hash, lmdb)"),
     ("exim", "cidr", "RELAY_BACKEND 'exim' is not a known relay back-end (known: postfix)"),
 ])
 def test_an_unsupported_back_end_setting_is_refused_by_name(name, map_type, message):
@@ -109,12 +116,12 @@ def test_an_unsupported_back_end_setting_is_refused_by_name(name, map_type, mess
 
 def test_the_system_check_names_a_bad_relay_back_end_setting(settings):
     # given a map type the back-end does not implement
-    settings.RELAY_MAP_TYPE = "lmdb"
+    settings.RELAY_MAP_TYPE = "btree"
     # when Django's checks run
     errors = relay_backend_configured()
     # then one error names the setting and what is supported
     assert [e.id for e in errors] == ["relaydesk.E001"]
-    assert "RELAY_MAP_TYPE 'lmdb'" in errors[0].msg and "cidr" in errors[0].msg
+    assert "RELAY_MAP_TYPE 'btree'" in errors[0].msg and "cidr, hash, lmdb" in errors[0].msg
     settings.RELAY_MAP_TYPE = "cidr"
     assert relay_backend_configured() == []
 
@@ -124,9 +131,9 @@ def test_a_build_with_an_unsupported_map_type_changes_nothing(team, requester, s
     # given a request waiting in provisioning and a map type nobody implements
     waiting = RelayRequestFactory(team=team, created_by=requester, state=S.PROVISIONING,
                                   check_verdict="pass")
-    settings.RELAY_MAP_TYPE = "lmdb"
+    settings.RELAY_MAP_TYPE = "btree"
     # when a build runs, then it fails naming the setting
-    with pytest.raises(ValueError, match="RELAY_MAP_TYPE 'lmdb'"):
+    with pytest.raises(ValueError, match="RELAY_MAP_TYPE 'btree'"):
         relay_config_rebuild(reason="test")
     # and nothing was built or activated
     assert not RelayConfigVersion.objects.exists()

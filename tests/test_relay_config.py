@@ -28,7 +28,11 @@ from tests.support.postfix import run_tool
 
 pytestmark = pytest.mark.django_db
 
-FILES = ["MANIFEST.json", "client_access.cidr", "main.cf.fragment", "sender_login_maps"]
+FILES = ["MANIFEST.json", "client_access.cidr", "main.cf.fragment", "master.cf.fragment",
+         "relay_policy", "sender_login_maps"]
+# The live tests here prove the access map; the policy service is not running in them
+# (tests/test_relay_enforcement_config.py and the live end-to-end test cover it).
+WITHOUT_POLICY_SERVICE = "smtpd_recipient_restrictions =\nsmtpd_end_of_data_restrictions =\n"
 
 
 def approve(req, approver, capture):
@@ -71,7 +75,14 @@ def test_approval_activates_with_a_new_version(pending, approver,
     )
     changes = set(RelayConfigChange.objects.values_list("action", "line", "request_id"))
     assert changes == {("added", "81.2.69.10/32 OK", req.pk),
-                       ("added", "2a02:898:0:20::10/128 OK", req.pk)}
+                       ("added", "2a02:898:0:20::10/128 OK", req.pk),
+                       ("added", "mode rewrite", None),
+                       ("added", "filter relaydesk-srs:[127.0.0.1]:10026", None),
+                       ("added", "approved example.org", None),
+                       ("added", f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org",
+                        req.pk),
+                       ("added", f"client 2a02:898:0:20::10 {req.pk} 200/86400,1/1 "
+                                 "@example.org", req.pk)}
     assert req.events.filter(parameters__action="activate").get().comment == \
         "in relay config v1"
 
@@ -102,7 +113,9 @@ def test_revoke_removes_the_entry_in_the_next_version(pending, approver, team, r
     assert "81.2.69.77/32 OK" in latest.files["client_access.cidr"]
     removed = RelayConfigChange.objects.filter(version=latest, action="removed")
     assert set(removed.values_list("line", "request_id")) == {
-        ("81.2.69.10/32 OK", req.pk), ("2a02:898:0:20::10/128 OK", req.pk)}
+        ("81.2.69.10/32 OK", req.pk), ("2a02:898:0:20::10/128 OK", req.pk),
+        (f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org", req.pk),
+        (f"client 2a02:898:0:20::10 {req.pk} 200/86400,1/1 @example.org", req.pk)}
     assert other.state == S.ACTIVE
 
 
@@ -248,6 +261,7 @@ def test_live_postfix_relays_for_approved_lab_client_until_revoked(
     require_tool("postfix")
     require_root()
     settings.RELAY_LAB_NETWORKS = ["127.0.0.0/8"]
+    settings.RELAY_SENDER_MODE = "reject"  # no postsrsd here: rewrite mode would defer
     # given a request for a loopback lab client, checked for real and approved
     req = RelayRequestFactory(team=team, created_by=requester, fqdn="relay-client.lab.example.org",
                               ipv4=["127.0.0.2"], ipv6=[])
@@ -257,7 +271,7 @@ def test_live_postfix_relays_for_approved_lab_client_until_revoked(
     assert (req.state, req.check_verdict) == (S.PENDING_APPROVAL, "pass"), list(
         req.checks.values_list("check_id", "status", "detail"))
     approve(req, approver, django_capture_on_commit_callbacks)
-    with PostfixInstance() as pf:
+    with PostfixInstance(extra_main_cf=WITHOUT_POLICY_SERVICE) as pf:
         settings.RELAY_MAP_DIRECTORY = str(pf.map_dir)
         relay_config_rebuild(reason="map directory of this relay")
         relay_config_export(pf.map_dir)
