@@ -348,6 +348,7 @@ def _servers(
                     records.append(normalise_host_address(raw, policy))
                 except ValueError as exc:
                     raise _Invalid("address", raw, str(exc)) from None
+            records = sorted(set(records))  # one address written twice is one address
             senders = ",".join(_check_senders(entry.senders, required=False)) or "-"
             quota = _check_quota(entry)
         except _Invalid as exc:
@@ -685,6 +686,52 @@ def _limits(quota: int, settings: RelaySettings) -> str:
     return f"{settings.sandbox_daily}/86400,{settings.sandbox_per_second}/1"
 
 
+def _claim_once(
+    servers: list[_Server],
+    logins: list[_Login],
+    skipped: list[dict[str, object]] | None,
+    counters: tuple[_Counter, _Counter] | None = None,
+) -> tuple[list[_Server], list[_Login]]:
+    """Leave out an entry whose address or login an entry with a lower request id has.
+
+    The policy file holds one sender policy and one quota per address and per login
+    (``policyd`` refuses a file that names one twice, and keeps its old policy), so two
+    requests for the same address cannot both be served: the older request keeps it,
+    the newer one is left out with the reason, from every file, where approvers see it.
+    """
+    owner: dict[object, int] = {}
+    kept_servers = []
+    for server in sorted(servers, key=lambda x: x.request_id):
+        taken = [text for key, text, _ in server.addresses
+                 if owner.get(key, server.request_id) != server.request_id]
+        if taken:
+            first = owner[next(k for k, t, _ in server.addresses if t == taken[0])]
+            _skip_or_raise(ValueError(
+                f"server entry (request {server.request_id}): address {taken[0]} is "
+                f"already served by request {first} (one address, one sender policy and "
+                "quota)"), server.request_id, skipped)
+            if counters:
+                counters[0].entries -= 1
+                counters[0].keys -= len(server.addresses)
+            continue
+        for key, _, _ in server.addresses:
+            owner[key] = server.request_id
+        kept_servers.append(server)
+    kept_logins = []
+    for login in sorted(logins, key=lambda x: x.request_id):
+        first = owner.setdefault(("login", login.account), login.request_id)
+        if first != login.request_id:
+            _skip_or_raise(ValueError(
+                f"account entry (request {login.request_id}): account {login.account} is "
+                f"already served by request {first} (one login, one quota)"),
+                login.request_id, skipped)
+            if counters:
+                counters[1].entries -= 1
+            continue
+        kept_logins.append(login)
+    return kept_servers, kept_logins
+
+
 def _policy_lines(
     servers: Iterable[_Server], logins: Iterable[_Login], settings: RelaySettings
 ) -> Iterator[str]:
@@ -724,8 +771,9 @@ def render_relay_policy(
     """Render ``relay_policy`` alone; an entry with a bad value raises ``ValueError``
     naming it (:func:`build_artifacts` leaves it out instead)."""
     _check_settings(settings)
-    valid = list(_servers(servers, _Counter(), None, _policy_of(settings)))
-    return "".join(_policy_lines(valid, _logins(accounts, _Counter()), settings))
+    valid, logins = _claim_once(list(_servers(servers, _Counter(), None, _policy_of(settings))),
+                                _logins(accounts, _Counter()), None)
+    return "".join(_policy_lines(valid, logins, settings))
 
 
 # ----------------------------------------------------------------------------- artefacts
@@ -785,8 +833,9 @@ def build_artifacts(
     master_cf = render_master_cf_fragment(settings)
     server_count, account_count = _Counter(), _Counter()
     skipped: list[dict[str, object]] = []
-    servers_ok = list(_servers(servers, server_count, skipped, _policy_of(settings)))
-    logins = _logins(accounts, account_count, skipped)
+    servers_ok, logins = _claim_once(
+        list(_servers(servers, server_count, skipped, _policy_of(settings))),
+        _logins(accounts, account_count, skipped), skipped, (server_count, account_count))
     files: dict[str, bytes] = {}
     if map_type == "cidr":
         files[ACCESS_MAP_NAME] = "".join(

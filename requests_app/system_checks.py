@@ -9,9 +9,16 @@ from django.core.checks import Error
 from django.core.checks import Warning
 from django.core.checks import register
 
+from .relay import relay_settings
+from .relay_backend import SETTING_NAMES
+from .relay_backend import enforcement_problems
 from .relay_backend import load_backend
 
-__all__ = ["mail_addresses_on_approved_domains", "relay_backend_configured"]
+__all__ = [
+    "mail_addresses_on_approved_domains",
+    "relay_backend_configured",
+    "relay_enforcement_configured",
+]
 
 
 def _domain(address: str) -> str:
@@ -54,3 +61,21 @@ def relay_backend_configured(app_configs: Any = None, **kwargs: Any) -> list[Err
         return [Error(str(exc), hint="See docs/relay-config.md, \"Back-ends and map types\".",
                       id="relaydesk.E001")]
     return []
+
+
+@register()
+def relay_enforcement_configured(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The enforcement settings (sender mode, rewrite domain, quotas, the relay-local
+    services) are usable: one error per bad setting, named.
+
+    The relay build refuses the same values (``relay_backend.enforcement_problems`` is
+    the one rule), but there it fails in a worker while approved requests wait in
+    provisioning; here it fails at start-up. The admin's approved domains are not read
+    (the database may not exist yet); they are normalised when they are saved.
+    """
+    relay = relay_settings(include_db=False)
+    return [
+        Error(f"{SETTING_NAMES[name]} {getattr(relay, name)!r} is invalid: {why}.",
+              hint="See docs/relay-enforcement.md, \"Settings\".", id="relaydesk.E002")
+        for name, why in enforcement_problems(relay)
+    ]
