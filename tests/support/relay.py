@@ -56,7 +56,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from requests_app.artifacts_io import read_manifest
 from requests_app.artifacts_io import write_artifacts_atomically
+from requests_app.postfix import FRAGMENT_NAME
+from requests_app.postfix import MASTER_FRAGMENT_NAME
+from requests_app.postfix import POLICY_NAME
 from requests_app.postfix import backend
 from requests_app.relay_backend import AccountEntry
 from requests_app.relay_backend import Artifacts
@@ -74,11 +78,6 @@ from tests.support.smtp import SmtpTestServer
 __all__ = ("LiveRelay", "Reply", "client_tls_context")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-POLICY_NAME = "relay_policy"
-MAIN_FRAGMENT = "main.cf.fragment"
-MASTER_FRAGMENT = "master.cf.fragment"
-# Indexed map types: the relay runs "postmap <type>:<file>" on these after installing.
-_POSTMAP_SOURCES = ("client_access", "sender_login_maps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,15 +192,17 @@ class LiveRelay:
         """Render and install as config management does; reload a running Postfix.
 
         The directory is swapped whole (``write_artifacts_atomically``), so the indexed
-        maps are built again after every install (``postmap <type>:<file>``).
+        maps are built again after every install: ``postmap`` for each ``TYPE:FILE`` the
+        manifest lists (``MANIFEST.json`` "postmap"), as the relay's install step does.
         """
         artifacts = self.render(servers, accounts)
         assert not artifacts.skipped, artifacts.skipped
         write_artifacts_atomically(self.map_dir, artifacts)
-        if self.map_type != "cidr":
-            for name in _POSTMAP_SOURCES:
-                result = self.postmap(f"{self.map_type}:{self.map_dir / name}")
-                assert (result.returncode, result.stderr) == (0, ""), result
+        manifest = read_manifest(self.map_dir) or {}
+        for target in manifest.get("postmap", []):
+            kind, _, name = target.partition(":")
+            result = self.postmap(f"{kind}:{self.map_dir / name}")
+            assert (result.returncode, result.stderr) == (0, ""), result
         self.artifacts = artifacts
         if self.postfix.running:
             self.postfix.reload()
@@ -293,8 +294,8 @@ class LiveRelay:
         _wait_port(self.srs_reverse_port, "postsrsd", 15, self.postsrsd, self.postsrsd_log)
         _wait_port(self.policy_port, "policyd", 30, self.policyd, self.policyd_log)
 
-        self.postfix.start(self.fragment(MAIN_FRAGMENT),
-                           master_cf_fragment=self.fragment(MASTER_FRAGMENT))
+        self.postfix.start(self.fragment(FRAGMENT_NAME),
+                           master_cf_fragment=self.fragment(MASTER_FRAGMENT_NAME))
         for port in (self.submission_port, self.smtps_port):
             _wait_port(port, "smtpd", 15, log=self.postfix.log_file)
         return self
