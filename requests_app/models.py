@@ -409,7 +409,7 @@ def production_conflict(instance: RelayRequest, action: str) -> str | None:
         return None
     if action == "request_production" and instance.quota_tier == QuotaTier.PRODUCTION:
         return gettext("Request #%(pk)s already has production access (%(volume)s messages "
-                       "per 24 hours); to change the volume, recertify it with changes.") % {
+                       "per 24 hours).") % {
             "pk": instance.pk, "volume": instance.expected_daily_volume}
     if action == "request_production" and production_pending(instance):
         return gettext("Production access for request #%(pk)s was already requested on "
