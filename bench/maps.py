@@ -86,13 +86,11 @@ def measure(sizes: list[int], n_keys: int, repeat: int) -> list[dict[str, object
         for size in sizes:
             entries = [ServerEntry(i, f"h{i}.example.org", "ops", (_v4(i),))
                        for i in range(1, size + 1)]
-            # half listed (spread over the table), half unlisted
-            step = max(1, size // (n_keys // 2))
-            hits = [_v4(i) for i in range(1, size + 1, step)][: n_keys // 2]
-            misses = [_v4(size + 1 + i) for i in range(n_keys - len(hits))]
-            keys = "\n".join(k for pair in zip(hits, misses, strict=False) for k in pair)
-            keys += "\n" + "\n".join(misses[len(hits):]) + "\n" if len(misses) > len(hits) \
-                else "\n"
+            # half listed (spread over the whole table by a prime stride), half unlisted:
+            # a cidr search stops at a hit and reads the whole list for a miss
+            hits = [_v4(1 + (j * 7919) % size) for j in range(n_keys // 2)]
+            misses = [_v4(size + 1 + j) for j in range(n_keys // 2)]
+            keys = "".join(f"{hit}\n{miss}\n" for hit, miss in zip(hits, misses, strict=True))
             count = keys.count("\n")
             for map_type in MAP_TYPES:
                 directory = work / f"{map_type}-{size}"
