@@ -178,7 +178,10 @@ ACTIONS: dict[str, Action] = _index(
     Action("checks_passed", role=_SYSTEM, past="passed on to approvers"),
     Action("checks_failed", role=_SYSTEM, past="sent back by its checks",
            notice=Notice("checks_failed", Audience.OWNERS)),
-    Action("activate", role=_SYSTEM, past="activated"),
+    # "You are live": functional accounts only (activation.activate), sent when the
+    # account is in a relay config version AND in the relay-allow group.
+    Action("activate", role=_SYSTEM, past="activated",
+           notice=Notice("live", Audience.OWNERS)),
     # the owners wait for it and only approvers can retry or reject: both are told
     Action("provisioning_failed", role=_SYSTEM, past="marked as failed to provision",
            notice=Notice("provisioning_failed", Audience.OWNERS_AND_APPROVERS)),

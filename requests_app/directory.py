@@ -42,6 +42,7 @@ from ldap3.core import results as ldap_results
 from ldap3.utils.dn import escape_rdn
 from ldap3.utils.dn import parse_dn
 
+from . import activation
 from . import events
 from .dispatch import dispatch_on_commit
 from .exceptions import ActionConflict
@@ -465,6 +466,7 @@ def directory_apply(*, change_id: int) -> str:
             change.last_error = ""
             change.save()
             _event(change, f"Directory: {spec.member_dn} {outcome}.", outcome=outcome)
+            _activate_after(change)
             return DirectoryChange.Status.DONE
         change.last_error = str(transient)
         change.save(update_fields=["attempts", "last_error", "updated_at"])
@@ -546,7 +548,17 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
         actor=by,
         previous_status=previous,
     )
+    _activate_after(change)
     return change
+
+
+def _activate_after(change: DirectoryChange) -> None:
+    """An account whose relay-group ``add`` is now done may be usable: activate it if a
+    relay config version already serves it (``activation.activate_if_ready`` locks the
+    request row; otherwise the next config build activates it)."""
+    if change.action == DirectoryChange.Action.ADD:
+        activation.activate_if_ready(change.request_id,
+                                     via=f"directory change #{change.pk} done")
 
 
 def own_team_change(change: DirectoryChange, user: AbstractBaseUser) -> bool:

@@ -376,6 +376,8 @@ def _access_records(
             line = f"{text} OK\n" if bare else f"{text}/{prefix} OK\n"
             records.append((key, server.request_id, server.comment + line))
     records.sort()
+    if bare:  # an indexed map takes each key once (postmap warns on a repeat)
+        records = [r for i, r in enumerate(records) if i == 0 or records[i - 1][0] != r[0]]
     return records
 
 
@@ -601,6 +603,9 @@ def render_main_cf_fragment(settings: RelaySettings, map_type: str = "cidr") -> 
             f"# Sender rewriting (postsrsd): bounces to {rewrite_domain(settings)} are\n",
             "# accepted and sent back to the original sender.\n",
             f"relay_domains = {rewrite_domain(settings)}\n",
+            "# Only rewritten addresses exist there: any other recipient at that domain is\n",
+            "# refused (550 5.1.1) instead of being relayed on to the domain's MX.\n",
+            "relay_recipient_maps = regexp:{ {/^SRS[01]=/ srs} }\n",
             f"recipient_canonical_maps = tcp:{settings.srs_reverse}\n",
             "recipient_canonical_classes = envelope_recipient, header_recipient\n",
         ]
@@ -676,6 +681,10 @@ def render_master_cf_fragment(settings: RelaySettings) -> str:
             f"  -o syslog_name=postfix/{SRS_CLEANUP}\n",
             f"  -o sender_canonical_maps=tcp:{settings.srs_forward}\n",
             "  -o sender_canonical_classes=envelope_sender,header_sender\n",
+            # The message comes back with XFORWARD naming the original (remote) client,
+            # and cleanup rewrites no header of remote mail while this is empty: set, the
+            # From header is rewritten as well as the envelope sender.
+            f"  -o remote_header_rewrite_domain={rewrite_domain(settings)}\n",
         ]
     return "".join(lines)
 
@@ -686,54 +695,27 @@ def _limits(quota: int, settings: RelaySettings) -> str:
     return f"{settings.sandbox_daily}/86400,{settings.sandbox_per_second}/1"
 
 
-def _claim_once(
-    servers: list[_Server],
-    logins: list[_Login],
-    skipped: list[dict[str, object]] | None,
-    counters: tuple[_Counter, _Counter] | None = None,
-) -> tuple[list[_Server], list[_Login]]:
-    """Leave out an entry whose address or login an entry with a lower request id has.
+def _policy_owners(servers: list[_Server], logins: list[_Login]) -> dict[object, int]:
+    """Which request's sender policy and quota apply to each address and login.
 
-    The policy file holds one sender policy and one quota per address and per login
-    (``policyd`` refuses a file that names one twice, and keeps its old policy), so two
-    requests for the same address cannot both be served: the older request keeps it,
-    the newer one is left out with the reason, from every file, where approvers see it.
+    Two active requests may name the same address or login (a renewal beside the entry
+    it renews, an entry handed over while the old team's renewal went live; the forms
+    warn about it). Both stay allowlisted, but the policy file holds one sender policy
+    and one quota per address and per login (``policyd`` refuses a file that names one
+    twice and keeps its old policy), so the older request (lower id) keeps them until
+    it leaves the relay; the next build then gives them to the newer one.
     """
     owner: dict[object, int] = {}
-    kept_servers = []
     for server in sorted(servers, key=lambda x: x.request_id):
-        taken = [text for key, text, _ in server.addresses
-                 if owner.get(key, server.request_id) != server.request_id]
-        if taken:
-            first = owner[next(k for k, t, _ in server.addresses if t == taken[0])]
-            _skip_or_raise(ValueError(
-                f"server entry (request {server.request_id}): address {taken[0]} is "
-                f"already served by request {first} (one address, one sender policy and "
-                "quota)"), server.request_id, skipped)
-            if counters:
-                counters[0].entries -= 1
-                counters[0].keys -= len(server.addresses)
-            continue
         for key, _, _ in server.addresses:
-            owner[key] = server.request_id
-        kept_servers.append(server)
-    kept_logins = []
+            owner.setdefault(key, server.request_id)
     for login in sorted(logins, key=lambda x: x.request_id):
-        first = owner.setdefault(("login", login.account), login.request_id)
-        if first != login.request_id:
-            _skip_or_raise(ValueError(
-                f"account entry (request {login.request_id}): account {login.account} is "
-                f"already served by request {first} (one login, one quota)"),
-                login.request_id, skipped)
-            if counters:
-                counters[1].entries -= 1
-            continue
-        kept_logins.append(login)
-    return kept_servers, kept_logins
+        owner.setdefault(("login", login.account), login.request_id)
+    return owner
 
 
 def _policy_lines(
-    servers: Iterable[_Server], logins: Iterable[_Login], settings: RelaySettings
+    servers: list[_Server], logins: list[_Login], settings: RelaySettings
 ) -> Iterator[str]:
     """The ``relay_policy`` lines (docs/relay-enforcement.md, "The policy file").
 
@@ -746,11 +728,14 @@ def _policy_lines(
     if settings.sender_mode == "rewrite":
         yield f"filter {srs_filter(settings)}\n"
     yield f"approved {' '.join(sorted(set(settings.approved_sender_domains))) or '-'}\n"
+    owner = _policy_owners(servers, logins)
     clients = []
     for server in servers:
         tail = f"{server.request_id} {_limits(server.quota, settings)} {server.senders}\n"
         for key, text, _ in server.addresses:
-            clients.append((key, server.request_id, server.comment, f"client {text} {tail}"))
+            if owner[key] == server.request_id:
+                clients.append((key, server.request_id, server.comment,
+                                f"client {text} {tail}"))
     clients.sort()
     previous = None
     for _, request_id, comment, line in clients:
@@ -759,6 +744,8 @@ def _policy_lines(
             previous = request_id
         yield line
     for login in sorted(logins, key=lambda x: (x.account, x.request_id)):
+        if owner[("login", login.account)] != login.request_id:
+            continue
         yield login.comment
         yield f"login {login.account} {login.request_id} {_limits(login.quota, settings)}\n"
 
@@ -771,9 +758,8 @@ def render_relay_policy(
     """Render ``relay_policy`` alone; an entry with a bad value raises ``ValueError``
     naming it (:func:`build_artifacts` leaves it out instead)."""
     _check_settings(settings)
-    valid, logins = _claim_once(list(_servers(servers, _Counter(), None, _policy_of(settings))),
-                                _logins(accounts, _Counter()), None)
-    return "".join(_policy_lines(valid, logins, settings))
+    valid = list(_servers(servers, _Counter(), None, _policy_of(settings)))
+    return "".join(_policy_lines(valid, list(_logins(accounts, _Counter())), settings))
 
 
 # ----------------------------------------------------------------------------- artefacts
@@ -833,9 +819,8 @@ def build_artifacts(
     master_cf = render_master_cf_fragment(settings)
     server_count, account_count = _Counter(), _Counter()
     skipped: list[dict[str, object]] = []
-    servers_ok, logins = _claim_once(
-        list(_servers(servers, server_count, skipped, _policy_of(settings))),
-        _logins(accounts, account_count, skipped), skipped, (server_count, account_count))
+    servers_ok = list(_servers(servers, server_count, skipped, _policy_of(settings)))
+    logins = list(_logins(accounts, account_count, skipped))
     files: dict[str, bytes] = {}
     if map_type == "cidr":
         files[ACCESS_MAP_NAME] = "".join(

@@ -5,7 +5,9 @@ the same transaction stores the version (file texts, line-level changes attribut
 requests) and moves the provisioning requests to ``active``. So "active" means "in the
 newest config version", with one visible exception: an entry the renderer cannot render
 (a row from before a rule change) is left out of the version, listed in its ``skipped``
-and flagged on the request, and never holds back the other entries.
+and flagged on the request, and never holds back the other entries. A functional
+account also needs its relay-group change done before it is active (``activation.py``:
+the build holds it in ``provisioning`` and the directory side activates it later).
 
 Removals (revoke, expiry, suspension) are announced by the build that leaves the entry
 out, in its transaction, and the periodic sweep asks :func:`relay_config_stale` whether
@@ -35,6 +37,7 @@ from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.utils import timezone
 
+from . import activation
 from . import events
 from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
@@ -109,6 +112,9 @@ def relay_settings(*, include_db: bool = True) -> RelaySettings:
         srs_forward=settings.RELAY_SRS_FORWARD,
         srs_reverse=settings.RELAY_SRS_REVERSE,
         reinject_port=settings.RELAY_REINJECT_PORT,
+        # who checks account logins (the renderer refuses anything but dovecot|cyrus)
+        sasl_type=settings.RELAY_SASL_TYPE,
+        sasl_path=settings.RELAY_SASL_PATH,
     )
 
 
@@ -213,7 +219,12 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     skipped = [{"request": s["request"], "reason": str(s["reason"])[:_REASON_MAX]}
                for s in files.skipped]
     left_out = {s["request"]: s["reason"] for s in skipped}
-    activating = [r for r in waiting if r.pk not in left_out]
+    rendered = [r for r in waiting if r.pk not in left_out]
+    # Active means usable: an account also needs its relay-group change done (read
+    # under the row locks taken above; the directory side activates it otherwise).
+    usable = activation.directory_done(rendered)
+    activating = [r for r in rendered if r.pk in usable]
+    held = [r for r in rendered if r.pk not in usable]
     digest = _content_digest(files)
     version = None
     if previous is None or previous.digest != digest or activating:
@@ -231,16 +242,9 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
         _record_changes(previous, version)
     served = version or previous
     for request in activating:
-        request.activate()
-        request.save()
-        events.request_transition_event(
-            request,
-            action="activate",
-            from_state=RequestState.PROVISIONING,
-            actor=None,
-            comment=f"in relay config v{number}",
-            parameters={"version": number},
-        )
+        activation.activate(request, version=number, comment=f"in relay config v{number}")
+    if held and served is not None:
+        activation.record_config_served(held, served.number)
     for request in waiting:
         if request.pk in left_out:
             _provisioning_left_out(request, left_out[request.pk], version)

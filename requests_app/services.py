@@ -25,6 +25,7 @@ from django_fsm import ConcurrentTransition
 from django_fsm import can_proceed
 from django_fsm import has_transition_perm
 
+from . import accounts
 from . import events
 from . import notifications
 from .actions import ACTIONS
@@ -197,6 +198,8 @@ def request_act(
     method: Callable[..., None] = getattr(request, action)
     if not can_proceed(method):
         raise ActionConflict(_conflict_message(request, spec))
+    if action in ("submit", "approve"):
+        _require_account_free(request, action)
     # The transition's own permission: derived from the same declaration and rule, it
     # holds even for a caller that skipped the check above.
     if not has_transition_perm(method, by):
@@ -244,6 +247,18 @@ def request_act(
         )
     _after_transition(request, action, event)
     return request
+
+
+def _require_account_free(request: RelayRequest, action: str) -> None:
+    """One account per use case, at submission (400 naming ``account_name``, as on create)
+    and again at approval (409: two drafts of one name may both have been submitted
+    before either was checked here, and the approver must not make both live)."""
+    try:
+        accounts.check_account_free(request)
+    except ValidationError as exc:
+        if action == "approve":
+            raise ActionConflict(" ".join(exc.messages)) from None
+        raise
 
 
 def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -> None:
@@ -333,6 +348,7 @@ def request_create(
     for name in spec.cleared_on_create if spec else ():
         setattr(request, name, RelayRequest._meta.get_field(name).get_default())
     _raise_if_invalid(request)
+    accounts.check_account_free(request)  # one account per use case (400 on account_name)
     request.save()
     events.request_created_event(request, by, source_ip)
     if submit:
@@ -424,6 +440,7 @@ def request_update(
     if not changes:
         return request
     _raise_if_invalid(request)
+    accounts.check_account_free(request)
     discarded = None
     if content_fingerprint(request) != checked_before:
         discarded = _discard_checks(request)
@@ -655,6 +672,7 @@ def request_renew(
     copy = RelayRequest(kind=original.kind, team=original.team, created_by=by,
                         replaces=original, **data)
     _raise_if_invalid(copy)
+    accounts.check_account_free(copy)  # another renewal of it may already be open
     copy.save()
     events.request_created_event(copy, by, source_ip)
     return copy

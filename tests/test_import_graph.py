@@ -73,6 +73,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("domain", (
         "requests_app.checking",
         "requests_app.selectors",
+        "requests_app.activation",  # active means usable: the one activation step
+        "requests_app.accounts",  # one account per use case; host overlap warnings
         "requests_app.directory",
         "requests_app.relay",
         "requests_app.services",

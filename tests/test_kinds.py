@@ -99,10 +99,14 @@ def test_checks_relay_and_snippets_follow_the_kind_spec(team, requester):
     assert (spec_for(account).fqdn, spec_for(account).addresses) == (None, ())
     # and the relay gets one entry of each, built as the spec says
     servers, accounts = relay_entries()
+    # (senders, tier and volume too: the relay's sender policy and quotas need them)
     assert list(servers) == [ServerEntry(server.pk, "app.example.org", "payments",
-                                         ("2a02:898:0:20::10", "81.2.69.10"))]
+                                         ("2a02:898:0:20::10", "81.2.69.10"),
+                                         senders=("@example.org",), production=False,
+                                         daily_volume=100)]
     assert list(accounts) == [AccountEntry(account.pk, "svc-shop", "payments",
-                                           ("noreply@example.org", "@example.org"))]
+                                           ("noreply@example.org", "@example.org"),
+                                           production=False, daily_volume=100)]
     # and each gets its kind's snippets, and its subject is its kind's subject field
     assert [s.key for s in snippets_for(server)] == list(kinds.KINDS["server"].snippets)
     assert [s.key for s in snippets_for(account)] == list(kinds.KINDS["account"].snippets)

@@ -172,6 +172,9 @@ def test_main_cf_fragment_golden():
         "# Sender rewriting (postsrsd): bounces to srs.relay.example.org are\n"
         "# accepted and sent back to the original sender.\n"
         "relay_domains = srs.relay.example.org\n"
+        "# Only rewritten addresses exist there: any other recipient at that domain is\n"
+        "# refused (550 5.1.1) instead of being relayed on to the domain's MX.\n"
+        "relay_recipient_maps = regexp:{ {/^SRS[01]=/ srs} }\n"
         "recipient_canonical_maps = tcp:127.0.0.1:10002\n"
         "recipient_canonical_classes = envelope_recipient, header_recipient\n"
     )

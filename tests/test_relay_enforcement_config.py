@@ -186,25 +186,31 @@ def test_an_entry_with_a_bad_quota_or_sender_is_left_out_of_every_file(kind, ove
     assert "invalid " in skipped["reason"]
 
 
-def test_an_address_or_login_of_two_requests_is_served_once_the_newer_is_left_out():
-    # given a newer request for an address (and a login) an older one already has
-    twin = ServerEntry(60, "twin.example.org", "ops", ("192.0.2.10",))
+def test_an_address_or_login_of_two_requests_stays_allowed_and_the_older_sets_its_policy():
+    # given a newer request for an address (and a login) an older one already has (a
+    # renewal beside the entry it renews, say)
+    twin = ServerEntry(60, "twin.example.org", "ops", ("192.0.2.10", "192.0.2.60"),
+                       senders=("@other.example.org",))
     login_twin = AccountEntry(61, "svc-app", "payments", ("other@example.org",))
-    artifacts = _build(servers=(twin, *SERVERS), accounts=(*ACCOUNTS, login_twin))
-    # then the files are those without the newer ones, which are listed with the reason
-    clean = _build()
-    for name in clean:
-        if name != "MANIFEST.json":
-            assert artifacts[name] == clean[name], name
-    assert artifacts.skipped == [
-        {"request": 60, "reason": "server entry (request 60): address 192.0.2.10 is already "
-                                  "served by request 42 (one address, one sender policy "
-                                  "and quota)"},
-        {"request": 61, "reason": "account entry (request 61): account svc-app is already "
-                                  "served by request 43 (one login, one quota)"},
-    ]
-    # and the policy service accepts the file (it refuses an address named twice)
-    policyd.parse_policy(artifacts[POLICY_NAME].decode())
+    for map_type in ("cidr", "lmdb"):
+        artifacts = _build(servers=(twin, *SERVERS), accounts=(*ACCOUNTS, login_twin),
+                           map_type=map_type)
+        # then nothing is left out
+        assert artifacts.skipped == []
+        policy = artifacts[POLICY_NAME].decode()
+        # and the shared address keeps the older request's sender policy and quota, the
+        # newer one's own address gets its own
+        assert [line.split()[2] for line in policy.splitlines()
+                if line.startswith("client 192.0.2.10 ")] == ["42"]
+        assert "client 192.0.2.60 60 " in policy
+        assert [line for line in policy.splitlines() if line.startswith("login svc-app ")] \
+            == [line for line in _build()[POLICY_NAME].decode().splitlines()
+                if line.startswith("login svc-app ")]
+        # and the policy service accepts the file (it refuses an address named twice)
+        policyd.parse_policy(policy)
+    # and an indexed map names the shared key once (postmap warns on a repeat)
+    indexed = artifacts["client_access"].decode()
+    assert indexed.count("\n192.0.2.10 OK\n") == 1
 
 
 def test_the_same_address_twice_in_one_entry_is_one_line():

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from requests_app import services
 from requests_app import tasks
+from requests_app.directory import directory_mark_done_manually
 from requests_app.dispatch import dispatch_on_commit
 from requests_app.models import Notification
 from requests_app.models import RelayConfigVersion
@@ -463,6 +464,8 @@ def test_a_revoked_account_whose_rebuild_was_lost_is_found_in_the_login_map(
                                check_verdict="pass", sender_addresses=["Shop@example.org"])
     with capture(execute=True):
         services.request_act(request_id=acct.pk, action="approve", by=approver)
+        # (no directory connected: its relay-group add is confirmed from the to-do list)
+        directory_mark_done_manually(change_id=acct.directory_changes.get().pk, by=approver)
     assert "shop@example.org  svc-shop" in served("sender_login_maps")[0]
     # when it is revoked and the rebuild message is lost
     lose_broker_messages(monkeypatch, "rebuild_relay_config")
@@ -488,6 +491,7 @@ def test_the_sweep_does_not_rebuild_when_the_served_config_is_current(
                               check_verdict="pass", sender_addresses=["same@example.org"])
     with capture(execute=True):
         services.request_act(request_id=old.pk, action="approve", by=approver)
+        directory_mark_done_manually(change_id=old.directory_changes.get().pk, by=approver)
     renewal = RelayRequestFactory(team=team, created_by=requester, account=True,
                                   account_name="svc-same", state=S.PENDING_APPROVAL,
                                   check_verdict="pass", replaces=old,

@@ -135,6 +135,14 @@ def test_bounce_to_a_rewritten_address_reaches_the_original_sender(relay):
     assert bounce.mail_from == "<>"  # aiosmtpd's spelling of the null sender
 
 
+def test_an_address_at_the_rewrite_domain_that_is_not_rewritten_is_refused(relay):
+    # when a remote host sends to a made-up address at the rewrite domain
+    reply = relay.send("", f"someone@{relay.rewrite_domain}", "not srs", source="127.0.0.3")
+    # then the relay refuses the recipient instead of relaying it on
+    assert not reply.accepted and reply.code == 550, reply
+    assert "5.1.1" in reply.text, reply
+
+
 def test_client_not_on_the_allowlist_is_denied_relay_access(relay):
     # when an address no entry lists tries to relay, even as an approved sender
     code, text = _rcpt(relay, "127.0.0.3")

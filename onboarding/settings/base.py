@@ -309,6 +309,13 @@ RELAY_POLICY_SERVICE = env.str("RELAY_POLICY_SERVICE", default="127.0.0.1:10040"
 RELAY_SRS_FORWARD = env.str("RELAY_SRS_FORWARD", default="127.0.0.1:10001")
 RELAY_SRS_REVERSE = env.str("RELAY_SRS_REVERSE", default="127.0.0.1:10002")
 RELAY_REINJECT_PORT = env.int("RELAY_REINJECT_PORT", default=10026)
+# The SASL server the relay's smtpd asks about account logins (docs/accounts.md):
+# cyrus (saslauthd -a ldap with the relay-allow group check, docs/relay-sasl.md) or
+# dovecot; the path is smtpd_sasl_path (cyrus: the smtpd.conf name; dovecot: the socket).
+RELAY_SASL_TYPE = env.str("RELAY_SASL_TYPE", default="cyrus")
+RELAY_SASL_PATH = env.str(
+    "RELAY_SASL_PATH", default="private/auth" if RELAY_SASL_TYPE == "dovecot" else "smtpd"
+)
 
 # ---------------------------------------------------------------------------
 # API
