@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import transaction
 
 from . import events
+from .dispatch import dispatch_on_commit
 from .kinds import logs_in
 from .models import DirectoryChange
 from .models import RelayRequest
@@ -139,6 +140,9 @@ def activate(request: RelayRequest, *, version: int, comment: str,
         comment=comment, parameters={"version": version, **(parameters or {})},
     )
     if logs_in(request.kind):
+        # issue mode: the first password is made and set after commit (credentials.py;
+        # by task name: credentials imports directory, which imports this module)
+        dispatch_on_commit("issue_credential", request.pk)
         extra: dict[str, Any] = {
             "version": version,
             "account": request.account_name,

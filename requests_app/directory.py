@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 __all__ = [
+    "TRANSIENT_EXCEPTIONS",
     "DirectoryRefused",
     "DirectoryUnavailable",
     "InvalidAccountName",
@@ -68,6 +69,9 @@ __all__ = [
     "directory_give_up",
     "directory_mark_done_manually",
     "directory_sync",
+    "live_holder",
+    "open_connection",
+    "raise_for",
     "own_team_change",
     "pending_manual_changes",
     "render_ldif",
@@ -580,3 +584,11 @@ def pending_manual_changes() -> QuerySet[DirectoryChange]:
         .select_related("request", "request__team")
         .order_by("created_at", "pk")
     )
+
+
+# Shared with credentials.py, which sets passwords over the same connection and retry
+# rules (a password change is directory work like a membership change).
+TRANSIENT_EXCEPTIONS = _TRANSIENT_EXCEPTIONS
+open_connection = _connection
+raise_for = _raise_for
+live_holder = _other_live_holder

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 __all__ = [
+    "credential_event",
     "drift_event",
     "insert_many",
     "request_checks_recorded_event",
@@ -264,6 +265,31 @@ def system_event(
         request,
         type_,
         actor=None,
+        from_state=request.state,
+        to_state=request.state,
+        comment=comment,
+        parameters=parameters,
+    )
+
+
+def credential_event(
+    request: RelayRequest,
+    *,
+    actor: AbstractBaseUser | None,
+    source_ip: str | None = None,
+    comment: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> RequestEvent:
+    """A password event of a functional account (issued, viewed, expired, rotated...).
+
+    Who, when and from where; never the secret (``credentials.py`` only passes ids,
+    times and states in ``parameters``).
+    """
+    return _insert(
+        request,
+        RequestEvent.Type.CREDENTIAL,
+        actor=actor,
+        source_ip=source_ip,
         from_state=request.state,
         to_state=request.state,
         comment=comment,

@@ -42,6 +42,7 @@ __all__ = [
     "POLICY_REFUSED",
     "QuotaTier",
     "ROLE_PERMISSIONS",
+    "AccountCredential",
     "ApprovedSenderDomain",
     "CheckResult",
     "CheckRun",
@@ -988,6 +989,7 @@ class RequestEvent(models.Model):
         DRIFT = "drift", _("drift detected")
         DIRECTORY = "directory", _("directory provisioning")
         HANDOVER = "handover", _("handed over")
+        CREDENTIAL = "credential", _("account password")
 
     request = models.ForeignKey(
         RelayRequest, on_delete=models.CASCADE, related_name="events", verbose_name=_("request")
@@ -1137,3 +1139,83 @@ class RelayConfigChange(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.version_id} {self.action} {self.line}"
+
+
+class AccountCredential(TimeStampedModel):
+    """One password event of a functional account: issued, rotated, invalidated, confirmed.
+
+    In ``issue`` mode the new password exists in clear only in memory; this row holds it
+    AES-GCM encrypted (``ciphertext``, bound to this row's id) from the moment it is made
+    until the directory has it and an owner has seen it once through the one-time link,
+    or the link expired: then ``ciphertext`` is emptied. Only the SHA-256 of the link's
+    token is kept (``token_hash``); the token itself is derived from
+    ``RELAY_CREDENTIAL_KEY`` and ``token_salt`` when the mail is rendered, so a database
+    dump gives neither the password nor a working link (docs/credentials.md).
+    """
+
+    class Purpose(models.TextChoices):
+        ISSUE = "issue", _("first password")
+        ROTATE = "rotate", _("rotation")
+        INVALIDATE = "invalidate", _("invalidated (revoke or expiry)")
+        CONFIRM = "confirm", _("rotated in the directory (confirmed by an owner)")
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("waiting for the directory")
+        OFFERED = "offered", _("link offered")
+        VIEWED = "viewed", _("shown once")
+        EXPIRED = "expired", _("link expired unseen")
+        SUPERSEDED = "superseded", _("superseded by a newer password")
+        FAILED = "failed", _("failed, not set")
+        DONE = "done", _("done")
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="credentials",
+        verbose_name=_("request"),
+    )
+    account_name = models.CharField(_("account name"), max_length=64, db_index=True)
+    purpose = models.CharField(_("purpose"), max_length=10, choices=Purpose.choices)
+    status = models.CharField(
+        _("status"), max_length=10, choices=Status.choices, default=Status.PENDING,
+        db_index=True,
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+", verbose_name=_("asked by"),
+    )
+    ciphertext = models.BinaryField(_("encrypted password (until viewed)"), null=True,
+                                    blank=True, editable=False)
+    key_id = models.CharField(_("key id"), max_length=16, blank=True)
+    token_salt = models.CharField(_("link token salt"), max_length=64, blank=True)
+    token_hash = models.CharField(_("sha256 of the link token"), max_length=64, blank=True,
+                                  db_index=True)
+    set_at = models.DateTimeField(_("set in the directory at"), null=True, blank=True,
+                                  db_index=True)
+    expires_at = models.DateTimeField(_("link expires at"), null=True, blank=True)
+    viewed_at = models.DateTimeField(_("viewed at"), null=True, blank=True)
+    viewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+        related_name="+", verbose_name=_("viewed by"),
+    )
+    viewed_ip = models.GenericIPAddressField(_("viewed from"), null=True, blank=True)
+    wiped_at = models.DateTimeField(_("secret wiped at"), null=True, blank=True)
+    attempts = models.PositiveIntegerField(_("directory attempts"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+    # Rotation overlap: the previous userPassword value(s), encrypted, until overlap_until.
+    old_ciphertext = models.BinaryField(_("previous password values (encrypted)"), null=True,
+                                        blank=True, editable=False)
+    overlap_until = models.DateTimeField(_("old password valid until"), null=True,
+                                         blank=True, db_index=True)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("account credential")
+        verbose_name_plural = _("account credentials")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("token_hash",), condition=~models.Q(token_hash=""),
+                name="credential_token_hash_unique",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} {self.account_name} ({self.status})"

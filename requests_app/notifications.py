@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from .actions import ACTIONS
 from .actions import Audience
+from .credential_keys import credential_link_url
 from .dispatch import dispatch_on_commit
 from .models import APPROVERS_GROUP
 from .models import CheckStatus
@@ -247,6 +248,9 @@ def render_notification(notification: Notification) -> EmailMultiAlternatives:
         "snippets_url": base + reverse("requests:detail", kwargs={"pk": request.pk}) + "#snippets",
         "failing_checks": bounded_context(notification.context).get("failing_checks") or [],
     }
+    if notification.context.get("credential_id"):
+        # The one-time link's token is derived from the key now, never stored in the row.
+        context["credential_url"] = credential_link_url(notification.context["credential_id"])
     template = f"requests_app/emails/{notification.kind}"
     subject = " ".join(
         render_to_string(f"{template}_subject.txt", context).split()

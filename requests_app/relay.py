@@ -43,6 +43,7 @@ from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
 from .checking import check_config
+from .credentials import credential_after_transition
 from .directory import directory_sync
 from .kinds import KINDS
 from .kinds import KindSpec
@@ -438,6 +439,7 @@ def _supersede_replaced(waiting: list[RelayRequest]) -> None:
             parameters={"replaced_by": [r.pk for r in waiting if r.replaces_id == old.pk]},
         )
         directory_sync(old, "supersede")
+        credential_after_transition(old, "supersede")
 
 
 def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:

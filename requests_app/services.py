@@ -34,6 +34,7 @@ from .actions import USER_ACTIONS
 from .actions import Action
 from .actions import Role
 from .checks import worst_status
+from .credentials import credential_after_transition
 from .directory import directory_sync
 from .dispatch import dispatch_on_commit
 from .exceptions import ActionConflict
@@ -275,6 +276,7 @@ def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -
         # relaying under its sandbox limit until the next build (docs/quotas.md).
         dispatch_on_commit("rebuild_relay_config", f"production access for #{request.pk}")
     directory_sync(request, action)
+    credential_after_transition(request, action)  # issue mode: invalidate on removal
     # "Revoked"/"expired" would be untrue until a config version without the entry
     # exists: the build that leaves it out writes that mail (relay.relay_config_rebuild),
     # and the sweep makes sure such a build happens even if the dispatch above is lost.

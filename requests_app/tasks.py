@@ -16,6 +16,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import checking
+from .credential_tasks import apply_credential
+from .credential_tasks import credential_sweep
+from .credential_tasks import issue_credential
 from .directory_tasks import provision_directory
 from .drift import recheck_active_entries as drift_recheck_active_entries
 from .models import DirectoryChange
@@ -31,6 +34,9 @@ from .relay import relay_config_stale
 from .services import request_record_checks
 
 __all__ = [
+    "apply_credential",
+    "credential_sweep",
+    "issue_credential",
     "provision_directory",
     "provision_request",
     "recheck_active_entries",

@@ -2,6 +2,7 @@
 
 from django.urls import path
 
+from . import credential_views
 from . import directory_views
 from . import views
 from .actions import USER_ACTIONS
@@ -21,6 +22,13 @@ urlpatterns = [
     path("directory/", directory_views.directory_todo, name="directory_todo"),
     path("directory/<int:pk>/done/", directory_views.directory_change_mark_done,
          name="directory_mark_done"),
+    path("credentials/overdue/", credential_views.credential_overdue, name="credential_overdue"),
+    path("credentials/link/<str:token>/", credential_views.credential_link,
+         name="credential_link"),
+    path("<int:pk>/password/rotate/", credential_views.credential_rotate,
+         name="credential_rotate"),
+    path("<int:pk>/password/rotated/", credential_views.credential_confirm,
+         name="credential_confirm"),
     path("<int:pk>/", views.request_detail, name="detail"),
     path("<int:pk>/edit/", views.request_edit, name="edit"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),

@@ -33,6 +33,7 @@ from . import services
 from .actions import PRODUCTION_ACTIONS
 from .actions import USER_ACTIONS
 from .actions import Role
+from .credentials import credential_status
 from .dashboard import dashboard_data
 from .dashboard import weekly_chart_svg
 from .exceptions import ActionConflict
@@ -276,6 +277,8 @@ def request_detail(request: HttpRequest, pk: int,
                                  if n in quota_actions],
         "production_decision": quotas.last_production_decision(obj)
         if obj.state == RequestState.ACTIVE else None,
+        # Where the account's password comes from, its rotation date, the owners' buttons.
+        "credential": credential_status(obj, request.user),
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 

@@ -68,6 +68,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.dispatch",
         "requests_app.events",
         "requests_app.notifications",
+        "requests_app.credential_keys",  # AES-GCM and link tokens (the outbox renders links)
     )),
     # domain modules and the services that write (they call each other without cycles)
     ("domain", (
@@ -83,10 +84,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.snippets",
         "requests_app.dashboard",
         "requests_app.quotas",  # sandbox -> production access
+        "requests_app.credentials",  # account passwords: issue, one-time link, rotation
     )),
     ("tasks", (
         "requests_app.tasks",
         "requests_app.directory_tasks",
+        "requests_app.credential_tasks",
     )),
     # front ends: web pages, JSON API, admin, management commands
     ("front", (
@@ -94,6 +97,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.forms",
         "requests_app.views",
         "requests_app.directory_views",
+        "requests_app.credential_views",
         "requests_app.relay_views",
         "requests_app.urls",
         "requests_app.relay_urls",

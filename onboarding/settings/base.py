@@ -216,6 +216,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "relaydesk.recertification_sweep",
         "schedule": crontab(minute=5, hour=6),
     },
+    # every minute: wipe expired one-time links, end rotation overlaps, send due
+    # rotation reminders (each once), re-dispatch password changes whose message was lost
+    "credential-sweep": {
+        "task": "relaydesk.credential_sweep",
+        "schedule": env.float("RELAYDESK_CREDENTIAL_SWEEP_SECONDS", default=60.0),
+    },
 }
 
 # ---------------------------------------------------------------------------
@@ -275,6 +281,35 @@ DIRECTORY_ACCOUNT_DN_TEMPLATE = env.str(
     "DIRECTORY_ACCOUNT_DN_TEMPLATE", default="uid={account},ou=services,dc=example,dc=org"
 )
 DIRECTORY_TIMEOUT_SECONDS = env.float("DIRECTORY_TIMEOUT_SECONDS", default=5.0)
+
+# ---------------------------------------------------------------------------
+# Functional-account passwords (docs/credentials.md)
+# ---------------------------------------------------------------------------
+# directory: the directory owns the password (Relaydesk manages group membership and says
+# where to set it); issue: Relaydesk sets a random password (LDAP Password Modify) and
+# offers it once through a one-time link.
+RELAY_ACCOUNT_CREDENTIALS = env.str("RELAY_ACCOUNT_CREDENTIALS", default="directory")
+# Where owners set an account's password in directory mode (shown on the page, API, mail).
+DIRECTORY_PASSWORD_HELP = env.str(
+    "DIRECTORY_PASSWORD_HELP",
+    default="Set the account's password in the organisation's directory: use the "
+    "directory's self-service password page, or ask the directory administrators to set "
+    "it. Relaydesk never sees it; it only adds the account to the relay-allow group.",
+)
+# The public development key (base64 of 32 bytes); production refuses it in issue mode.
+DEV_CREDENTIAL_KEY = "cmVsYXlkZXNrLWRldi1jcmVkZW50aWFsLWtleS0wMDA="  # noqa: S105 - public
+# base64 of 32 random bytes (AES-256-GCM for secrets held until their one-time view).
+RELAY_CREDENTIAL_KEY = env.str("RELAY_CREDENTIAL_KEY", default="")
+RELAY_CREDENTIAL_LINK_MINUTES = env.int("RELAY_CREDENTIAL_LINK_MINUTES", default=60)
+RELAY_ACCOUNT_ROTATE_DAYS = env.int("RELAY_ACCOUNT_ROTATE_DAYS", default=90)
+RELAY_ACCOUNT_ROTATE_REMINDER_DAYS = [
+    int(d) for d in env.list("RELAY_ACCOUNT_ROTATE_REMINDER_DAYS", default=["14", "3"])
+]
+# 0 = the old password stops working at once; N = it keeps working N minutes after a
+# rotation (the directory holds both values until then).
+RELAY_ACCOUNT_ROTATE_OVERLAP_MINUTES = env.int(
+    "RELAY_ACCOUNT_ROTATE_OVERLAP_MINUTES", default=0
+)
 
 # ---------------------------------------------------------------------------
 # Relay (snippets and config)

@@ -26,6 +26,13 @@ if SECRET_KEY == DEV_SECRET_KEY or SECRET_KEY.startswith(("insecure-", "django-i
         "DJANGO_SECRET_KEY is the public development key (or another 'insecure-' key): "
         "set a long random value for production."
     )
+# Issue mode keeps each new password encrypted until its one-time view: a missing key,
+# or the public development one, would make that encryption worthless.
+if RELAY_ACCOUNT_CREDENTIALS == "issue" and RELAY_CREDENTIAL_KEY in ("", DEV_CREDENTIAL_KEY):  # noqa: F405
+    raise ImproperlyConfigured(
+        "RELAY_ACCOUNT_CREDENTIALS=issue needs RELAY_CREDENTIAL_KEY: base64 of 32 random "
+        "bytes (python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())')."
+    )
 EMAIL_BACKEND = env.str(
     "DJANGO_EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend"
 )

@@ -16,3 +16,5 @@ EMAIL_BACKEND = env.str(  # noqa: F405
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=True)
 CELERY_TASK_EAGER_PROPAGATES = True
 RELAY_CHECK_MAX_RETRIES = 0
+# A fixed, public development key for the one-time credential links (production refuses it).
+RELAY_CREDENTIAL_KEY = RELAY_CREDENTIAL_KEY or DEV_CREDENTIAL_KEY  # noqa: F405

@@ -17,7 +17,8 @@ how the tests simulate a directory outage.
 Seeded entries (see :data:`SEED_LDIF`): ``ou=services``, ``ou=groups``, the relay-allow
 group ``cn=smtprelayallow,ou=groups`` (``groupOfNames`` needs one ``member``, so it holds a
 placeholder), service accounts ``uid=svc-billing`` and ``uid=svc-alerts``, a
-``cn=provisioner`` that may write the group's ``member`` attribute and nothing else, and a
+``cn=provisioner`` that may write the group's ``member`` attribute and the service
+accounts' ``userPassword`` (issue mode sets and rotates their passwords) and nothing else, and a
 ``cn=reader`` that may only read (to provoke "insufficient access").
 
 Skips the calling test when ``slapd``/``slapadd`` are missing, or fails it when
@@ -117,9 +118,11 @@ olcSuffix: {base}
 olcRootDN: {root_dn}
 olcRootPW: {root_pw}
 olcDbMaxSize: 16777216
-olcAccess: {{0}}to attrs=userPassword by anonymous auth by * none
-olcAccess: {{1}}to dn.exact="{group}" attrs=member by dn.exact="{provisioner}" write by users read
-olcAccess: {{2}}to * by users read by * none
+olcAccess: {{0}}to dn.subtree="ou=services,{base}" attrs=userPassword
+  by dn.exact="{provisioner}" write by anonymous auth by * none
+olcAccess: {{1}}to attrs=userPassword by anonymous auth by * none
+olcAccess: {{2}}to dn.exact="{group}" attrs=member by dn.exact="{provisioner}" write by users read
+olcAccess: {{3}}to * by users read by * none
 """
 
 SEED_LDIF = f"""\
