@@ -695,6 +695,12 @@ def _limits(quota: int, settings: RelaySettings) -> str:
     return f"{settings.sandbox_daily}/86400,{settings.sandbox_per_second}/1"
 
 
+def _tier(quota: int) -> str:
+    """The tier token that ends a policy line: the 450 text names it, so a sandboxed
+    sender is told to ask for production and a production one for a higher volume."""
+    return "production" if quota else "sandbox"
+
+
 def _policy_owners(servers: list[_Server], logins: list[_Login]) -> dict[object, int]:
     """Which request's sender policy and quota apply to each address and login.
 
@@ -731,7 +737,8 @@ def _policy_lines(
     owner = _policy_owners(servers, logins)
     clients = []
     for server in servers:
-        tail = f"{server.request_id} {_limits(server.quota, settings)} {server.senders}\n"
+        tail = (f"{server.request_id} {_limits(server.quota, settings)} {server.senders}"
+                f" {_tier(server.quota)}\n")
         for key, text, _ in server.addresses:
             if owner[key] == server.request_id:
                 clients.append((key, server.request_id, server.comment,
@@ -747,7 +754,8 @@ def _policy_lines(
         if owner[("login", login.account)] != login.request_id:
             continue
         yield login.comment
-        yield f"login {login.account} {login.request_id} {_limits(login.quota, settings)}\n"
+        yield (f"login {login.account} {login.request_id} {_limits(login.quota, settings)}"
+               f" {_tier(login.quota)}\n")
 
 
 def render_relay_policy(

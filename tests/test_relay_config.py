@@ -79,10 +79,10 @@ def test_approval_activates_with_a_new_version(pending, approver,
                        ("added", "mode rewrite", None),
                        ("added", "filter relaydesk-srs:[127.0.0.1]:10026", None),
                        ("added", "approved example.org", None),
-                       ("added", f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org",
+                       ("added", f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org sandbox",
                         req.pk),
                        ("added", f"client 2a02:898:0:20::10 {req.pk} 200/86400,1/1 "
-                                 "@example.org", req.pk)}
+                                 "@example.org sandbox", req.pk)}
     assert req.events.filter(parameters__action="activate").get().comment == \
         "in relay config v1"
 
@@ -114,8 +114,8 @@ def test_revoke_removes_the_entry_in_the_next_version(pending, approver, team, r
     removed = RelayConfigChange.objects.filter(version=latest, action="removed")
     assert set(removed.values_list("line", "request_id")) == {
         ("81.2.69.10/32 OK", req.pk), ("2a02:898:0:20::10/128 OK", req.pk),
-        (f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org", req.pk),
-        (f"client 2a02:898:0:20::10 {req.pk} 200/86400,1/1 @example.org", req.pk)}
+        (f"client 81.2.69.10 {req.pk} 200/86400,1/1 @example.org sandbox", req.pk),
+        (f"client 2a02:898:0:20::10 {req.pk} 200/86400,1/1 @example.org sandbox", req.pk)}
     assert other.state == S.ACTIVE
 
 

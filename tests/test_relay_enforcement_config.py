@@ -66,17 +66,19 @@ POLICY_GOLDEN = (
     "filter relaydesk-srs:[127.0.0.1]:10026\n"
     "approved example.net example.org\n"
     "# request 9 quiet.example.org team ops\n"
-    "client 192.0.2.9 9 200/86400,1/1 -\n"
+    "client 192.0.2.9 9 200/86400,1/1 - sandbox\n"
     "# request 42 app.example.org team ops\n"
-    "client 192.0.2.10 42 200/86400,1/1 @alerts.example.org,noreply@example.org\n"
+    "client 192.0.2.10 42 200/86400,1/1 @alerts.example.org,noreply@example.org"
+    " sandbox\n"
     "# request 7 batch.example.org team payments\n"
-    "client 198.51.100.7 7 50000/86400,14/1 -\n"
+    "client 198.51.100.7 7 50000/86400,14/1 - production\n"
     "# request 42 app.example.org team ops\n"
-    "client 2001:db8::10 42 200/86400,1/1 @alerts.example.org,noreply@example.org\n"
+    "client 2001:db8::10 42 200/86400,1/1 @alerts.example.org,noreply@example.org"
+    " sandbox\n"
     "# request 43 account svc-app team ops\n"
-    "login svc-app 43 200/86400,1/1\n"
+    "login svc-app 43 200/86400,1/1 sandbox\n"
     "# request 44 account svc-big team payments\n"
-    "login svc-big 44 100000/86400,14/1\n"
+    "login svc-big 44 100000/86400,14/1 production\n"
 )
 
 
@@ -107,7 +109,7 @@ def test_policy_file_in_reject_mode_has_no_filter_and_says_when_nothing_is_appro
         "mode reject\n"
         "approved -\n"
         "# request 9 quiet.example.org team ops\n"
-        "client 192.0.2.9 9 50/86400,2/1 -\n"
+        "client 192.0.2.9 9 50/86400,2/1 - sandbox\n"
     )
 
 
@@ -131,10 +133,10 @@ def test_policy_lines_are_attributed_to_their_request_and_the_header_to_none():
     owners = backend.attribute(POLICY_NAME, POLICY_GOLDEN, {})
     assert owners["mode rewrite"] is None
     assert owners["approved example.net example.org"] is None
-    assert owners["client 198.51.100.7 7 50000/86400,14/1 -"] == 7
+    assert owners["client 198.51.100.7 7 50000/86400,14/1 - production"] == 7
     assert owners["client 2001:db8::10 42 200/86400,1/1 @alerts.example.org,"
-                  "noreply@example.org"] == 42
-    assert owners["login svc-big 44 100000/86400,14/1"] == 44
+                  "noreply@example.org sandbox"] == 42
+    assert owners["login svc-big 44 100000/86400,14/1 production"] == 44
     assert POLICY_NAME in backend.attributed_names
 
 
