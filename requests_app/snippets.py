@@ -1,8 +1,14 @@
 """Ready-to-paste settings for the requester, rendered from the relay settings.
 
 Accounts always use TLS (STARTTLS on the submission port, or implicit TLS): the relay
-refuses plain text. No password is ever stored or shown; snippets carry a placeholder
-and the credential comes from the directory.
+refuses plain text. No password is ever shown in a snippet: the snippets carry the real
+account name, read the password from the environment (``RELAY_PASSWORD``) or leave a
+placeholder, and say in a comment where it comes from (``activation.password_source``:
+set in the directory, or the one-time link of the activation mail in ``issue`` mode).
+Every snippet is a complete program or file of its language: the Django snippet imports
+``os`` because it reads the environment, and the nodemailer one is CommonJS with its
+``await`` inside an async function (``tests/test_snippets_run.py`` compiles each Python
+snippet and runs ``node --check`` on each JavaScript one).
 
 Every value placed in a snippet is encoded for the snippet's language, whatever the
 validators let in: a requester copies the text into a program or a shell, so a value
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from .activation import password_source
 from .checking import check_config
 from .kinds import kind_spec
 from .models import RelayEndpoint
@@ -38,9 +45,11 @@ from .sender_policy import Verdict
 from .sender_policy import outcome
 
 __all__ = [
+    "ISSUED_PASSWORD_PLACEHOLDER",
     "PASSWORD_PLACEHOLDER",
     "SenderPreview",
     "Snippet",
+    "comment_text",
     "js_string",
     "python_string",
     "relay_endpoint",
@@ -49,6 +58,8 @@ __all__ = [
 ]
 
 PASSWORD_PLACEHOLDER = "<password from the directory>"
+#: The placeholder in ``issue`` mode (``RELAY_ACCOUNT_CREDENTIALS``).
+ISSUED_PASSWORD_PLACEHOLDER = "<password from your one-time link>"
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,21 @@ _POSTFIX_SAFE = re.compile(r"[A-Za-z0-9._-]+")
 
 def _postfix_value(value: str) -> str | None:
     return value if _POSTFIX_SAFE.fullmatch(value) else None
+
+
+def comment_text(value: str) -> str:
+    """``value`` as one line of printable ASCII, safe inside a ``#`` or ``//`` comment of
+    any snippet: whitespace runs (line breaks included) become one space and anything
+    outside printable ASCII (U+2028 ends a JavaScript comment) becomes ``\\uNNNN``."""
+    flat = " ".join(value.split())
+    return "".join(ch if 0x20 <= ord(ch) < 0x7F else f"\\u{ord(ch):04x}" for ch in flat)
+
+
+def _password_facts(request: RelayRequest) -> tuple[str, str]:
+    """The placeholder and the comment saying where the password comes from."""
+    issued = getattr(settings, "RELAY_ACCOUNT_CREDENTIALS", "directory") == "issue"
+    placeholder = ISSUED_PASSWORD_PLACEHOLDER if issued else PASSWORD_PLACEHOLDER
+    return placeholder, comment_text("Password: " + password_source(request))
 
 
 def _encoded(values: dict[str, str | int]) -> dict[str, dict[str, str]]:
@@ -218,6 +244,7 @@ def snippets_for(request: RelayRequest) -> list[Snippet]:
               or ["noreply@example.org"])[0]
     account_name = getattr(request, spec.login_field) if account else ""
     preview = sender_preview(request)
+    placeholder, password_comment = _password_facts(request) if account else ("", "")
     context: dict[str, object] = {
         "port": port,
         "is_account": account,
@@ -228,7 +255,9 @@ def snippets_for(request: RelayRequest) -> list[Snippet]:
         # comment lines, each value an escaped literal of the snippet's language
         "preview_py": _preview_comments(preview, python_string),
         "preview_js": _preview_comments(preview, js_string),
-        "password": PASSWORD_PLACEHOLDER,
+        "password": placeholder,
+        # where the password comes from, one comment-safe line (accounts only)
+        "password_comment": password_comment,
         # Postfix files: the raw value only when it needs no quoting (else None)
         "postfix_host": _postfix_value(endpoint.host),
         "postfix_account": _postfix_value(account_name) if account else "",
