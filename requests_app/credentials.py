@@ -594,7 +594,12 @@ def _reveal_locked(token: str, user: AbstractBaseUser, password: str,
     again = authenticate(http_request, username=user.get_username(), password=password or "")
     if again is None or again.pk != user.pk:
         raise ReauthenticationRequired("Enter your own Relaydesk password to see the secret.")
-    secret = _decrypt_from(row)
+    try:
+        secret = _decrypt_from(row)
+    except CredentialUnreadable as exc:
+        # A changed or lost RELAY_CREDENTIAL_KEY: nothing to show; the owners rotate.
+        raise LinkGone(f"This password cannot be read any more ({exc}); rotate it on the "
+                       "request page to get a new one.") from None
     _wipe(row, Status.VIEWED, now)
     row.viewed_at = now
     row.viewed_by = user

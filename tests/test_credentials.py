@@ -22,6 +22,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from requests_app import activation
 from requests_app import credential_keys
 from requests_app.credential_keys import CredentialKeyChanged
 from requests_app.credential_keys import CredentialUnreadable
@@ -544,3 +545,32 @@ def test_generated_passwords_are_long_and_distinct():
     assert len(seen) == 200 and all(len(p) >= 24 for p in seen)
     with pytest.raises(ValueError):
         generate_password(12)
+
+
+@pytest.mark.ldap
+def test_a_changed_key_shows_nothing_and_says_to_rotate(
+    issue_mode, settings, account, requester, client, django_capture_on_commit_callbacks
+):
+    issue(account, django_capture_on_commit_callbacks)
+    token = token_from_mail()
+    settings.RELAY_CREDENTIAL_KEY = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
+    client.force_login(requester)
+    # the link (its hash is stored) is found, but its secret cannot be decrypted any more
+    gone = reveal(client, token)
+    assert gone.status_code == 410 and "rotate" in gone.content.decode()
+    assert AccountCredential.objects.get().status == Status.OFFERED  # nothing changed
+
+
+@pytest.mark.ldap
+def test_activation_issues_the_first_password_through_the_tasks(
+    issue_mode, team, requester, django_capture_on_commit_callbacks
+):
+    request = RelayRequestFactory(account=True, account_name="svc-alerts", team=team,
+                                  created_by=requester, state=RequestState.PROVISIONING)
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        locked = RelayRequest.objects.select_for_update().get(pk=request.pk)
+        activation.activate(locked, version=1, comment="test")
+    row = AccountCredential.objects.get(request=request)
+    assert (row.purpose, row.status) == ("issue", "offered")
+    assert any(LINK_RE.search(m.body) for m in mail.outbox)
+    assert binds(issue_mode, "not-used", "uid=svc-alerts,ou=services,dc=example,dc=org") is False
