@@ -46,6 +46,7 @@ __all__ = [
     "check_account_free",
     "host_overlaps",
     "overlap_warning",
+    "subject_of",
 ]
 
 #: The states in which a request holds its account name (and names its host).
@@ -145,6 +146,7 @@ class HostSubject:
 
 
 def subject_of(request: RelayRequest) -> HostSubject:
+    """The host look-up's view of a saved request."""
     return HostSubject(request.pk, request.fqdn or "", tuple(request.addresses),
                        request.replaces_id)
 

@@ -959,6 +959,27 @@ class PostfixBackend:
             legit |= _sender_pairs(entry)
         return any((_sender_pairs(entry) & present) - legit for entry in left_accounts)
 
+    def serves_quota(
+        self, files: Mapping[str, str], entries: Iterable[ServerEntry | AccountEntry]
+    ) -> bool:
+        """Whether the policy file applies each entry's current quota (tier and daily
+        volume) on every line of its own; an entry with no line of its own (its address
+        is served under an older request's policy) has nothing to check."""
+        wanted = {entry.request_id: (f"{entry.daily_volume}/86400" if entry.production
+                                     else None, "production" if entry.production else "sandbox")
+                  for entry in entries}
+        for line in (files.get(POLICY_NAME) or "").splitlines():
+            fields = line.split()
+            if len(fields) < 4 or fields[0] not in ("client", "login"):
+                continue
+            want = wanted.get(int(fields[2])) if fields[2].isdigit() else None
+            if want is None:
+                continue
+            daily, tier = want
+            if fields[-1] != tier or (daily is not None and not fields[3].startswith(daily)):
+                return False
+        return True
+
 
 def _sender_pairs(entry: AccountEntry) -> set[tuple[str, str]]:
     """(sender key, login) as ``sender_login_maps`` writes them (keys case-folded)."""

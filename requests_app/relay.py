@@ -371,8 +371,48 @@ def _announce_removals(
         )
 
 
+def _version_texts(latest: RelayConfigVersion, names: tuple[str, ...]) -> dict[str, str]:
+    """Only these files of a version, straight out of the JSON column."""
+    texts = (
+        RelayConfigVersion.objects.filter(pk=latest.pk)
+        .annotate(**{f"file_{i}": KeyTextTransform(name, "files")
+                     for i, name in enumerate(names)})
+        .values_list(*(f"file_{i}" for i in range(len(names))))
+        .get()
+    )
+    return {name: text or "" for name, text in zip(names, texts, strict=True)}
+
+
+def _quota_grant_unserved(backend: RelayBackend, latest: RelayConfigVersion,
+                          since: datetime) -> bool:
+    """A production grant around or after the newest version that it does not apply.
+
+    The grant dispatches a rebuild after commit; if that message is lost the entry would
+    keep its sandbox quota until some other change rebuilt the config. Exact, like the
+    removals: only entries granted since the newest version (minus the clock margin) are
+    looked up, in the back-end's own files (``QuotaBackend``; one without quotas has
+    nothing to apply).
+    """
+    serves_quota = getattr(backend, "serves_quota", None)
+    if serves_quota is None:
+        return False
+    granted = (RelayRequest.objects.filter(
+        state__in=IN_CONFIG_STATES, suspended_at__isnull=True,
+        pk__in=RequestEvent.objects.filter(
+            parameters__action="grant_production", created_at__gte=since,
+        ).values("request_id"),
+    ).order_by("pk"))
+    servers, accounts = _entries_of(granted)
+    entries: list[ServerEntry | AccountEntry] = [*servers, *accounts]
+    if not entries:
+        return False
+    files = _version_texts(latest, tuple(backend.attributed_names))
+    return not serves_quota(files, entries)
+
+
 def relay_config_stale() -> bool:
-    """Whether the newest version still serves an entry that has left the relay config.
+    """Whether the newest version still serves an entry that has left the relay config,
+    or does not yet apply a production grant (:func:`_quota_grant_unserved`).
 
     For the periodic sweep: a revoke, expiry or suspension dispatches a rebuild after
     commit, and if that message is lost (broker down) nothing else would rebuild. The
@@ -393,19 +433,13 @@ def relay_config_stale() -> bool:
         ).order_by("pk")
     )
     left: list[ServerEntry | AccountEntry] = [*servers, *accounts]
+    backend = relay_backend()
+    if _quota_grant_unserved(backend, latest, since):
+        return True
     if not left:
         return False
-    backend = relay_backend()
-    names = backend.attributed_names
     # Only the files the back-end looks at, straight out of the JSON column.
-    texts = (
-        RelayConfigVersion.objects.filter(pk=latest.pk)
-        .annotate(**{f"file_{i}": KeyTextTransform(name, "files")
-                     for i, name in enumerate(names)})
-        .values_list(*(f"file_{i}" for i in range(len(names))))
-        .get()
-    )
-    files = {name: text or "" for name, text in zip(names, texts, strict=True)}
+    files = _version_texts(latest, tuple(backend.attributed_names))
     logins = {entry.account for entry in left if isinstance(entry, AccountEntry)}
     live: list[AccountEntry] = []
     if logins:

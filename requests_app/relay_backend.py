@@ -318,6 +318,21 @@ class RelayBackend(Protocol):
         ...
 
 
+class QuotaBackend(Protocol):
+    """A back-end whose files carry each entry's sending quota (Postfix's policy file).
+
+    Optional: the sweep asks it after a production grant whether the newest version
+    applies the granted quota, so a lost rebuild message is made good; a back-end
+    without quotas has nothing to answer.
+    """
+
+    def serves_quota(
+        self, files: Mapping[str, str], entries: Iterable[ServerEntry | AccountEntry]
+    ) -> bool:
+        """Whether ``files`` apply each entry's current tier and daily volume."""
+        ...
+
+
 #: Back-end name -> the module that implements it; the module's ``backend(map_type)``
 #: returns the :class:`RelayBackend`. Imported by name so this interface imports no
 #: implementation (the implementations import it).

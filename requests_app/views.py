@@ -26,6 +26,8 @@ from django.views.decorators.csrf import requires_csrf_token
 from django.views.decorators.http import require_POST
 from django.views.generic import ListView
 
+from . import accounts
+from . import activation
 from . import params
 from . import quotas
 from . import selectors
@@ -185,6 +187,7 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
             if created:
                 messages.success(request,
                                  f"Request #{obj.pk} saved ({obj.get_state_display()}).")
+                _warn_overlaps(request, obj)
             else:
                 messages.info(request, f"Request #{obj.pk} was already saved: this form was "
                                        "sent more than once, and only one request was made.")
@@ -204,6 +207,13 @@ def request_create(request: HttpRequest, kind: str) -> HttpResponse:
 
 
 FORM_TOKEN_FIELD = "idempotency_key"
+
+
+def _warn_overlaps(request: HttpRequest, obj: RelayRequest) -> None:
+    """A host another open request names is a warning, not a refusal (``accounts.py``)."""
+    obj.refresh_from_db(fields=["fqdn", "ipv4", "ipv6", "replaces"])
+    for holder in accounts.host_overlaps([accounts.subject_of(obj)]).get(obj.pk, []):
+        messages.warning(request, accounts.overlap_warning(holder))
 
 
 def _add_errors(form: Any, exc: ValidationError) -> None:
@@ -265,6 +275,11 @@ def request_detail(request: HttpRequest, pk: int,
         "directory_change": obj.directory_changes.order_by("-created_at", "-pk").only(
             "action", "status", "attempts", "last_error", "done_at", "done_by").first()
         if logs_in(obj.kind) else None,
+        # Another open request naming the same FQDN or address: a warning (accounts.py).
+        "overlap_warnings": [accounts.overlap_warning(h) for h in
+                             accounts.host_overlaps([accounts.subject_of(obj)]).get(obj.pk, [])],
+        # What a provisioning request still waits for ("active means usable").
+        "pending_reasons": activation.pending_reasons(obj),
         # What the relay will do with each declared sender (server requests, from draft on).
         "sender_preview": sender_preview(obj),
         # The sending quota of an active entry, and who may ask for or decide production.
@@ -323,6 +338,7 @@ def request_edit(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect(obj)
         else:
             messages.success(request, "Request saved.")
+            _warn_overlaps(request, obj)
             return redirect(obj)
     return render(
         request,

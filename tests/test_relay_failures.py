@@ -19,6 +19,7 @@ from django.utils.html import escape
 from kombu.exceptions import OperationalError
 from rest_framework.test import APIClient
 
+from requests_app import quotas
 from requests_app import services
 from requests_app import tasks
 from requests_app.directory import directory_mark_done_manually
@@ -452,6 +453,39 @@ def test_a_removal_whose_rebuild_was_lost_is_served_after_one_sweep(
     assert sweep(capture)["rebuild"] == 0
     assert RelayConfigVersion.objects.order_by("-number").first().number == number
     assert len(mail.outbox) == (0 if removal == "suspend" else 1)
+
+
+def test_a_production_grant_whose_rebuild_was_lost_is_served_after_one_sweep(
+    team, requester, approver, monkeypatch, django_capture_on_commit_callbacks
+):
+    capture = django_capture_on_commit_callbacks
+    # given an active sandboxed entry in the served config, whose owners asked for more
+    entry = approved(team, requester, approver, capture, fqdn="grow.example.org",
+                     ipv4=["81.2.69.72"], ipv6=[])
+    policy, number_before = served("relay_policy")
+    assert f"client 81.2.69.72 {entry.pk} 200/86400,1/1 " in policy
+    assert relay_config_stale() is False
+    with capture(execute=True):
+        quotas.request_production_access(request_id=entry.pk, by=requester, volume=5000,
+                                         use_case="Invoices",
+                                         bounce_handling="A bounce box is read daily.")
+    # when an approver grants production while the broker is unreachable
+    lose_broker_messages(monkeypatch, "rebuild_relay_config")
+    with capture(execute=True):
+        services.request_act(request_id=entry.pk, action="grant_production", by=approver)
+    # then the relay still applies the sandbox quota, and the sweep can tell
+    assert served("relay_policy") == (policy, number_before)
+    assert relay_config_stale() is True
+    # when the broker is back and the sweep runs
+    monkeypatch.undo()
+    assert sweep(capture)["rebuild"] == 1
+    # then the served policy file applies the granted volume
+    policy, number = served("relay_policy")
+    assert number == number_before + 1
+    assert f"client 81.2.69.72 {entry.pk} 5000/86400,14/1 @example.org production" in policy
+    # and the next sweep finds nothing to do
+    assert relay_config_stale() is False
+    assert sweep(capture)["rebuild"] == 0
 
 
 def test_a_revoked_account_whose_rebuild_was_lost_is_found_in_the_login_map(

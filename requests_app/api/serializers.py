@@ -8,6 +8,8 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .. import accounts
+from .. import activation
 from ..kinds import KIND_FIELDS
 from ..models import CheckResult
 from ..models import RelayRequest
@@ -137,10 +139,21 @@ class RelayRequestSerializer(serializers.ModelSerializer):
                   "the production rate. Changed only by request_production and an "
                   "approver's grant_production.")
 
+    pending = serializers.SerializerMethodField(
+        help_text="While provisioning: what the request still waits for before it is active "
+                  "(the relay config; for an account also its relay-allow group change, "
+                  "automatic or a manual to-do). Empty otherwise.")
+    warnings = serializers.SerializerMethodField(
+        help_text="Other open requests naming the same FQDN or address (a warning, not a "
+                  "refusal), each sentence naming the request.")
+    overlaps = serializers.SerializerMethodField(
+        help_text="The same as warnings, as data: [{request, state, team, field, value}].")
+
     class Meta:
         model = RelayRequest
         fields = (
-            "id", "kind", "state", "team", "team_slug", "contact_email", "chat_channel",
+            "id", "kind", "state", "pending", "warnings", "overlaps",
+            "team", "team_slug", "contact_email", "chat_channel",
             "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
@@ -161,6 +174,28 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "quota_tier", "production_requested_at", "production_volume",
             "production_use_case", "production_bounce_handling",
         )
+
+    def _overlaps(self, obj: RelayRequest) -> list[accounts.Holder]:
+        # A list response precomputes every row's overlaps in one query (views.py).
+        known = self.context.get("overlaps")
+        if known is None:
+            known = accounts.host_overlaps([accounts.subject_of(obj)])
+        return known.get(obj.pk, [])
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_pending(self, obj: RelayRequest) -> list[str]:
+        known = self.context.get("pending")
+        if known is None:
+            return activation.pending_reasons(obj)
+        return known.get(obj.pk, [])
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_warnings(self, obj: RelayRequest) -> list[str]:
+        return [accounts.overlap_warning(h) for h in self._overlaps(obj)]
+
+    @extend_schema_field(serializers.ListField(child=serializers.DictField()))
+    def get_overlaps(self, obj: RelayRequest) -> list[dict[str, object]]:
+        return [h.as_dict() for h in self._overlaps(obj)]
 
     @extend_schema_field(QuotaLimitsSerializer)
     def get_quota_limits(self, obj: RelayRequest) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
 
+from .. import accounts
+from .. import activation
 from .. import quotas
 from .. import selectors
 from .. import services
@@ -84,6 +86,19 @@ class RelayRequestViewSet(
             # active entries whose owners asked for production access (approvers decide)
             qs = qs.filter(pk__in=quotas.production_pending_requests(qs).values("pk"))
         return qs.order_by("-created_at", "-pk")
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """The caller's requests; each row's ``pending`` and ``warnings`` are computed for
+        the whole page at once (a constant number of queries, not one per row)."""
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        rows = list(page) if page is not None else list(self.get_queryset())
+        context = {
+            **self.get_serializer_context(),
+            "pending": activation.pending_reasons_many(rows),
+            "overlaps": accounts.host_overlaps(accounts.subject_of(r) for r in rows),
+        }
+        data = self.get_serializer_class()(rows, many=True, context=context).data
+        return self.get_paginated_response(data) if page is not None else Response(data)
 
     @extend_schema(
         parameters=[OpenApiParameter(
