@@ -706,6 +706,23 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         self.decided_by = by
         self.decided_at = timezone.now()
         self.decision_note = note
+        self._keep_production_of_replaced()
+
+    def _keep_production_of_replaced(self) -> None:
+        """A renewal of the team's own production entry stays in production.
+
+        Its owners already passed the production review; sending it back to the sandbox
+        would throttle a sender that was fine yesterday. Only up to the volume approved
+        then: more needs a new production request. Decided at approval, so the config
+        build that puts the renewal live already applies the production quota.
+        """
+        replaced = self.replaces
+        if (replaced is None or replaced.team_id != self.team_id
+                or replaced.quota_tier != QuotaTier.PRODUCTION):
+            return
+        self.quota_tier = QuotaTier.PRODUCTION
+        self.expected_daily_volume = min(self.expected_daily_volume,
+                                         replaced.expected_daily_volume)
 
     @transition(
         field=state,

@@ -363,3 +363,36 @@ def test_bad_web_input_is_a_400_naming_the_field_with_the_values_kept(entry, req
     assert "Bounce handling: Say how bounces and complaints are handled" in page
     assert GOOD["use_case"] in page and 'name="volume"' in page
     assert RelayRequest.objects.get(pk=entry.pk).production_requested_at is None
+
+
+@pytest.mark.parametrize(("asked", "kept"), [(3000, 3000), (8000, 5000)])
+def test_a_renewal_of_a_production_entry_stays_in_production_up_to_the_approved_volume(
+    team, requester, approver, asked, kept
+):
+    # given the team's entry in production at 5000 messages a day
+    old = RelayRequestFactory(team=team, created_by=requester, state=S.ACTIVE,
+                              check_verdict="pass", quota_tier=QuotaTier.PRODUCTION,
+                              expected_daily_volume=5000)
+    # when its renewal, asking for some volume, passes its checks and is approved
+    renewal = RelayRequestFactory(team=team, created_by=requester, replaces=old,
+                                  state=S.PENDING_APPROVAL, check_verdict="pass",
+                                  expected_daily_volume=asked)
+    services.request_act(request_id=renewal.pk, action="approve", by=approver)
+    renewal.refresh_from_db()
+    # then it keeps production, up to the volume approved before
+    assert (renewal.quota_tier, renewal.expected_daily_volume) == (QuotaTier.PRODUCTION, kept)
+
+
+def test_a_new_request_or_another_teams_renewal_starts_in_the_sandbox(team, requester,
+                                                                       approver):
+    # given another team's entry in production
+    other = RelayRequestFactory(state=S.ACTIVE, check_verdict="pass",
+                                quota_tier=QuotaTier.PRODUCTION, expected_daily_volume=5000)
+    for replaces in (None, other):
+        req = RelayRequestFactory(team=team, created_by=requester, replaces=replaces,
+                                  state=S.PENDING_APPROVAL, check_verdict="pass")
+        # when it is approved
+        services.request_act(request_id=req.pk, action="approve", by=approver)
+        req.refresh_from_db()
+        # then it starts in the sandbox
+        assert req.quota_tier == QuotaTier.SANDBOX
