@@ -225,6 +225,23 @@ def test_quota_store_outage_defers_instead_of_passing(reject_relay):
     assert reject_relay.send("app@example.org", REMOTE, f"{subject} retried").accepted
 
 
+def test_policy_service_outage_defers_instead_of_passing(reject_relay):
+    # given the policy service is down
+    reject_relay.stop_policyd()
+    try:
+        # when the allowlisted client sends
+        subject = "during policy outage"
+        reply = reject_relay.send("app@example.org", REMOTE, subject)
+    finally:
+        reject_relay.start_policyd()
+    # then Postfix defers it with its configured default action, never lets it through
+    assert reply.code == 451 and reply.text.startswith("4.3.5"), reply
+    reject_relay.settled()
+    assert reject_relay.received(subject) == []
+    # and once the service is back the same mail goes through
+    assert reject_relay.send("app@example.org", REMOTE, f"{subject} retried").accepted
+
+
 # --------------------------------------------------------------------------- TLS required
 
 

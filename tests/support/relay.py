@@ -282,7 +282,19 @@ class LiveRelay:
                  "-4", "-f", str(self.srs_forward_port), "-r", str(self.srs_reverse_port)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
-        with self.policyd_log.open("wb") as log:
+        self.start_policyd()
+        _wait_port(self.srs_forward_port, "postsrsd", 15, self.postsrsd, self.postsrsd_log)
+        _wait_port(self.srs_reverse_port, "postsrsd", 15, self.postsrsd, self.postsrsd_log)
+
+        self.postfix.start(self.fragment(FRAGMENT_NAME),
+                           master_cf_fragment=self.fragment(MASTER_FRAGMENT_NAME))
+        for port in (self.submission_port, self.smtps_port):
+            _wait_port(port, "smtpd", 15, log=self.postfix.log_file)
+        return self
+
+    def start_policyd(self) -> None:
+        """Start the policy service on its port (again, after :meth:`stop_policyd`)."""
+        with self.policyd_log.open("ab") as log:
             self.policyd = subprocess.Popen(
                 [sys.executable, "-m", "requests_app.policyd",
                  "--policy", str(self.map_dir / POLICY_NAME),
@@ -290,15 +302,12 @@ class LiveRelay:
                 cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        _wait_port(self.srs_forward_port, "postsrsd", 15, self.postsrsd, self.postsrsd_log)
-        _wait_port(self.srs_reverse_port, "postsrsd", 15, self.postsrsd, self.postsrsd_log)
         _wait_port(self.policy_port, "policyd", 30, self.policyd, self.policyd_log)
 
-        self.postfix.start(self.fragment(FRAGMENT_NAME),
-                           master_cf_fragment=self.fragment(MASTER_FRAGMENT_NAME))
-        for port in (self.submission_port, self.smtps_port):
-            _wait_port(port, "smtpd", 15, log=self.postfix.log_file)
-        return self
+    def stop_policyd(self) -> None:
+        """Stop the policy service (an outage; Postfix must defer, never pass)."""
+        _stop_process(self.policyd)
+        self.policyd = None
 
     def close(self) -> None:
         """Stop every process (Postfix first: it talks to the others) and remove the dirs."""
