@@ -54,6 +54,7 @@ __all__ = [
     "RelayConfigVersion",
     "RelayEndpoint",
     "RelayRequest",
+    "RequestComment",
     "RequestEvent",
     "RequestKind",
     "RequestState",
@@ -528,6 +529,16 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
                     "first request instead of making a second."),
     )
     search_text = models.TextField(_("search text"), blank=True, editable=False)
+    # the approver working on it ("assigned to me" in the queue)
+    assigned_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("assigned to"),
+    )
+    assigned_at = models.DateTimeField(_("assigned at"), null=True, blank=True)
     # sending quota: sandbox until an approver grants production access
     quota_tier = models.CharField(
         _("quota tier"), max_length=10, choices=QuotaTier.choices, default=QuotaTier.SANDBOX
@@ -1007,6 +1018,8 @@ class RequestEvent(models.Model):
         DIRECTORY = "directory", _("directory provisioning")
         HANDOVER = "handover", _("handed over")
         CREDENTIAL = "credential", _("account password")
+        COMMENT = "comment", _("comment")
+        ASSIGNMENT = "assignment", _("assigned")
 
     request = models.ForeignKey(
         RelayRequest, on_delete=models.CASCADE, related_name="events", verbose_name=_("request")
@@ -1236,3 +1249,31 @@ class AccountCredential(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.purpose} {self.account_name} ({self.status})"
+
+
+class RequestComment(models.Model):
+    """One message of the conversation on a request, between its team and the approvers.
+
+    Kept apart from the audit trail so the thread reads as a conversation; each comment
+    also writes an audit event (who, when, from where) and mails the other side.
+    """
+
+    request = models.ForeignKey(
+        RelayRequest, on_delete=models.CASCADE, related_name="comments",
+        verbose_name=_("request"),
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+        related_name="+", verbose_name=_("author"),
+    )
+    author_name = models.CharField(_("author name"), max_length=150, blank=True)
+    body = models.TextField(_("comment"))
+    created_at = models.DateTimeField(_("written at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("created_at", "pk")
+        verbose_name = _("comment")
+        verbose_name_plural = _("comments")
+
+    def __str__(self) -> str:
+        return f"#{self.request_id} {self.author_name}: {self.body[:40]}"
