@@ -14,6 +14,9 @@ from django.utils import timezone
 
 from requests_app import relay_backend
 from requests_app.artifacts_io import MANIFEST_NAME
+from requests_app.directory import directory_change_enqueue
+from requests_app.directory import directory_mark_done_manually
+from requests_app.models import DirectoryChange
 from requests_app.models import RelayConfigVersion
 from requests_app.models import RelayRequest
 from requests_app.models import RequestState as S
@@ -28,6 +31,7 @@ from requests_app.relay_backend import RelaySettings
 from requests_app.relay_backend import ServerEntry
 from requests_app.relay_backend import load_backend
 from requests_app.system_checks import relay_backend_configured
+from tests.factories import ApproverFactory
 from tests.factories import RelayRequestFactory
 
 APP = Path(__file__).resolve().parent.parent / "requests_app"
@@ -151,6 +155,9 @@ def test_a_second_back_end_is_one_module(team, requester, settings, monkeypatch,
                                  check_verdict="pass")
     account = RelayRequestFactory(team=team, created_by=requester, state=S.PROVISIONING,
                                   check_verdict="pass", account=True, account_name="svc-shop")
+    # (an account goes live once its directory change is done too)
+    change = directory_change_enqueue(request=account, action=DirectoryChange.Action.ADD)
+    directory_mark_done_manually(change_id=change.pk, by=ApproverFactory())
     # when the relay config is built
     version = relay_config_rebuild(reason="test")
     # then the version holds that back-end's files and history, and the requests are live
