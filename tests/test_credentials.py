@@ -19,8 +19,11 @@ import pytest
 from django.core import mail
 from django.core.management import call_command
 from django.db import transaction
+from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+
+from rest_framework.test import APIClient
 
 from requests_app import activation
 from requests_app import credential_keys
@@ -574,3 +577,56 @@ def test_activation_issues_the_first_password_through_the_tasks(
     assert (row.purpose, row.status) == ("issue", "offered")
     assert any(LINK_RE.search(m.body) for m in mail.outbox)
     assert binds(issue_mode, "not-used", "uid=svc-alerts,ou=services,dc=example,dc=org") is False
+
+
+# --- the same through the JSON API ----------------------------------------------------------
+
+
+def api_client(user):  # type: ignore[no-untyped-def]
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+@pytest.mark.ldap
+def test_api_rotate_now_mails_a_new_link_and_never_returns_the_password(
+    issue_mode, account, requester, django_capture_on_commit_callbacks
+):
+    issue(account, django_capture_on_commit_callbacks)
+    mail.outbox.clear()
+    # when an owner rotates through the API
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api_client(requester).post(f"/api/requests/{account.pk}/password/rotate/")
+    # then the answer is the status (a rotation link waiting), and the owners got a new link
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["mode"], body["latest"]["purpose"]) == ("issue", "rotate")
+    new = secret_of(reveal(_logged_in(requester), token_from_mail()))
+    assert new not in response.content.decode() and binds(issue_mode, new)
+
+
+def _logged_in(user):  # type: ignore[no-untyped-def]
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_api_password_status_and_i_rotated_it_in_directory_mode(
+    settings, account, requester, approver
+):
+    settings.RELAY_ACCOUNT_CREDENTIALS = "directory"
+    owner = api_client(requester)
+    # the status says where to set the password, and nothing was set yet
+    status = owner.get(f"/api/requests/{account.pk}/password/").json()
+    assert status["mode"] == "directory" and status["password_help"]
+    # "I rotated it" restarts the clock; rotate now is the other mode's (409)
+    done = owner.post(f"/api/requests/{account.pk}/password/rotated/")
+    assert done.status_code == 200 and done.json()["last_set_at"]
+    assert owner.post(f"/api/requests/{account.pk}/password/rotate/").status_code == 409
+    # an approver (not of the team) reads but may not act; a server entry has no password
+    assert api_client(approver).get(f"/api/requests/{account.pk}/password/").status_code == 200
+    assert api_client(approver).post(
+        f"/api/requests/{account.pk}/password/rotated/").status_code == 403
+    server = RelayRequestFactory(team=account.team, created_by=requester,
+                                 state=RequestState.ACTIVE)
+    assert owner.get(f"/api/requests/{server.pk}/password/").status_code == 404

@@ -22,6 +22,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from .. import accounts
 from .. import activation
+from .. import credentials
 from .. import quotas
 from .. import selectors
 from .. import services
@@ -249,6 +250,62 @@ RelayRequestViewSet.request_production = extend_schema(  # type: ignore[attr-def
     request=ProductionRequestSerializer, responses=RelayRequestSerializer,
 )(action(detail=True, methods=["post"], url_path="request_production",
          url_name="request_production")(_request_production))
+
+
+_PASSWORD_STATUS = inline_serializer("PasswordStatus", fields={
+    "mode": serializers.ChoiceField(choices=["directory", "issue"]),
+    "password_help": serializers.CharField(),
+    "last_set_at": serializers.DateTimeField(allow_null=True),
+    "rotate_due": serializers.DateTimeField(allow_null=True),
+    "overdue": serializers.BooleanField(),
+    "latest": serializers.JSONField(allow_null=True),
+    "can_act": serializers.BooleanField(),
+})
+
+
+def _password_status(self: RelayRequestViewSet, request: Request,
+                     pk: str | None = None) -> Response:
+    """The account's password as the page shows it (mode, where to set it, last set,
+    rotation due, the latest one-time link's state): never the password itself. 404 for
+    a server entry or outside the caller's scope."""
+    obj = self.get_object()
+    status_ = credentials.credential_status(obj, request.user)
+    if status_ is None:
+        return Response({"detail": "Not a functional account."},
+                        status=status.HTTP_404_NOT_FOUND)
+    return Response(status_)
+
+
+def _password_rotate(self: RelayRequestViewSet, request: Request,
+                     pk: str | None = None) -> Response:
+    """Rotate now (owners, `issue` mode): a new password is set in the directory and a
+    new one-time link mailed to the owners; the old password stops working (after
+    `RELAY_ACCOUNT_ROTATE_OVERLAP_MINUTES`). 403 for a non-member, 409 in `directory`
+    mode or when the account is not active."""
+    obj = self.get_object()
+    credentials.credential_rotate_now(request_id=obj.pk, by=request.user,
+                                      source_ip=client_ip(request))
+    return Response(credentials.credential_status(obj, request.user))
+
+
+def _password_rotated(self: RelayRequestViewSet, request: Request,
+                      pk: str | None = None) -> Response:
+    """"I rotated it" (owners, `directory` mode): restarts the rotation clock. 403 for a
+    non-member, 409 in `issue` mode or when the account is not active."""
+    obj = self.get_object()
+    credentials.credential_confirm_rotated(request_id=obj.pk, by=request.user,
+                                           source_ip=client_ip(request))
+    return Response(credentials.credential_status(obj, request.user))
+
+
+for _handler, _method, _path in ((_password_status, "get", "password"),
+                                 (_password_rotate, "post", "password/rotate"),
+                                 (_password_rotated, "post", "password/rotated")):
+    _handler.__name__ = _path.replace("/", "_")
+    setattr(RelayRequestViewSet, _handler.__name__, extend_schema(
+        request=None, responses=_PASSWORD_STATUS,
+    )(action(detail=True, methods=[_method], url_path=_path,
+             url_name=_path.replace("/", "-"))(_handler)))
 
 
 class QuickCheckThrottle(SimpleRateThrottle):
