@@ -22,7 +22,6 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
-
 from rest_framework.test import APIClient
 
 from requests_app import activation
