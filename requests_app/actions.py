@@ -68,11 +68,22 @@ class Notice:
     ``after_removal``: the mail would be untrue until a relay config version without
     the entry exists, so the config build that leaves the entry out writes it
     (``relay.relay_config_rebuild``), not the transition.
+
+    Approvers hear of a request when it reaches their queue (checks passed, or an
+    override sent it there), not at submit: a submitted request may never get there
+    (its checks fail and it goes back to the owners), and a mail before the checks ran
+    asks approvers to look at something they cannot decide yet.
     """
 
     kind: str
     audience: Audience
     after_removal: bool = False
+    # The request reached the approvers' queue. Approvers are told once per arrival of
+    # new content: an arrival with the content (``models.content_fingerprint``) their
+    # last such mail was about, or an override of a request already in the queue, mails
+    # nobody (``notifications.notification_enqueue``), so an unchanged resubmit or an
+    # approver's own re-run does not fill their inboxes again.
+    arrival: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,10 @@ class Action:
     # (``quotas.request_production_access``) and the request page gives them a form of
     # their own; ``services.request_act`` refuses the action without them (400).
     data: tuple[str, ...] = ()
+    # What cannot be undone, asked before the action runs: the request page's button
+    # opens a dialog with it, and without JavaScript the web endpoint answers with a
+    # confirmation page first (it acts on the POST that carries ``confirm=1``).
+    confirm: str = ""
 
     @property
     def verb(self) -> str:
@@ -137,25 +152,31 @@ _PERSON, _APPROVER, _SYSTEM = Role.REQUESTER, Role.INDEPENDENT_APPROVER, Role.SY
 
 # In the order the request page shows their buttons; the system's transitions last.
 ACTIONS: dict[str, Action] = _index(
-    Action("submit", role=_PERSON, past="submitted", label="Submit",
-           notice=Notice("submitted", Audience.APPROVERS)),
-    Action("withdraw", role=_PERSON, past="withdrawn", label="Withdraw"),
+    # No mail at submit: approvers are told when it reaches their queue (below).
+    Action("submit", role=_PERSON, past="submitted", label="Submit"),
+    Action("withdraw", role=_PERSON, past="withdrawn", label="Withdraw",
+           confirm="It cannot be submitted again: to ask again, file a new request."),
     Action("approve", role=_APPROVER, past="approved", label="Approve",
            comment=Comment.OPTIONAL, comment_arg="note",
            notice=Notice("approved", Audience.OWNERS)),
     Action("reject", role=_APPROVER, past="rejected", label="Reject",
            comment=Comment.REQUIRED, comment_arg="note",
+           confirm="The decision is final: the owners are told, and only a new request "
+                   "can ask again.",
            notice=Notice("rejected", Audience.OWNERS)),
     Action("request_changes", role=_APPROVER, past="sent back for changes",
            label="Ask for changes", comment=Comment.REQUIRED, comment_arg="note",
            notice=Notice("changes_requested", Audience.OWNERS)),
     Action("revoke", role=_APPROVER, past="revoked", label="Revoke",
            comment=Comment.REQUIRED, comment_arg="note",
+           confirm="The relay refuses this entry's mail from its next configuration on; "
+                   "the owners are told.",
            notice=Notice("revoked", Audience.OWNERS, after_removal=True)),
     Action("recheck", role=_APPROVER, past="sent to the checks again", label="Re-run checks"),
     Action("override_checks", role=_APPROVER, past="overridden",
            label="Override failed checks", comment=Comment.REQUIRED, comment_arg="reason",
-           comment_noun="reason", comment_label="Reason for overriding the failed checks"),
+           comment_noun="reason", comment_label="Reason for overriding the failed checks",
+           notice=Notice("awaiting_approval", Audience.APPROVERS, arrival=True)),
     Action("recertify", role=_PERSON, past="recertified",
            label="Recertify (still needed, unchanged)"),
     # Sending quota (docs/quotas.md): active entries start in the sandbox; the owners ask,
@@ -175,7 +196,9 @@ ACTIONS: dict[str, Action] = _index(
     # No text box; an API caller's comment goes to the note and the audit trail.
     Action("retry_provisioning", role=_APPROVER, past="sent to provisioning again",
            label="Retry provisioning", comment_arg="note"),
-    Action("checks_passed", role=_SYSTEM, past="passed on to approvers"),
+    # An ``error`` verdict mails ``checks_error`` instead (notifications.py).
+    Action("checks_passed", role=_SYSTEM, past="passed on to approvers",
+           notice=Notice("awaiting_approval", Audience.APPROVERS, arrival=True)),
     Action("checks_failed", role=_SYSTEM, past="sent back by its checks",
            notice=Notice("checks_failed", Audience.OWNERS)),
     # "You are live": functional accounts only (activation.activate), sent when the

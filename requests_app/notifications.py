@@ -34,8 +34,10 @@ from .models import CheckStatus
 from .models import Notification
 from .models import RelayRequest
 from .models import RequestEvent
+from .models import content_fingerprint
 
 __all__ = [
+    "ARRIVAL_KINDS",
     "KINDS_BY_TRIGGER",
     "notification_enqueue",
     "notification_message_id",
@@ -60,6 +62,29 @@ KINDS_BY_TRIGGER: dict[str, tuple[str, Audience]] = {
     "checks_error": ("checks_error", Audience.APPROVERS),
     "handover": ("handover", Audience.OWNERS),  # not a state change, but audited
 }
+
+# The mails that tell approvers a request reached their queue (``Notice.arrival``), and
+# the one for checks that could not run: once per arrival of new content.
+ARRIVAL_KINDS: frozenset[str] = frozenset(
+    {*(a.notice.kind for a in ACTIONS.values() if a.notice and a.notice.arrival),
+     "checks_error"}
+)
+
+
+def _new_arrival(request: RelayRequest, event: RequestEvent | None, fingerprint: str) -> bool:
+    """Whether the approvers have not yet been told about the request in its queue.
+
+    Not when the request was already in the queue before the event (an override of a
+    request pending approval), nor when the last arrival mail was about this very
+    content: a resubmit without changes, or an approver's re-run of the checks, brings
+    nothing new to read. Runs under the request's row lock (the services hold it), so
+    two arrivals cannot both find no earlier mail.
+    """
+    if event is not None and event.from_state == event.to_state:
+        return False
+    last = (Notification.objects.filter(request=request, kind__in=ARRIVAL_KINDS)
+            .order_by("-pk").values_list("context", flat=True).first())
+    return not (last and last.get("content_fingerprint") == fingerprint)
 
 
 def owner_emails(*emails: str | None) -> list[str]:
@@ -102,6 +127,12 @@ def notification_enqueue(
     if spec is None:
         return None
     kind, audience = spec
+    fingerprint = ""
+    if kind in ARRIVAL_KINDS:
+        fingerprint = content_fingerprint(request)
+        if not _new_arrival(request, event, fingerprint):
+            log.info("request %s: approvers already told of this content", request.pk)
+            return None
     if audience is Audience.APPROVERS:
         recipients = approver_emails()
     elif audience is Audience.OWNERS_AND_APPROVERS:
@@ -130,6 +161,8 @@ def notification_enqueue(
         ] if kind in ("checks_failed", "checks_error") else [],
         **(extra_context or {}),
     }
+    if fingerprint:  # what the next arrival compares with (``_new_arrival``)
+        context["content_fingerprint"] = fingerprint
     if kind == "handover" and event is not None and event.parameters.get("detached_renewals"):
         # The new owners must learn which pending renewals no longer replace their entry.
         context["detached_renewals"] = list(event.parameters["detached_renewals"])

@@ -229,7 +229,7 @@ def test_dns_and_smtp_outage_the_request_waits_visibly_then_goes_on_and_mails_on
     attempts = list(RequestEvent.objects.filter(request=draft, type="checks_recorded")
                     .order_by("pk").values_list("parameters__attempt", flat=True))
     assert attempts == list(range(1, len(attempts) + 1)), attempts
-    # and the approvers' "submitted" mail waits, with the reason, while SMTP is down
+    # and the approvers' "awaiting approval" mail waits, with the reason, while SMTP is down
     assert wait_until(lambda: Notification.objects.filter(
         request=draft, status="pending", attempts__gte=1).exists(), 30), system.logs()
     assert system.smtp.messages == []

@@ -97,26 +97,27 @@ def only_message(smtp: SmtpTestServer) -> ReceivedMessage:
 # --- who gets what ------------------------------------------------------------------
 
 
-def test_submit_mails_every_active_approver_and_nobody_else(
+def test_arrival_in_the_queue_mails_every_active_approver_and_nobody_else(
     smtp, team, requester, approver, second_approver, django_capture_on_commit_callbacks
 ):
     # given a draft, two approvers, an inactive approver and an approver without e-mail
     ApproverFactory(username="gone", is_active=False)
     ApproverFactory(username="nomail", email="")
     req = RelayRequestFactory(team=team, created_by=requester)
-    # when the requester submits (the DNS checks then pass: no further mail)
+    # when the requester submits and the DNS checks pass (it reaches the queue)
     act(req.pk, "submit", requester, capture=django_capture_on_commit_callbacks)
     # then exactly one message went to exactly the active approvers with an address
     msg = only_message(smtp)
     assert sorted(msg.rcpt_tos) == APPROVERS
     assert msg.message["To"] == ", ".join(APPROVERS)
     assert msg.message["Subject"] == (
-        f"[Relaydesk] #{req.pk} Server allowlisting for app.example.org awaits checks and approval"
+        f"[Relaydesk] #{req.pk} Server allowlisting for app.example.org awaits approval"
     )
     text = msg.part("text/plain")
-    assert f"Team Payments submitted request #{req.pk} (Server allowlisting)" in text
+    assert (f"Request #{req.pk} of team Payments (Server allowlisting: app.example.org) "
+            "is in the approval queue.") in text
     assert f"http://127.0.0.1:8000/requests/{req.pk}/" in text
-    assert Notification.objects.get(request=req).kind == "submitted"
+    assert Notification.objects.get(request=req).kind == "awaiting_approval"
 
 
 def test_submit_without_any_approver_records_and_sends_nothing(
