@@ -258,6 +258,21 @@ def _other_live_holder(request: RelayRequest) -> RelayRequest | None:
     )
 
 
+def _member_through(request: RelayRequest) -> RelayRequest | None:
+    """An active request of the same account whose own ``add`` is done: the account is
+    already a member of the relay group."""
+    return (
+        RelayRequest.objects.filter(
+            kind=request.kind, account_name=request.account_name, state=RequestState.ACTIVE,
+            directory_changes__action=DirectoryChange.Action.ADD,
+            directory_changes__status=DirectoryChange.Status.DONE,
+        )
+        .exclude(pk=request.pk)
+        .order_by("pk")
+        .first()
+    )
+
+
 def _close(change: DirectoryChange, *, by: str, error: str = "") -> None:
     change.status = DirectoryChange.Status.DONE
     change.done_at = timezone.now()
@@ -310,7 +325,20 @@ def directory_change_enqueue(*, request: RelayRequest, action: str) -> Directory
     change.save(update_fields=["ldif", "updated_at"])
 
     holder = _other_live_holder(request) if action == DirectoryChange.Action.REMOVE else None
-    if holder is not None:
+    member_via = (_member_through(request)
+                  if action == DirectoryChange.Action.ADD and not configured else None)
+    if member_via is not None:
+        # Manual mode: asking an administrator to add a member the group already has
+        # (through the entry this renewal replaces) would hold the renewal in
+        # provisioning for nothing.
+        _close(change, by=SYSTEM)
+        _event(
+            change,
+            f"{spec.member_dn} is already in the relay group through request "
+            f"#{member_via.pk}: nothing to do.",
+            member_through=member_via.pk,
+        )
+    elif holder is not None:
         _close(change, by=SYSTEM)
         _event(
             change,

@@ -32,6 +32,7 @@ from requests_app.models import RelayConfigVersion
 from requests_app.models import RelayRequest
 from requests_app.models import RequestEvent
 from requests_app.models import RequestState as S
+from requests_app.models import content_fingerprint
 from requests_app.notifications import render_notification
 from requests_app.relay import relay_config_rebuild
 from requests_app.relay import relay_settings
@@ -377,3 +378,31 @@ def test_an_unknown_sasl_type_is_refused_naming_the_setting(settings):
     with pytest.raises(ValueError, match="sasl_type"):
         load_backend("postfix", "cidr").build([], [], relay_settings(include_db=False),
                                               version=1, generated_at=NOW)
+
+
+def test_a_renewal_of_a_live_account_needs_no_second_manual_group_add(
+        team, requester, approver, second_approver, django_capture_on_commit_callbacks):
+    capture = django_capture_on_commit_callbacks
+    # given a live account (its group add was marked done by hand: no directory configured)
+    old = approved_account(team, requester, approver, capture)
+    with capture(execute=True):
+        directory_mark_done_manually(change_id=DirectoryChange.objects.get(request=old).pk,
+                                     by=second_approver)
+    old.refresh_from_db()
+    assert old.state == S.ACTIVE
+    # when its renewal is approved
+    renewal = services.request_renew(request_id=old.pk, by=requester)
+    renewal.refresh_from_db()
+    RelayRequest.objects.filter(pk=renewal.pk).update(
+        state=S.PENDING_APPROVAL, check_verdict="pass",
+        checked_fingerprint=content_fingerprint(renewal))
+    with capture(execute=True):
+        services.request_act(request_id=renewal.pk, action="approve", by=approver)
+    # then its add is done at once (the account is a member through the old entry), it
+    # went live with the build and replaced the old entry, and nothing is on the to-do list
+    renewal.refresh_from_db()
+    change = DirectoryChange.objects.get(request=renewal, action=DirectoryChange.Action.ADD)
+    assert change.status == DirectoryChange.Status.DONE
+    assert renewal.state == S.ACTIVE
+    assert RelayRequest.objects.get(pk=old.pk).state == S.REVOKED
+    assert not DirectoryChange.objects.filter(status=DirectoryChange.Status.MANUAL).exists()
