@@ -69,6 +69,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.events",
         "requests_app.notifications",
         "requests_app.credential_keys",  # AES-GCM and link tokens (the outbox renders links)
+        "requests_app.display",  # labels, JSON and IDN as people read them (pages, mails)
     )),
     # domain modules and the services that write (they call each other without cycles)
     ("domain", (
@@ -102,6 +103,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.urls",
         "requests_app.relay_urls",
         "requests_app.context_processors",
+        "requests_app.templatetags.*",  # the display filters (a template builtin)
         "requests_app.admin",
         "requests_app.api.*",
         "requests_app.management.*",

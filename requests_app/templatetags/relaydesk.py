@@ -1,0 +1,64 @@
+"""Template filters for what people read (a builtin: no ``{% load %}`` needed).
+
+Each filter is one function of ``requests_app/display.py``, so a page, a mail and a
+flash message say the same words for the same id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from .. import display
+from ..models import RequestEvent
+
+register = template.Library()
+
+
+@register.filter
+def check_label(check_id: str) -> str:
+    """``{{ c.check_id|check_label }}``: "Reverse DNS names the host (PTR)"."""
+    return display.check_label(str(check_id))
+
+
+@register.filter
+def status_label(status: str) -> str:
+    """``{{ c.status|status_label }}``: "Failed"."""
+    return display.status_label(str(status or ""))
+
+
+@register.filter
+def state_label(state: str) -> str:
+    """``{{ e.to_state|state_label }}``: "Pending approval"."""
+    return display.state_label(str(state or ""))
+
+
+@register.filter
+def action_done(action: str) -> str:
+    """``{{ name|action_done }}``: "Sent back for changes"."""
+    return display.action_done(str(action or ""))
+
+
+@register.filter
+def event_summary(event: RequestEvent) -> str:
+    """``{{ e|event_summary }}``: "Passed on to approvers (Checking → Pending approval)"."""
+    return display.event_summary(event)
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    """``<pre>{{ c.evidence|pretty_json }}</pre>``: indented JSON (auto-escaped)."""
+    return display.pretty_json(value)
+
+
+@register.filter
+def idn(value: Any) -> str:
+    """``{{ obj.fqdn|idn }}``: IDN labels in Unicode (``bücher.example``)."""
+    return display.unicode_name(value)
+
+
+@register.filter
+def idn_list(values: Any) -> list[str]:
+    """``{{ obj.sender_domains|idn_list|join:", " }}``: each item through :func:`idn`."""
+    return [display.unicode_name(v) for v in values or ()]
