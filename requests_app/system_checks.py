@@ -15,6 +15,7 @@ from .relay_backend import enforcement_problems
 from .relay_backend import load_backend
 
 __all__ = [
+    "account_credentials_configured",
     "mail_addresses_on_approved_domains",
     "relay_backend_configured",
     "relay_enforcement_configured",
@@ -79,3 +80,27 @@ def relay_enforcement_configured(app_configs: Any = None, **kwargs: Any) -> list
               hint="See docs/relay-enforcement.md, \"Settings\".", id="relaydesk.E002")
         for name, why in enforcement_problems(relay)
     ]
+
+
+@register()
+def account_credentials_configured(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """``RELAY_ACCOUNT_CREDENTIALS`` is a known mode, and ``issue`` has what it needs.
+
+    In ``issue`` mode Relaydesk sets each account's password in the directory; without
+    ``DIRECTORY_URL`` every activation would record a failed password change and offer
+    no link, found only when an owner asks why. The key is checked by the production
+    settings themselves (they refuse to load without one).
+    """
+    mode = settings.RELAY_ACCOUNT_CREDENTIALS
+    if mode not in ("directory", "issue"):
+        return [Error(f"RELAY_ACCOUNT_CREDENTIALS {mode!r} is invalid: must be one of "
+                      "directory, issue.", hint="See docs/credentials.md.",
+                      id="relaydesk.E003")]
+    if mode == "issue" and not settings.DIRECTORY_URL:
+        return [Error("RELAY_ACCOUNT_CREDENTIALS is issue, but DIRECTORY_URL is empty: "
+                      "Relaydesk cannot set the passwords it issues.",
+                      hint="Set DIRECTORY_URL (and a bind DN allowed to reset the service "
+                           "accounts' passwords), or use directory mode. See "
+                           "docs/credentials.md.", id="relaydesk.E003")]
+    return []
+

@@ -48,6 +48,7 @@ from requests_app.models import RequestEvent
 from requests_app.models import RequestState
 from requests_app.notifications import render_notification
 from requests_app.services import request_act
+from requests_app.system_checks import account_credentials_configured
 from tests.factories import PASSWORD
 from tests.factories import RelayRequestFactory
 from tests.factories import TeamFactory
@@ -629,3 +630,19 @@ def test_api_password_status_and_i_rotated_it_in_directory_mode(
     server = RelayRequestFactory(team=account.team, created_by=requester,
                                  state=RequestState.ACTIVE)
     assert owner.get(f"/api/requests/{server.pk}/password/").status_code == 404
+
+
+@pytest.mark.parametrize(("mode", "url", "problem"), [
+    ("directory", "", None),
+    ("issue", "ldap://127.0.0.1:389/", None),
+    ("issue", "", "DIRECTORY_URL is empty"),
+    ("mint", "", "RELAY_ACCOUNT_CREDENTIALS 'mint' is invalid"),
+])
+def test_system_check_names_an_unusable_credential_mode(settings, mode, url, problem):
+    settings.RELAY_ACCOUNT_CREDENTIALS, settings.DIRECTORY_URL = mode, url
+    errors = account_credentials_configured()
+    if problem is None:
+        assert errors == []
+    else:
+        [error] = errors
+        assert error.id == "relaydesk.E003" and problem in error.msg
