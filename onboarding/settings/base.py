@@ -78,9 +78,9 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "requests_app.context_processors.roles",
             ],
-            # Human labels, JSON and IDN display in every template without {% load %}
-            # (pages and mails alike: requests_app/display.py).
-            "builtins": ["requests_app.templatetags.relaydesk"],
+            # Human labels, JSON and IDN display (requests_app/display.py) and {% translate %}
+            # in every template, pages and mails alike, without {% load %}.
+            "builtins": ["requests_app.templatetags.relaydesk", "django.templatetags.i18n"],
         },
     },
 ]
