@@ -82,6 +82,9 @@ def spec_for(request: CheckedFields) -> CheckSpec:
         addresses=tuple(request.ipv6) + tuple(request.ipv4) if host else (),
         sender_domains=sender_domains_of(request),
         dkim_selector=request.dkim_selector or None,
+        # where a proposed DMARC record sends its reports (checks/fixes.py); the
+        # recheck's plain rows carry no contact, so theirs name a mailbox to create
+        report_to=getattr(request, "contact_email", None) or None,
     )
 
 

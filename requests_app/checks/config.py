@@ -61,10 +61,15 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class CheckSpec:
-    """What to check for one request; ``fqdn=None`` is a functional account."""
+    """What to check for one request; ``fqdn=None`` is a functional account.
+
+    ``report_to`` is not checked: it is the request's contact, where a proposed DMARC
+    record sends its reports (``fixes.py``).
+    """
 
     fqdn: str | None
     addresses: tuple[str, ...] = ()
     sender_domains: tuple[str, ...] = ()
     dkim_selector: str | None = None
+    report_to: str | None = None
 

@@ -42,6 +42,7 @@ from requests_app.dns import make_resolver
 from .config import CheckConfig
 from .config import CheckSpec
 from .family import Plan
+from .fixes import with_fixes
 from .lookups import Lookups
 from .lookups import Run
 from .names import dns_name
@@ -107,7 +108,8 @@ def make_plan(spec: CheckSpec, config: CheckConfig) -> Plan:
     fqdn = normalise_fqdn(spec.fqdn) if spec.fqdn is not None else None
     domains = _unique(normalise_domain(d) for d in spec.sender_domains)
     selector = dns_name(spec.dkim_selector, "DKIM selector") if spec.dkim_selector else None
-    made = Plan(fqdn, domains, selector, _unique(a.strip() for a in spec.addresses))
+    made = Plan(fqdn, domains, selector, _unique(a.strip() for a in spec.addresses),
+                report_to=spec.report_to)
     for family in FAMILIES:
         judge = family.judge
         if judge is not None:
@@ -184,7 +186,8 @@ async def _run(planned: Plan, config: CheckConfig, lookups: Lookups) -> Report:
             task.cancel()
             results[index] = result(check_id, subject, CheckStatus.ERROR,
                                     f"no DNS answer within {config.lifetime:g}s")
-    done = [r for r in results if r is not None]
+    done = with_fixes([r for r in results if r is not None], config,
+                      report_to=planned.report_to)
     return Report(worst_status(r.status for r in done), tuple(done))
 
 

@@ -62,6 +62,7 @@ class Plan:
     addresses: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     judged: dict[str, list[CheckResult]] = field(default_factory=dict)
+    report_to: str | None = None  # the request's contact: the rua of a proposed DMARC record
 
     def subjects(self, applies: Applies) -> Sequence[str]:
         """The subjects of this request that a family applying to ``applies`` runs on."""

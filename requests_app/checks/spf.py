@@ -26,6 +26,7 @@ from requests_app.dns import reverse_name
 from .family import Applies
 from .family import CheckFamily
 from .family import Plan
+from .fixes import spf_candidates
 from .lookups import Run
 from .names import dns_name
 from .results import CheckResult
@@ -190,6 +191,8 @@ class _Spf:
     records: dict[str, str] = field(default_factory=dict)
     via_include: bool = False  # a pass that the relay's include decided
     networks: list[Any] = field(default_factory=list)  # the walk's "+" ip4/ip6 networks
+    # records to evaluate instead of the published ones (a proposed fix, by name)
+    override: dict[str, str] | None = None
 
     def count(self, term: str) -> None:
         self.lookups += 1
@@ -260,6 +263,9 @@ class _Spf:
             raise _SpfError("permerror", str(exc)) from None
 
     async def record(self, domain: str) -> str | None:
+        if self.override and domain in self.override:
+            self.records[domain] = self.override[domain]
+            return self.override[domain]
         answer = await self.q(domain, "TXT", void_counts=False)
         # RFC 7208 4.5: "v=spf1" alone or followed by a space, in any case (ABNF strings)
         found = [v for v in answer.values if v[:7].lower() in ("v=spf1", "v=spf1 ")]
@@ -468,7 +474,69 @@ async def _check_spf(run: Run, _plan: Plan, domain: str) -> CheckResult:
         return CheckResult("sender_spf", domain, CheckStatus.PASS,
                            f"SPF of {domain} {how} ({lookups} of {SPF_LOOKUP_LIMIT} look-ups)",
                            evidence)
-    return _spf_failure(domain, include, bool(relay), listed, results, errors, evidence)
+    failed = _spf_failure(domain, include, bool(relay), listed, results, errors, evidence)
+    if failed.status is CheckStatus.FAIL:
+        evidence["proposal"] = await _propose(run, domain, sample, bool(relay))
+    return failed
+
+
+# Addresses no sender record lists (RFC 5737, RFC 3849 documentation ranges): a
+# proposed record evaluated for them runs every term, which is what its look-up count
+# must stay within for the senders it does not list.
+_UNLISTED = (ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8::1"))
+
+
+async def _propose(run: Run, domain: str, sample: list[tuple[str, _Address]],
+                   by_address: bool) -> dict[str, Any]:
+    """The one SPF record that authorises the relay, evaluated as receivers will.
+
+    Each candidate of :func:`fixes.spf_candidates` (the relay's terms merged into the
+    published record) is evaluated, without being published, for the relay's addresses
+    (it must pass, through the relay's include when only that is set) and for addresses
+    it does not list (every term then runs: the look-ups must stay within 10 and no term
+    may break). The first that passes is the proposal; else the reason none can be.
+    """
+    config = run.config
+    try:
+        answer = await run.q(domain, "TXT")
+    except TransientDnsError as exc:
+        return {"problem": f"{domain} TXT did not answer: {exc}"}
+    published = [v for v in answer.values if v[:7].lower() in ("v=spf1", "v=spf1 ")]
+    candidates = spf_candidates(published, config.spf_include, config.relay_addresses)
+    if not candidates:
+        return {"problem": "the published records cannot be merged into one (each has a "
+                           "redirect= and none an all term): merge them by hand"}
+    problem = ""
+    for candidate in candidates:
+        override = {domain: candidate.record}
+        try:
+            passed = True
+            for _text, ip in sample:
+                spf = _Spf(run, domain, ip, override=override)
+                if (await spf.check_host(domain) != "pass"
+                        or not by_address and not spf.via_include):
+                    passed = False
+                    break
+            if not passed:
+                problem = (f"even with {candidate.record!r} an earlier term decides for the "
+                           "relay's addresses")
+                continue
+            lookups = 0
+            for ip in _UNLISTED:
+                spf = _Spf(run, domain, ip, override=override)
+                await spf.check_host(domain)
+                lookups = max(lookups, spf.lookups)
+        except _SpfError as exc:
+            if exc.result == "temperror":
+                return {"problem": f"could not evaluate the merged record: {exc}"}
+            return {"problem": f"the merged record {candidate.record!r} would break for "
+                               f"receivers ({exc}): a record within {SPF_LOOKUP_LIMIT} "
+                               "look-ups needs fewer include/a/mx/ptr/exists terms (list your "
+                               "own servers as ip4:/ip6: networks, drop includes of services "
+                               "you no longer use), then add the relay's"}
+        return {"record": candidate.record, "placement": candidate.placement,
+                "notes": list(candidate.notes), "replaces": published, "lookups": lookups}
+    return {"problem": problem}
 
 
 def _spf_failure(domain: str, include: str | None, by_address: bool, listed: str,
