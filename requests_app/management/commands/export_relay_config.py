@@ -12,7 +12,8 @@ from requests_app.relay import relay_config_export
 
 
 class Command(BaseCommand):
-    help = "Write client_access.cidr, sender_login_maps, main.cf.fragment and MANIFEST.json."
+    help = ("Write the relay config files of RELAY_MAP_TYPE (the maps, relay_policy, "
+            "main.cf.fragment, master.cf.fragment) and MANIFEST.json.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--out", required=True, type=Path, help="target directory")
