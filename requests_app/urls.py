@@ -2,8 +2,10 @@
 
 from django.urls import path
 
+from . import comment_views
 from . import credential_views
 from . import directory_views
+from . import live_views
 from . import views
 from .actions import USER_ACTIONS
 
@@ -33,6 +35,8 @@ urlpatterns = [
     path("<int:pk>/edit/", views.request_edit, name="edit"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),
     path("<int:pk>/handover/", views.request_handover, name="handover"),
+    path("<int:pk>/comments/", comment_views.comment_create, name="comment"),
+    path("<int:pk>/status/", live_views.request_status, name="status"),
     *[
         path(f"<int:pk>/{action}/", FORM_VIEWS.get(action, views.request_action),
              {"action": action}, name=action)

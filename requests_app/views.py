@@ -28,6 +28,7 @@ from django.views.generic import ListView
 
 from . import accounts
 from . import activation
+from . import comments
 from . import params
 from . import quotas
 from . import selectors
@@ -294,6 +295,8 @@ def request_detail(request: HttpRequest, pk: int,
         if obj.state == RequestState.ACTIVE else None,
         # Where the account's password comes from, its rotation date, the owners' buttons.
         "credential": credential_status(obj, request.user),
+        # The conversation (comments.py): the thread, and whether this user may write.
+        "thread": comments.comment_thread(obj, request.user),
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 

@@ -86,6 +86,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.dashboard",
         "requests_app.quotas",  # sandbox -> production access
         "requests_app.credentials",  # account passwords: issue, one-time link, rotation
+        "requests_app.comments",  # the conversation on a request (thread, audit, mail)
     )),
     ("tasks", (
         "requests_app.tasks",
@@ -99,6 +100,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.views",
         "requests_app.directory_views",
         "requests_app.credential_views",
+        "requests_app.comment_views",  # the request page's comment form
+        "requests_app.live_views",  # the status the checking page polls
         "requests_app.relay_views",
         "requests_app.urls",
         "requests_app.relay_urls",

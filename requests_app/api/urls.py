@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import SimpleRouter
 
+from .comments import RequestCommentsView
 from .views import RelayRequestViewSet
 from .views import quick_check
 
@@ -17,5 +18,6 @@ urlpatterns = [
     path("token/", obtain_auth_token, name="token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("quick-check/", quick_check, name="quick-check"),
+    path("requests/<int:pk>/comments/", RequestCommentsView.as_view(), name="request-comments"),
     *router.urls,
 ]
