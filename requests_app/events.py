@@ -27,6 +27,7 @@ __all__ = [
     "request_left_out_event",
     "request_override_event",
     "request_renewal_detached_event",
+    "request_assignment_event",
     "request_transition_event",
     "request_updated_event",
     "system_event",
@@ -180,6 +181,28 @@ def request_handover_event(
         to_state=request.state,
         comment=comment,
         parameters=parameters,
+    )
+
+
+def request_assignment_event(
+    request: RelayRequest,
+    *,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    claimed: bool,
+    previous: str = "",
+) -> RequestEvent:
+    """An approver claimed (``claimed``) or released a request (``assignment.py``)."""
+    return _insert(
+        request,
+        RequestEvent.Type.ASSIGNMENT,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=request.state,
+        to_state=request.state,
+        parameters={"action": "claim" if claimed else "release",
+                    "assigned_to": actor.get_username() if claimed else "",
+                    "previous": previous},
     )
 
 

@@ -17,6 +17,8 @@ FORM_VIEWS = {"request_production": views.request_production}
 urlpatterns = [
     path("", views.RequestListView.as_view(), name="list"),
     path("queue/", views.QueueView.as_view(), name="queue"),
+    path("export.csv", views.request_list_csv, name="list_csv"),
+    path("queue/export.csv", views.request_queue_csv, name="queue_csv"),
     path("dashboard/", views.dashboard, name="dashboard"),
     path("new/", views.request_choose, name="choose"),
     path("new/<str:kind>/", views.request_create, name="create"),
@@ -35,6 +37,8 @@ urlpatterns = [
     path("<int:pk>/edit/", views.request_edit, name="edit"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),
     path("<int:pk>/handover/", views.request_handover, name="handover"),
+    path("<int:pk>/claim/", views.request_assign, {"claim": True}, name="claim"),
+    path("<int:pk>/release/", views.request_assign, {"claim": False}, name="release"),
     path("<int:pk>/comments/", comment_views.comment_create, name="comment"),
     path("<int:pk>/status/", live_views.request_status, name="status"),
     *[

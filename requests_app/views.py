@@ -20,15 +20,20 @@ from django.http import JsonResponse
 from django.http import StreamingHttpResponse
 from django.shortcuts import redirect
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import requires_csrf_token
 from django.views.decorators.http import require_POST
 from django.views.generic import ListView
 
 from . import accounts
 from . import activation
+from . import assignment
 from . import comments
+from . import lists
 from . import params
 from . import quotas
 from . import selectors
@@ -42,7 +47,6 @@ from .dashboard import weekly_chart_svg
 from .exceptions import ActionConflict
 from .forms import DecisionForm
 from .forms import ProductionRequestForm
-from .forms import QueueFilterForm
 from .forms import form_class_for
 from .forms import initial_for
 from .kinds import KINDS
@@ -50,10 +54,12 @@ from .kinds import kind_spec
 from .kinds import logs_in
 from .models import CheckStatus
 from .models import Notification
+from .models import QuotaTier
 from .models import RelayRequest
 from .models import RequestKind
 from .models import RequestState
 from .models import Team
+from .models import is_approver
 from .models import role_refusal
 from .snippets import sender_preview
 from .snippets import snippets_for
@@ -72,6 +78,9 @@ __all__ = [
     "request_production",
     "request_renew",
     "request_events_csv",
+    "request_assign",
+    "request_list_csv",
+    "request_queue_csv",
     "bad_request",
 ]
 
@@ -104,58 +113,130 @@ class StrictPageMixin:
         return super().paginate_queryset(queryset, page_size)  # type: ignore[misc]
 
 
-class RequestListView(LoginRequiredMixin, StrictPageMixin, ListView):
+class _SearchableListMixin(LoginRequiredMixin, StrictPageMixin, ListView):
+    """Search, filters and sortable columns from the query string (``lists.py``): the
+    page and its CSV export read them the same way, and a bad value is a 400 naming it."""
+
+    context_object_name = "requests"
+    queue = False
+    column_keys: tuple[str, ...] = ()
+    query: lists.ListQuery
+
+    def get_queryset(self) -> Any:
+        self.query = lists.parse_query(self.request.GET)
+        return selectors.request_search(self.request.user, queue=self.queue,
+                                        sort=self.query.sort, **self.query.filters)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        now = timezone.now()
+        lists.mark_ages(context["requests"], now)
+        default_sort = "submitted" if self.queue else "-created"
+        if self.query.filters["drifted"]:
+            default_sort = "drifted"
+        context.update({
+            "now": now,
+            "query": self.query,
+            "filters": self.query.filters,
+            "columns": lists.columns_for(self.query, self.column_keys, default_sort),
+            "states": RequestState.choices,
+            "kinds": RequestKind.choices,
+            "tiers": QuotaTier.choices,
+            "verdicts": [s.value for s in CheckStatus],
+            # the teams a requester files for; approvers and auditors filter by any team
+            "teams": (Team.objects.order_by("slug") if selectors.sees_everything(
+                self.request.user) else selectors.team_list_for_user(self.request.user)
+                      ).values_list("slug", flat=True),
+            "csv_url": reverse("requests:queue_csv" if self.queue else "requests:list_csv")
+            + (self.query.url() if self.query.raw else ""),
+        })
+        return context
+
+
+class RequestListView(_SearchableListMixin):
     """Requests the user can see, newest first (a requester's own teams)."""
 
     template_name = "requests_app/relayrequest_list.html"
-    context_object_name = "requests"
     paginate_by = 50
+    column_keys = ("id", "kind", "subject", "team", "requester", "state", "checks",
+                   "submitted", "created", "assigned")
 
-    def get_queryset(self) -> Any:
-        return selectors.request_list_for_user(self.request.user).order_by("-created_at", "-pk")
 
-
-class QueueView(LoginRequiredMixin, StrictPageMixin, ListView):
+class QueueView(_SearchableListMixin):
     """The approvers' queue: open requests oldest first, with the check summary."""
 
     template_name = "requests_app/relayrequest_queue.html"
-    context_object_name = "requests"
     paginate_by = 100
+    queue = True
+    column_keys = ("id", "submitted", "kind", "subject", "addresses", "team", "requester",
+                   "state", "checks", "assigned")
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if request.user.is_authenticated and not selectors.sees_everything(request.user):
             raise PermissionDenied("The queue is for approvers.")
         return super().dispatch(request, *args, **kwargs)
 
-    def get_queryset(self) -> Any:
-        get = self.request.GET
-        # Every filter through the parameter helper first (400 naming it), then the form,
-        # which only normalises values known to be valid and renders the filter bar.
-        params.query_choice(get, "kind", RequestKind.values)
-        params.query_choice(get, "state", RequestState.values)
-        params.query_choice(get, "verdict", CheckStatus)
-        params.query_text(get, "team", max_length=50)
-        params.query_text(get, "q", max_length=200)
-        params.query_flag(get, "drifted")
-        self.filter_form = QueueFilterForm(get or None)
-        filters = {}
-        if self.filter_form.is_bound:
-            if not self.filter_form.is_valid():
-                field = next(iter(self.filter_form.errors))
-                raise params.BadParameter(field, f"The '{field}' filter is not valid.")
-            filters = self.filter_form.cleaned_data
-        return selectors.request_queue(self.request.user, **filters)
-
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        context["filter_form"] = self.filter_form
-        context["teams"] = Team.objects.order_by("slug").values_list("slug", flat=True)
-        context["now"] = timezone.now()
         # Active entries whose owners asked for production access: not "open" requests,
         # so the table leaves them out; the approvers decide them too.
         context["production_requests"] = quotas.production_pending_requests(
             selectors.request_list_for_user(self.request.user))[:PRODUCTION_QUEUE_ROWS]
+        lists.mark_ages(context["production_requests"], context["now"])
+        context["may_claim"] = is_approver(self.request.user)
         return context
+
+
+def _list_csv(request: HttpRequest, *, queue: bool) -> StreamingHttpResponse:
+    query = lists.parse_query(request.GET)
+    rows = selectors.request_search(request.user, queue=queue, sort=query.sort,
+                                    **query.filters)
+    response = StreamingHttpResponse(lists.writer_lines(lists.csv_rows(rows, _csv_safe)),
+                                     content_type="text/csv; charset=utf-8")
+    name = lists.csv_filename("queue" if queue else "requests")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+@login_required
+def request_list_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The requester list as CSV: the same filters and order as the page, every row."""
+    return _list_csv(request, queue=False)
+
+
+@login_required
+def request_queue_csv(request: HttpRequest) -> StreamingHttpResponse:
+    """The queue as CSV: the same filters and order as the page, every row."""
+    if not selectors.sees_everything(request.user):
+        raise PermissionDenied("The queue is for approvers.")
+    return _list_csv(request, queue=True)
+
+
+@login_required
+@require_POST
+def request_assign(request: HttpRequest, pk: int, claim: bool) -> HttpResponse:
+    """Claim or release a request (``assignment.py``); back to where the button was.
+
+    A claim of a request someone else holds answers 409 with the holder's name (the
+    page says it); a user who could not decide the request gets 403.
+    """
+    obj = selectors.request_get_for_user(request.user, pk)
+    act = assignment.claim if claim else assignment.release
+    try:
+        act(request_id=obj.pk, by=request.user, source_ip=client_ip(request))
+    except ActionConflict as exc:
+        return render(request, "requests_app/assignment_conflict.html",
+                      {"message": _error_text(exc), "obj": obj},
+                      status=409)
+    if claim:
+        messages.success(request, _("You claimed request #%(id)s.") % {"id": obj.pk})
+    else:
+        messages.success(request, _("You released request #%(id)s.") % {"id": obj.pk})
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(obj)
 
 
 PRODUCTION_QUEUE_ROWS = 100

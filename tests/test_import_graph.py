@@ -86,6 +86,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.dashboard",
         "requests_app.quotas",  # sandbox -> production access
         "requests_app.credentials",  # account passwords: issue, one-time link, rotation
+        "requests_app.assignment",  # approvers claim and release requests ("assigned to me")
         "requests_app.comments",  # the conversation on a request (thread, audit, mail)
     )),
     ("tasks", (
@@ -98,6 +99,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.params",
         "requests_app.forms",
         "requests_app.views",
+        "requests_app.lists",  # list and queue parameters, age, CSV of the filtered view
         "requests_app.directory_views",
         "requests_app.credential_views",
         "requests_app.comment_views",  # the request page's comment form
