@@ -5,6 +5,8 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
+# the translations: locale/*/*.po to .mo (build output, not in git; docs/i18n.md)
+RUN python dev.py messages
 RUN useradd --system --home /var/lib/relaydesk relaydesk && mkdir -p /var/lib/relaydesk \
     && chown relaydesk /var/lib/relaydesk
 USER relaydesk

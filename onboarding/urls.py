@@ -22,6 +22,8 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
+    # the language switch: POST /i18n/setlang/ (Django's set_language, a cookie)
+    path("i18n/", include("django.conf.urls.i18n")),
     path("requests/", include("requests_app.urls")),
     path("relay-config/", include("requests_app.relay_urls")),
     path("api/", include("requests_app.api.urls")),

@@ -27,6 +27,15 @@ hypothesis_settings.load_profile("relaydesk")
 REQUIRE_TOOLS = os.environ.get("RELAYDESK_REQUIRE_TOOLS") == "1"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the translations (.po to .mo) before any page is rendered: the .mo files
+    are build output, and ``pytest`` run directly (not through ``dev.py test``) must
+    serve Bokmål and German too."""
+    import dev  # deferred: the repository root's build script, stdlib only
+
+    dev.compile_messages()
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip a test whose tool is missing when run by hand; fail it in CI."""
     if condition:
