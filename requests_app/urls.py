@@ -6,6 +6,7 @@ from . import comment_views
 from . import credential_views
 from . import directory_views
 from . import live_views
+from . import relay_test_views
 from . import views
 from .actions import USER_ACTIONS
 
@@ -35,6 +36,8 @@ urlpatterns = [
          name="credential_confirm"),
     path("<int:pk>/", views.request_detail, name="detail"),
     path("<int:pk>/edit/", views.request_edit, name="edit"),
+    path("<int:pk>/test-mail-tool/", relay_test_views.relay_test_script,
+         name="relay_test_script"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),
     path("<int:pk>/handover/", views.request_handover, name="handover"),
     path("<int:pk>/claim/", views.request_assign, {"claim": True}, name="claim"),

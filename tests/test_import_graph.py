@@ -55,6 +55,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.artifacts_io",
         "requests_app.sender_policy",  # the sender rule the relay enforces and pages show
         "requests_app.policyd",  # the relay's policy service (runs without Django)
+        "requests_app.relay_probe",  # the test-mail tool's checks (stdlib; the script)
     )),
     ("models", (
         "requests_app.kinds",
@@ -86,6 +87,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.dashboard",
         "requests_app.quotas",  # sandbox -> production access
         "requests_app.credentials",  # account passwords: issue, one-time link, rotation
+        "requests_app.relay_test",  # renders the test-mail script of a request
         "requests_app.assignment",  # approvers claim and release requests ("assigned to me")
         "requests_app.comments",  # the conversation on a request (thread, audit, mail)
     )),
@@ -105,6 +107,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.comment_views",  # the request page's comment form
         "requests_app.live_views",  # the status the checking page polls
         "requests_app.relay_views",
+        "requests_app.relay_test_views",  # the test-mail script download
         "requests_app.urls",
         "requests_app.relay_urls",
         "requests_app.context_processors",
