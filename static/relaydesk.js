@@ -71,3 +71,47 @@
     if (el) el.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(run, 600); });
   });
 })();
+
+// Live status (requests_app/live_views.py): while a request's DNS checks run, ask the
+// server every few seconds and reload the page once its state or check attempt changes,
+// so the results appear without a manual reload. Text typed but not yet sent is never
+// thrown away: then the page says the results are in and offers the reload instead.
+// Without JavaScript the page's <noscript> refresh does the same.
+(function () {
+  "use strict";
+  var box = document.querySelector("[data-live-status]");
+  if (!box || !window.fetch) return;
+  var url = box.dataset.liveStatus;
+  var shownState = box.dataset.state;
+  var shownAttempts = box.dataset.attempts;
+  var delay = 3000;
+  function unsentText() {
+    var fields = document.querySelectorAll("main textarea, main input[type=text], main input:not([type])");
+    return Array.prototype.some.call(fields, function (el) { return el.value !== el.defaultValue; });
+  }
+  function resultsAreIn() {
+    if (!unsentText()) { window.location.reload(); return; }
+    var note = document.createElement("p");
+    note.className = "msg msg-info live-status-ready";
+    note.setAttribute("role", "status");
+    note.textContent = (box.dataset.liveReady || "The check results are in.") + " ";
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = box.dataset.liveReload || "Show them";
+    button.addEventListener("click", function () { window.location.reload(); });
+    note.appendChild(button);
+    box.parentNode.replaceChild(note, box);
+  }
+  function tick() {
+    if (document.hidden) { setTimeout(tick, delay); return; }  // no polling in a background tab
+    fetch(url, {credentials: "same-origin", cache: "no-store", headers: {"Accept": "application/json"}})
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (s) {
+        if (s.state !== shownState || String(s.check_attempts) !== shownAttempts) { resultsAreIn(); return; }
+        delay = (s.poll_seconds || 3) * 1000;
+        setTimeout(tick, delay);
+      })
+      .catch(function () { delay = Math.min(delay * 2, 60000); setTimeout(tick, delay); });  // server away: back off
+  }
+  setTimeout(tick, delay);
+})();
