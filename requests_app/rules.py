@@ -79,6 +79,11 @@ def ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str
     name = name[:-1] if name.endswith(".") else name
     if not name:
         raise ValueError(f"{what} is empty")
+    if any(ch.isspace() for ch in name):
+        # The first thing wrong with "not a host!!": a name never holds a space, whatever
+        # its labels would be (said before any label rule, which would blame a "label").
+        raise ValueError(f"{what} {text!r} contains a space: a name is one word, its "
+                         "labels joined by dots")
     labels = []
     for label in name.split("."):
         if not label:
@@ -103,11 +108,20 @@ def ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str
             raise ValueError(f"{what} {text!r}: label {ascii_label!r} is longer than 63")
         if not label_re.fullmatch(ascii_label):
             raise ValueError(f"{what} {text!r}: label {ascii_label!r} may only hold letters, "
-                             "digits and inner hyphens")
+                             f"digits and inner hyphens{_offending(ascii_label, label_re)}")
         labels.append(ascii_label)
     if len(".".join(labels)) > 253:
         raise ValueError(f"{what} {text!r} is longer than 253 characters")
     return labels
+
+
+def _offending(label: str, label_re: re.Pattern[str]) -> str:
+    """" ('!' is not allowed)" for the first character no label may hold; "" when
+    the label breaks the rule otherwise (a hyphen at either end)."""
+    for ch in label:
+        if not label_re.fullmatch(ch * 2 if ch != "-" else "a-a"):
+            return f" ({ch!r} is not allowed)"
+    return ""
 
 
 class NotFullyQualified(ValueError):

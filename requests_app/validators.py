@@ -42,12 +42,28 @@ ACCOUNT_RE = rules.ACCOUNT_RE  # the renderer's rule for sender_login_maps value
 SELECTOR_RE = rules.HOST_LABEL_RE  # a DKIM selector is one host-name label
 
 
+# What a list item (address, host name, domain, sender) may hold: letters (IDN too),
+# digits and . : - _ @ + = % / [ ]. A line with any other character is not a list of
+# such items, so it stays whole (see split_list).
+_ITEM_CHARS_RE = re.compile(r"[\w.:@+=%/\[\]-]+")
+
+
 def split_list(value: str | Sequence[str] | None) -> list[str]:
-    """Accept a list, or text with one item per line / comma / space separated."""
+    """Accept a list, or text with one item per line / comma / semicolon / space separated.
+
+    Spaces separate items only on a line whose pieces could each be an item: "192.0.2.1
+    192.0.2.2" is two addresses, but "not a host!!" stays one value, so it is refused
+    as what was typed, not as three fragments ("not is not a valid address").
+    """
     if value is None:
         return []
     if isinstance(value, str):
-        items: Iterable[str] = re.split(r"[\s,;]+", value)
+        items: Iterable[str] = [
+            item
+            for line in re.split(r"[\n\r,;]+", value)
+            for item in (line.split() if all(_ITEM_CHARS_RE.fullmatch(piece)
+                                             for piece in line.split()) else [line])
+        ]
     else:
         items = value
     out = []
