@@ -156,8 +156,10 @@ def notification_enqueue(
         # mail delayed past a resubmission must not show the newer results.
         "failing_checks": [
             {"check_id": c.check_id, "subject": c.subject, "status": c.status,
-             "detail": c.detail}
-            for c in request.checks.filter(status__in=(CheckStatus.FAIL, CheckStatus.ERROR))
+             "detail": c.detail, "fix": (c.evidence or {}).get("fix", [])}
+            for c in request.checks.filter(status__in=(
+                CheckStatus.FAIL, CheckStatus.ERROR,
+                *((CheckStatus.WARN,) if kind == "checks_failed" else ())))
         ] if kind in ("checks_failed", "checks_error") else [],
         **(extra_context or {}),
     }

@@ -57,8 +57,40 @@ class StringListField(serializers.ListField):
         return super().to_internal_value(data)
 
 
+_FIX_RECORD = {
+    "type": "object",
+    "required": ["action", "type", "name", "value", "note"],
+    "properties": {
+        "action": {"type": "string", "enum": ["add", "replace", "remove", "none"],
+                   "description": "add beside what is there; replace the record of this "
+                                  "type and name (SPF, DMARC stay one record); remove; "
+                                  "none: no DNS record fixes it (see note)"},
+        "type": {"type": "string", "description": "A, AAAA, PTR, TXT; empty for none"},
+        "name": {"type": "string", "description": "owner name, no trailing dot"},
+        "value": {"type": "string", "description": "the record's value; a DKIM key "
+                                                   "is <public key> (only the signer knows it)"},
+        "note": {"type": "string"},
+        "strings": {"type": "array", "items": {"type": "string", "maxLength": 255},
+                    "description": "a TXT value longer than 255 characters, cut into "
+                                   "the character-strings to publish"},
+    },
+}
+
+
+@extend_schema_field({
+    "type": "object",
+    "additionalProperties": True,
+    "description": "What the check found (keys depend on the check). A warn or fail "
+                   "result has fix: the records to publish (checks/fixes.py).",
+    "properties": {"fix": {"type": "array", "items": _FIX_RECORD}},
+})
+class CheckEvidenceField(serializers.JSONField):
+    """A check's evidence; typed for the schema so generated clients see ``fix``."""
+
+
 class CheckResultSerializer(serializers.ModelSerializer):
     id = serializers.CharField(source="check_id")
+    evidence = CheckEvidenceField(read_only=True)
 
     class Meta:
         model = CheckResult
