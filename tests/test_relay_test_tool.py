@@ -32,6 +32,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from requests_app import relay_probe
+from requests_app import relay_test as renderer
 from requests_app.models import RelayEndpoint
 from requests_app.models import RelayRequest
 from requests_app.models import RequestState as S
@@ -401,3 +402,21 @@ def test_manage_py_relay_test_runs_the_same_checks(live, endpoint, team, request
                      "127.0.0.3", *endpoint, stdout=out)
     assert refused.value.returncode == relay_probe.EXIT["denied"]
     assert f"request #{req.pk} lists 127.0.0.2" in out.getvalue()
+
+
+def test_messages_are_written_in_the_downloaders_language_and_broken_ones_left_out(
+        team, requester, monkeypatch, tmp_path):
+    # given a language whose translation of two messages keeps and breaks the placeholders
+    table = {
+        "PASSED: the relay took the test mail for {to}; look for it in that mailbox.":
+            "BESTANDEN: {to}",
+        "FAILED: {what}": "FEHLGESCHLAGEN: {was}",
+    }
+    monkeypatch.setattr(renderer, "gettext", lambda message: table.get(message, message))
+    script = _write(_server(team, requester), tmp_path)
+    # when the script is loaded
+    translations = runpy.run_path(str(script), run_name="x")["TRANSLATIONS"]
+    # then it carries the good translation and not the one that would fail at .format()
+    assert translations == {
+        "PASSED: the relay took the test mail for {to}; look for it in that mailbox.":
+            "BESTANDEN: {to}"}
