@@ -203,6 +203,14 @@ def test_spf_merge_over_ten_lookups_is_refused_with_the_reason(dns):
     assert "more than 10" in fix["note"] and "ip4:/ip6:" in fix["note"]
 
 
+def test_spf_merge_into_a_record_with_a_syntax_error_says_to_fix_it_first(dns):
+    dns.set_zone(ZONE + '\n$ORIGIN typo.broken.test.\n@ IN TXT "v=spf1 ip4:198.51.100 -all"\n')
+    (fix,) = fix_of(check(dns, CheckSpec(None, sender_domains=("typo.broken.test",))),
+                    "sender_spf")
+    assert fix["action"] == "none" and "bad network" in fix["note"]
+    assert "fix the published record first" in fix["note"]
+
+
 def test_dmarc_starter_sends_reports_to_the_contact_and_asks_its_domain_to_agree(dns):
     fixes = fix_of(check(dns, BROKEN["dmarc: missing"][0]), "sender_dmarc")
     assert [(f["type"], f["name"], f["value"]) for f in fixes] == [

@@ -6,6 +6,7 @@ lowest layer first (each module imports only from those above it):
 * ``results``: statuses, the verdict order, a result, a report;
 * ``names``: the engine's view of names (the rules themselves are ``rules.py``);
 * ``config``: the inputs, :class:`CheckConfig` (settings) and :class:`CheckSpec` (a request);
+* ``fixes``: the records that would make a warn or fail pass (``evidence["fix"]``);
 * ``lookups``: look-ups shared within a run, and one request's run with its deadline;
 * ``family``: what a check family declares (:class:`CheckFamily`, :class:`Applies`)
   and the :class:`Plan` of a request it is run on;

@@ -529,11 +529,13 @@ async def _propose(run: Run, domain: str, sample: list[tuple[str, _Address]],
         except _SpfError as exc:
             if exc.result == "temperror":
                 return {"problem": f"could not evaluate the merged record: {exc}"}
+            advice = ("fix the published record first" if "RFC 7208 4.6.4" not in str(exc)
+                      else f"a record within {SPF_LOOKUP_LIMIT} look-ups needs fewer "
+                      "include/a/mx/ptr/exists terms (list your own servers as ip4:/ip6: "
+                      "networks, drop includes of services you no longer use), then add "
+                      "the relay's")
             return {"problem": f"the merged record {candidate.record!r} would break for "
-                               f"receivers ({exc}): a record within {SPF_LOOKUP_LIMIT} "
-                               "look-ups needs fewer include/a/mx/ptr/exists terms (list your "
-                               "own servers as ip4:/ip6: networks, drop includes of services "
-                               "you no longer use), then add the relay's"}
+                               f"receivers ({exc}): {advice}"}
         return {"record": candidate.record, "placement": candidate.placement,
                 "notes": list(candidate.notes), "replaces": published, "lookups": lookups}
     return {"problem": problem}
