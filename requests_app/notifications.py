@@ -24,6 +24,7 @@ from django.db.models import F
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils import translation
 
 from .actions import ACTIONS
 from .actions import Audience
@@ -273,7 +274,16 @@ def _is_permanent(exc: smtplib.SMTPException) -> bool:
 
 
 def render_notification(notification: Notification) -> EmailMultiAlternatives:
-    """Build the message: plain text plus HTML, organisation's From/Return-Path rules."""
+    """Build the message: plain text plus HTML, organisation's From/Return-Path rules.
+
+    In the organisation's language (``RELAYDESK_MAIL_LANGUAGE``, docs/i18n.md): a worker
+    renders it, outside any browser's request, and one mail goes to several people.
+    """
+    with translation.override(settings.RELAYDESK_MAIL_LANGUAGE):
+        return _render_notification(notification)
+
+
+def _render_notification(notification: Notification) -> EmailMultiAlternatives:
     request = notification.request
     base = settings.RELAYDESK_BASE_URL.rstrip("/")
     context: dict[str, Any] = {

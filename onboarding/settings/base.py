@@ -42,6 +42,8 @@ USE_I18N = True
 LANGUAGES = [("en", "English"), ("nb", "Norsk bokmål"), ("de", "Deutsch")]
 # The .po sources live here; dev.py compiles them to .mo (build output, not committed).
 LOCALE_PATHS = [BASE_DIR / "locale"]
+# Mails are rendered by the worker, outside a browser's request: in this language.
+RELAYDESK_MAIL_LANGUAGE = env.str("RELAYDESK_MAIL_LANGUAGE", default=LANGUAGE_CODE)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
