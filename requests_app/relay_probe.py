@@ -484,6 +484,12 @@ class Probe:
             if code in (250, 251):
                 stage = "data"
                 code, text = session.data(message.as_bytes())
+        except UnicodeEncodeError:
+            raise Failure(
+                "usage", _("{sender} or {to} is not plain ASCII.").format(
+                    sender=self.sender, to=self.args.to),
+                _("The relay takes ASCII addresses only (no SMTPUTF8)."),
+                _("Write the domain in its ASCII (punycode, xn--) form.")) from None
         except smtplib.SMTPServerDisconnected as exc:
             raise Failure("temporary", _("The relay closed the connection: {error}.").format(
                 error=exc), _("The relay hung up during the transaction (a timeout, or a "

@@ -100,6 +100,7 @@ def test_script_is_ascii_stdlib_only_and_compiles(team, requester, tmp_path):
         script = tmp_path / f"s{req.pk}.py"
         script.write_text(text)
         py_compile.compile(str(script), doraise=True)
+        ast.parse(text, feature_version=(3, 8))  # the oldest Python the docs promise
         imported = set()
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Import):
@@ -420,3 +421,14 @@ def test_messages_are_written_in_the_downloaders_language_and_broken_ones_left_o
     assert translations == {
         "PASSED: the relay took the test mail for {to}; look for it in that mailbox.":
             "BESTANDEN: {to}"}
+
+
+@pytest.mark.postfix
+def test_a_non_ascii_address_is_explained_not_a_traceback(live, endpoint, team, requester,
+                                                          tmp_path):
+    script = _write(_server(team, requester), tmp_path)
+    result = _run(script, "--to", "empfänger@bücher.example", "--source-address",
+                  "127.0.0.2", *endpoint)
+    assert result.returncode == relay_probe.EXIT["usage"], (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "punycode, xn--" in result.stdout
