@@ -929,6 +929,37 @@ class PostfixBackend:
                 owners[line] = current
         return owners
 
+    def attribute_units(
+        self, name: str, text: str, login_owner: Mapping[str, int]
+    ) -> list[tuple[str, int | None]]:
+        """Each effective line of a file once per request that puts it there.
+
+        :meth:`attribute` gives one request per distinct line, which is wrong for merged
+        lines: the cidr map writes a shared address once per request (identical lines
+        under two ``# request`` comments), and the login map joins the accounts sharing
+        a sender on one line (``shop@example.org  svc-x,svc-y``). Here the first gives
+        one unit per comment, and the second one unit per login,
+        (``shop@example.org  svc-y``, the request of ``svc-y``): so a version that adds
+        or removes one request's share of a merged line is attributed to that request,
+        not to whichever request the line names first.
+        """
+        units: list[tuple[str, int | None]] = []
+        current: int | None = None
+        for line in text.splitlines():
+            match = _COMMENT_RE.match(line)
+            if match:
+                current = int(match.group(1))
+                continue
+            if not line or line.startswith("#"):
+                continue
+            if name == LOGIN_MAP_NAME:
+                key, _, logins = line.partition("  ")
+                units.extend((f"{key}  {login}", login_owner.get(login))
+                             for login in logins.strip().split(","))
+            else:
+                units.append((line, current))
+        return units
+
     def stale(
         self,
         files: Mapping[str, str],

@@ -62,6 +62,7 @@ from .relay_backend import ServerEntry
 from .relay_backend import load_backend
 
 __all__ = [
+    "config_changes",
     "config_diff",
     "current_version",
     "relay_config_export",
@@ -476,8 +477,8 @@ def _supersede_replaced(waiting: list[RelayRequest]) -> None:
         credential_after_transition(old, "supersede")
 
 
-def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:
-    backend = relay_backend()
+def _login_owners() -> dict[str, int]:
+    """Login -> the newest request holding it (lines that name a login, not a request)."""
     login_owner: dict[str, int] = {}
     for spec in login_kinds():
         login_owner.update(
@@ -485,17 +486,46 @@ def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVer
             .order_by("pk")
             .values_list(spec.login_field, "pk")
         )
-    rows = []
+    return login_owner
+
+
+def _units(backend: RelayBackend, name: str, text: str,
+           login_owner: dict[str, int]) -> set[tuple[str, int | None]]:
+    """(line, request) pairs of a file: the back-end's ``attribute_units`` where it has
+    one (one pair per request sharing a merged line), else one pair per distinct line."""
+    units = getattr(backend, "attribute_units", None)
+    if units is not None:
+        return set(units(name, text, login_owner))
+    return set(backend.attribute(name, text, login_owner).items())
+
+
+def config_changes(old_files: dict[str, str], new_files: dict[str, str],
+                   login_owner: dict[str, int] | None = None
+                   ) -> list[tuple[str, str, str, int | None]]:
+    """What each request added and removed between two versions' files, sorted:
+    ``(file, "added"|"removed", line, request id)``.
+
+    Compared as (line, request) pairs, so a line two requests share (a shared address,
+    a sender two accounts may use) counts for each of them: adding the second request
+    records its share as added, removing one records only that one's share as removed.
+    """
+    backend = relay_backend()
+    if login_owner is None:
+        login_owner = _login_owners()
+    out = []
     for name in backend.attributed_names:
-        old = backend.attribute(name, previous.files.get(name, "") if previous else "",
-                                login_owner)
-        new = backend.attribute(name, version.files.get(name, ""), login_owner)
-        for line in sorted(new.keys() - old.keys()):
-            rows.append(RelayConfigChange(version=version, request_id=new[line], file=name,
-                                          action=RelayConfigChange.Action.ADDED, line=line))
-        for line in sorted(old.keys() - new.keys()):
-            rows.append(RelayConfigChange(version=version, request_id=old[line], file=name,
-                                          action=RelayConfigChange.Action.REMOVED, line=line))
+        old = _units(backend, name, old_files.get(name, ""), login_owner)
+        new = _units(backend, name, new_files.get(name, ""), login_owner)
+        out += [(name, RelayConfigChange.Action.ADDED, line, req) for line, req in new - old]
+        out += [(name, RelayConfigChange.Action.REMOVED, line, req) for line, req in old - new]
+    return sorted(out, key=lambda c: (c[0], c[1], c[2], c[3] or 0))
+
+
+def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:
+    rows = [RelayConfigChange(version=version, request_id=req, file=name, action=action,
+                              line=line)
+            for name, action, line, req in config_changes(
+                previous.files if previous else {}, version.files)]
     RelayConfigChange.objects.bulk_create(rows, batch_size=2000)
 
 

@@ -12,16 +12,29 @@ from django.http import Http404
 from django.http import HttpRequest
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
+from django.shortcuts import redirect
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
+from . import params
 from . import selectors
 from .models import RelayConfigVersion
+from .relay import config_changes
 from .relay import config_diff
 from .relay import current_version
 from .relay import relay_backend
 
-__all__ = ["relay_config_file", "version_diff", "version_list"]
+__all__ = [
+    "relay_config_file",
+    "version_compare",
+    "version_detail",
+    "version_diff",
+    "version_file",
+    "version_list",
+]
+
+#: Lines of the "changes by request" summary shown on one page (the diff has them all).
+SUMMARY_ROWS = 2000
 
 
 def _token_ok(request: HttpRequest) -> bool:
@@ -73,27 +86,83 @@ def _require_staff_view(request: HttpRequest) -> None:
         raise PermissionDenied("Relay config history is for approvers and auditors.")
 
 
+_LIST_FIELDS = ("number", "created_at", "server_count", "account_count", "reason", "digest",
+                "skipped")
+
+
 @login_required
 def version_list(request: HttpRequest) -> HttpResponse:
     _require_staff_view(request)
-    versions = list(RelayConfigVersion.objects.only(
-        "number", "created_at", "server_count", "account_count", "reason", "digest", "skipped"
-    ).order_by("-number")[:200])
+    versions = list(RelayConfigVersion.objects.only(*_LIST_FIELDS).order_by("-number")[:200])
     # What the newest version leaves out is what the relay is refusing right now.
     left_out = versions[0].skipped if versions else []
-    return render(request, "requests_app/relay_versions.html",
-                  {"versions": versions, "left_out": left_out})
+    return render(request, "requests_app/relay_versions.html", {
+        "versions": versions, "left_out": left_out,
+        # the compare form's defaults: the newest version against the one before it
+        "compare_old": versions[1].number if len(versions) > 1 else None,
+        "compare_new": versions[0].number if versions else None,
+    })
+
+
+@login_required
+def version_compare(request: HttpRequest) -> HttpResponse:
+    """The compare form's target (a plain GET form, no JavaScript): to the diff page.
+
+    Both numbers go through the parameter helper, so a missing or malformed one is a
+    400 naming it; a number with no version is the diff page's 404.
+    """
+    _require_staff_view(request)
+    old = params.query_int(request.GET, "old", minimum=1)
+    new = params.query_int(request.GET, "new", minimum=1)
+    for name, value in (("old", old), ("new", new)):
+        if value is None:
+            raise params.BadParameter(name, f"Choose a version to compare ('{name}').")
+    return redirect("relay:diff", old=old, new=new)
+
+
+@login_required
+def version_detail(request: HttpRequest, number: int) -> HttpResponse:
+    """One version: when and why it was built, what it left out, and its files."""
+    _require_staff_view(request)
+    version = get_object_or_404(RelayConfigVersion, number=number)
+    files = [{"name": name, "lines": text.count("\n"), "bytes": len(text.encode())}
+             for name, text in sorted(version.files.items())]
+    return render(request, "requests_app/relay_version.html",
+                  {"version": version, "files": files})
+
+
+@login_required
+def version_file(request: HttpRequest, number: int, name: str) -> HttpResponse:
+    """One file of one version, shown on a page or (``?download=1``) as an attachment
+    named ``v<number>-<name>``, byte for byte what the relay pulled."""
+    _require_staff_view(request)
+    version = get_object_or_404(RelayConfigVersion, number=number)
+    if name not in version.files:
+        raise Http404("No such file in this version.")
+    text = version.files[name]
+    if params.query_flag(request.GET, "download"):
+        content_type = "application/json" if name.endswith(".json") else "text/plain"
+        response = HttpResponse(text.encode(), content_type=f"{content_type}; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="v{version.number}-{name}"'
+        return response
+    return render(request, "requests_app/relay_file.html",
+                  {"version": version, "name": name, "text": text})
 
 
 @login_required
 def version_diff(request: HttpRequest, old: int, new: int) -> HttpResponse:
+    """Two versions side by side: a unified diff per file, and what each request added
+    or removed, computed from the two versions' files (so any two versions compare, and
+    lines two requests share count for each of them: ``relay.config_changes``)."""
     _require_staff_view(request)
     a = get_object_or_404(RelayConfigVersion, number=old)
     b = get_object_or_404(RelayConfigVersion, number=new)
-    changes = b.changes.select_related("request").order_by("file", "action", "line")[:2000] \
-        if b.number == a.number + 1 else []
+    changes = config_changes(a.files, b.files)
+    versions = RelayConfigVersion.objects.order_by("-number").values_list("number",
+                                                                          flat=True)[:200]
     return render(
         request,
         "requests_app/relay_diff.html",
-        {"old": a, "new": b, "diff": config_diff(a, b), "changes": changes},
+        {"old": a, "new": b, "diff": config_diff(a, b), "changes": changes[:SUMMARY_ROWS],
+         "changes_total": len(changes), "versions": versions},
     )
