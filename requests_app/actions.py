@@ -22,6 +22,7 @@ exactly one declaration here.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -35,6 +36,13 @@ __all__ = [
     "Notice",
     "Role",
 ]
+
+
+def _(text: str) -> str:
+    """Mark ``text`` for translation (gettext_noop): no Django here, so the labels, past
+    tenses and confirmations are extracted by ``makemessages`` and translated where they
+    are shown (views, templates, ``display.py``; docs/i18n.md)."""
+    return text
 
 
 class Role(enum.StrEnum):
@@ -98,8 +106,8 @@ class Action:
     # The transition's keyword argument that receives the comment ("note", "reason"),
     # empty when the transition keeps none (the comment is still in the audit event).
     comment_arg: str = ""
-    comment_noun: str = "comment"  # "A written reason is required to override checks."
-    comment_label: str = "Comment"  # the text box's label on the request page
+    comment_noun: str = _("comment")  # "A written reason is required to override checks."
+    comment_label: str = _("Comment")  # the text box's label on the request page
     notice: Notice | None = None
     # The transition's own keyword arguments besides ``by`` and the comment (what the
     # owners state when they ask for production access). A service validates them
@@ -133,9 +141,14 @@ class Action:
     def comment_box_label(self) -> str:
         return f"{self.comment_label} (required)" if self.needs_comment else self.comment_label
 
-    def done_message(self, request_id: int) -> str:
-        """The flash message after a person fired it: "Request #7 withdrawn."."""
-        return f"Request #{request_id} {self.past}."
+    def done_message(self, request_id: int, translate: Callable[[str], str] = _) -> str:
+        """The flash message after a person fired it: "Request #7 withdrawn.".
+
+        ``translate`` is the caller's ``gettext`` (this module has no Django): the
+        sentence and the past tense are both looked up in the active language.
+        """
+        return translate("Request #%(pk)s %(past)s.") % {"pk": request_id,
+                                                         "past": translate(self.past)}
 
 
 def _index(*actions: Action) -> dict[str, Action]:
@@ -153,64 +166,72 @@ _PERSON, _APPROVER, _SYSTEM = Role.REQUESTER, Role.INDEPENDENT_APPROVER, Role.SY
 # In the order the request page shows their buttons; the system's transitions last.
 ACTIONS: dict[str, Action] = _index(
     # No mail at submit: approvers are told when it reaches their queue (below).
-    Action("submit", role=_PERSON, past="submitted", label="Submit"),
-    Action("withdraw", role=_PERSON, past="withdrawn", label="Withdraw",
-           confirm="It cannot be submitted again: to ask again, file a new request."),
-    Action("approve", role=_APPROVER, past="approved", label="Approve",
+    Action("submit", role=_PERSON, past=_("submitted"), label=_("Submit")),
+    Action("withdraw", role=_PERSON, past=_("withdrawn"), label=_("Withdraw"),
+           confirm=_("It cannot be submitted again: to ask again, file a new request.")),
+    Action("approve", role=_APPROVER, past=_("approved"), label=_("Approve"),
            comment=Comment.OPTIONAL, comment_arg="note",
            notice=Notice("approved", Audience.OWNERS)),
-    Action("reject", role=_APPROVER, past="rejected", label="Reject",
+    Action("reject", role=_APPROVER, past=_("rejected"), label=_("Reject"),
            comment=Comment.REQUIRED, comment_arg="note",
-           confirm="The decision is final: the owners are told, and only a new request "
-                   "can ask again.",
+           confirm=_("The decision is final: the owners are told, and only a new request "
+                   "can ask again."),
            notice=Notice("rejected", Audience.OWNERS)),
-    Action("request_changes", role=_APPROVER, past="sent back for changes",
-           label="Ask for changes", comment=Comment.REQUIRED, comment_arg="note",
+    Action("request_changes", role=_APPROVER, past=_("sent back for changes"),
+           label=_("Ask for changes"), comment=Comment.REQUIRED, comment_arg="note",
            notice=Notice("changes_requested", Audience.OWNERS)),
-    Action("revoke", role=_APPROVER, past="revoked", label="Revoke",
+    Action("revoke", role=_APPROVER, past=_("revoked"), label=_("Revoke"),
            comment=Comment.REQUIRED, comment_arg="note",
-           confirm="The relay refuses this entry's mail from its next configuration on; "
-                   "the owners are told.",
+           confirm=_("The relay refuses this entry's mail from its next configuration on; "
+                   "the owners are told."),
            notice=Notice("revoked", Audience.OWNERS, after_removal=True)),
-    Action("recheck", role=_APPROVER, past="sent to the checks again", label="Re-run checks"),
-    Action("override_checks", role=_APPROVER, past="overridden",
-           label="Override failed checks", comment=Comment.REQUIRED, comment_arg="reason",
-           comment_noun="reason", comment_label="Reason for overriding the failed checks",
+    Action("recheck", role=_APPROVER, past=_("sent to the checks again"), label=_("Re-run checks")),
+    Action("override_checks", role=_APPROVER, past=_("overridden"),
+           label=_("Override failed checks"), comment=Comment.REQUIRED, comment_arg="reason",
+           comment_noun=_("reason"), comment_label=_("Reason for overriding the failed checks"),
            notice=Notice("awaiting_approval", Audience.APPROVERS, arrival=True)),
-    Action("recertify", role=_PERSON, past="recertified",
-           label="Recertify (still needed, unchanged)"),
+    Action("recertify", role=_PERSON, past=_("recertified"),
+           label=_("Recertify (still needed, unchanged)")),
     # Sending quota (docs/quotas.md): active entries start in the sandbox; the owners ask,
     # an approver of another team grants (the volume becomes the entry's daily quota) or
     # refuses with a reason. All three keep the entry active.
-    Action("request_production", role=_PERSON, past="sent to approvers for production access",
-           label="Ask for production access",
+    Action("request_production", role=_PERSON, past=_("sent to approvers for production access"),
+           label=_("Ask for production access"),
            data=("volume", "use_case", "bounce_handling"),
            notice=Notice("production_requested", Audience.APPROVERS)),
-    Action("grant_production", role=_APPROVER, past="given production access",
-           label="Grant production access", comment=Comment.OPTIONAL,
+    Action("grant_production", role=_APPROVER, past=_("given production access"),
+           label=_("Grant production access"), comment=Comment.OPTIONAL,
            notice=Notice("production_granted", Audience.OWNERS)),
-    Action("refuse_production", role=_APPROVER, past="refused production access",
-           label="Refuse production access", comment=Comment.REQUIRED,
-           comment_noun="reason", comment_label="Why production access is refused",
+    Action("refuse_production", role=_APPROVER, past=_("refused production access"),
+           label=_("Refuse production access"), comment=Comment.REQUIRED,
+           comment_noun=_("reason"), comment_label=_("Why production access is refused"),
            notice=Notice("production_refused", Audience.OWNERS)),
     # No text box; an API caller's comment goes to the note and the audit trail.
-    Action("retry_provisioning", role=_APPROVER, past="sent to provisioning again",
-           label="Retry provisioning", comment_arg="note"),
+    Action("retry_provisioning", role=_APPROVER, past=_("sent to provisioning again"),
+           label=_("Retry provisioning"), comment_arg="note"),
     # An ``error`` verdict mails ``checks_error`` instead (notifications.py).
-    Action("checks_passed", role=_SYSTEM, past="passed on to approvers",
+    Action("checks_passed", role=_SYSTEM, past=_("passed on to approvers"),
            notice=Notice("awaiting_approval", Audience.APPROVERS, arrival=True)),
-    Action("checks_failed", role=_SYSTEM, past="sent back by its checks",
+    Action("checks_failed", role=_SYSTEM, past=_("sent back by its checks"),
            notice=Notice("checks_failed", Audience.OWNERS)),
     # "You are live": functional accounts only (activation.activate), sent when the
     # account is in a relay config version AND in the relay-allow group.
-    Action("activate", role=_SYSTEM, past="activated",
+    Action("activate", role=_SYSTEM, past=_("activated"),
            notice=Notice("live", Audience.OWNERS)),
     # the owners wait for it and only approvers can retry or reject: both are told
-    Action("provisioning_failed", role=_SYSTEM, past="marked as failed to provision",
+    Action("provisioning_failed", role=_SYSTEM, past=_("marked as failed to provision"),
            notice=Notice("provisioning_failed", Audience.OWNERS_AND_APPROVERS)),
-    Action("supersede", role=_SYSTEM, past="superseded"),
-    Action("expire", role=_SYSTEM, past="expired",
+    Action("supersede", role=_SYSTEM, past=_("superseded")),
+    Action("expire", role=_SYSTEM, past=_("expired"),
            notice=Notice("expired", Audience.OWNERS, after_removal=True)),
+)
+
+# The actions inside a sentence (``Action.verb``: "Only approvers can %(doing)s."), marked
+# here so makemessages extracts them; translated where the sentence is built.
+VERBS: tuple[str, ...] = (
+    _("submit"), _("withdraw"), _("approve"), _("reject"), _("request changes"), _("revoke"),
+    _("recheck"), _("override checks"), _("recertify"), _("request production"),
+    _("grant production"), _("refuse production"), _("retry provisioning"),
 )
 
 # What a person may ask for (the web and API endpoints, ``services.request_act``).
