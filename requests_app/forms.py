@@ -12,10 +12,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from .models import CHECK_STATUS_CHOICES
 from .models import RelayRequest
 from .models import RequestKind
-from .models import RequestState
 from .models import Team
 from .models import TlsMode
 from .quotas import PRODUCTION_TEXT_LIMIT
@@ -36,7 +34,6 @@ __all__ = [
     "AccountRequestForm",
     "DecisionForm",
     "ProductionRequestForm",
-    "QueueFilterForm",
     "ServerRequestForm",
     "form_class_for",
     "initial_for",
@@ -230,19 +227,3 @@ class ProductionRequestForm(forms.Form):
         required=False, strip=False,
         widget=forms.Textarea(attrs={"rows": 3, "maxlength": PRODUCTION_TEXT_LIMIT}),
     )
-
-
-class QueueFilterForm(forms.Form):
-    kind = forms.ChoiceField(choices=[("", _("any kind")), *RequestKind.choices], required=False)
-    state = forms.ChoiceField(required=False)
-    team = forms.CharField(required=False, max_length=50)
-    verdict = forms.ChoiceField(
-        choices=[("", _("any check")), *CHECK_STATUS_CHOICES],
-        required=False,
-    )
-    q = forms.CharField(required=False, max_length=200, label=_("Search FQDN, IP or account"))
-    drifted = forms.BooleanField(required=False, label=_("Drifted active entries only"))
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["state"].choices = [("", _("open (default)")), *RequestState.choices]

@@ -14,6 +14,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.shortcuts import redirect
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
 from . import params
@@ -116,7 +117,8 @@ def version_compare(request: HttpRequest) -> HttpResponse:
     new = params.query_int(request.GET, "new", minimum=1)
     for name, value in (("old", old), ("new", new)):
         if value is None:
-            raise params.BadParameter(name, f"Choose a version to compare ('{name}').")
+            raise params.BadParameter(name, _("Choose a version to compare ('%(name)s').")
+                                      % {"name": name})
     return redirect("relay:diff", old=old, new=new)
 
 
