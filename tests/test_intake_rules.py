@@ -511,12 +511,12 @@ def test_relay_settings_carry_the_address_policy(settings):
     settings.RELAY_ALLOW_PRIVATE = True
     entries = [ServerEntry(1, "lab.example.org", "ops", ("127.0.0.2", "10.0.0.1"))]
     # then both render
-    assert render_client_access(entries, relay_settings()).count(" OK\n") == 2
+    assert render_client_access(entries, relay_settings(include_db=False)).count(" OK\n") == 2
     # when both are off again, the renderer refuses the entry, naming the rule
     settings.RELAY_LAB_NETWORKS = []
     settings.RELAY_ALLOW_PRIVATE = False
     with pytest.raises(ValueError, match="address policy: 127.0.0.2 is a loopback"):
-        render_client_access(entries, relay_settings())
+        render_client_access(entries, relay_settings(include_db=False))
 
 
 @pytest.mark.parametrize("bad", [("10.0.0.1/8",), ("not-a-network",)])
