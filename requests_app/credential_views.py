@@ -19,6 +19,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect
 from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.http import require_POST
 
@@ -78,15 +79,17 @@ def _owner_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         if action == "rotate":
             row = credential_rotate_now(request_id=pk, by=request.user,
                                         source_ip=client_ip(request))
-            messages.success(request, f"A new password for {row.account_name} is being set; "
-                             "the owners get a one-time link by mail once the directory has it.")
+            messages.success(request, _(
+                "A new password for %(account)s is being set; the owners get a one-time link "
+                "by mail once the directory has it.") % {"account": row.account_name})
         else:
             row = credential_confirm_rotated(request_id=pk, by=request.user,
                                              source_ip=client_ip(request))
-            messages.success(request, f"Recorded: the password of {row.account_name} was "
-                             "changed in the directory.")
+            messages.success(request, _(
+                "Recorded: the password of %(account)s was changed in the directory.")
+                % {"account": row.account_name})
     except RelayRequest.DoesNotExist:
-        raise Http404("No such request.") from None
+        raise Http404(_("No such request.")) from None
     except ActionConflict as exc:
         messages.error(request, str(exc))
     return redirect("requests:detail", pk=pk)
@@ -110,5 +113,5 @@ def credential_confirm(request: HttpRequest, pk: int) -> HttpResponse:
 def credential_overdue(request: HttpRequest) -> HttpResponse:
     """Approvers (and auditors) see every active account whose password is overdue."""
     if not (is_approver(request.user) or is_auditor(request.user)):
-        raise PermissionDenied("The overdue-password list is for approvers and auditors.")
+        raise PermissionDenied(_("The overdue-password list is for approvers and auditors."))
     return render(request, f"{TEMPLATES}/overdue.html", {"accounts": overdue_accounts()})

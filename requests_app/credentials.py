@@ -47,6 +47,7 @@ from django.db.models import QuerySet
 from django.db.models import Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext as _
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core import results as ldap_results
 
@@ -478,12 +479,13 @@ def _owner_request(request_id: int, by: AbstractBaseUser) -> RelayRequest:
     if request is None:
         raise RelayRequest.DoesNotExist(f"request {request_id} does not exist")
     if not request.is_team_member(by):
-        raise PermissionDenied("Only the owning team manages this account's password.")
+        raise PermissionDenied(_("Only the owning team manages this account's password."))
     if not logs_in(request.kind):
-        raise ActionConflict(f"Request #{request.pk} is not a functional account.")
+        raise ActionConflict(_("Request #%(pk)s is not a functional account.") % {"pk": request.pk})
     if request.state != RequestState.ACTIVE:
-        raise ActionConflict(f"Request #{request.pk} is {request.get_state_display()}; only "
-                             "an active account's password can be rotated.")
+        raise ActionConflict(_("Request #%(pk)s is %(state)s; only an active account's "
+                               "password can be rotated.")
+                             % {"pk": request.pk, "state": request.get_state_display()})
     return request
 
 
@@ -493,8 +495,8 @@ def credential_rotate_now(*, request_id: int, by: AbstractBaseUser,
     """An owner's "rotate now" (``issue`` mode): a new password and a new one-time link."""
     request = _owner_request(request_id, by)
     if credential_mode() != "issue":
-        raise ActionConflict("The directory owns this password: change it there, then "
-                             "confirm with \"I rotated it\".")
+        raise ActionConflict(_("The directory owns this password: change it there, then "
+                               "confirm with \"I rotated it\"."))
     return _enqueue(request, Purpose.ROTATE, by=by, source_ip=source_ip)
 
 
@@ -504,7 +506,7 @@ def credential_confirm_rotated(*, request_id: int, by: AbstractBaseUser,
     """An owner's "I rotated it" (``directory`` mode): restarts the rotation clock."""
     request = _owner_request(request_id, by)
     if credential_mode() != "directory":
-        raise ActionConflict("Relaydesk issues this password: use \"Rotate now\".")
+        raise ActionConflict(_("Relaydesk issues this password: use \"Rotate now\"."))
     now = timezone.now()
     row = AccountCredential.objects.create(
         request=request, account_name=request.account_name, purpose=Purpose.CONFIRM,
@@ -520,13 +522,13 @@ def credential_confirm_rotated(*, request_id: int, by: AbstractBaseUser,
 
 def _row_for_token(token: str, *, lock: bool) -> AccountCredential:
     if not token or len(token) > 100:
-        raise LinkNotFound("No such link.")
+        raise LinkNotFound(_("No such link."))
     query = AccountCredential.objects.select_related("request", "request__team")
     if lock:
         query = query.select_for_update(of=("self",))
     row = query.filter(token_hash=token_hash(token)).first()
     if row is None:
-        raise LinkNotFound("No such link.")
+        raise LinkNotFound(_("No such link."))
     return row
 
 
@@ -545,21 +547,21 @@ def credential_link_for(token: str, user: AbstractBaseUser) -> AccountCredential
     """
     row = _row_for_token(token, lock=False)
     if user is None or not user.is_authenticated or not row.request.is_team_member(user):
-        raise PermissionDenied("Only a member of the owning team can open this link.")
+        raise PermissionDenied(_("Only a member of the owning team can open this link."))
     if row.status != Status.OFFERED or row.ciphertext is None:
         raise LinkGone(_gone_text(row))
     if row.expires_at is not None and row.expires_at <= timezone.now():
-        raise LinkGone("This link has expired; the password was not shown. Rotate it on the "
-                       "request page to get a new link.")
+        raise LinkGone(_("This link has expired; the password was not shown. Rotate it on "
+                         "the request page to get a new link."))
     return row
 
 
 def _gone_text(row: AccountCredential) -> str:
     return {
-        Status.VIEWED: "This password was already shown once; it is not shown again.",
-        Status.EXPIRED: "This link has expired; the password was not shown.",
-        Status.SUPERSEDED: "A newer password replaced this one; use the newest link.",
-    }.get(row.status, "This link no longer shows anything.")
+        Status.VIEWED: _("This password was already shown once; it is not shown again."),
+        Status.EXPIRED: _("This link has expired; the password was not shown."),
+        Status.SUPERSEDED: _("A newer password replaced this one; use the newest link."),
+    }.get(row.status, _("This link no longer shows anything."))
 
 
 def credential_reveal(*, token: str, user: AbstractBaseUser, password: str,
@@ -575,7 +577,7 @@ def credential_reveal(*, token: str, user: AbstractBaseUser, password: str,
         outcome = _reveal_locked(token, user, password, http_request, source_ip)
     if outcome is None:
         # Raised after the commit, so the expiry (wipe and audit event) is kept.
-        raise LinkGone("This link has expired; the password was not shown.")
+        raise LinkGone(_("This link has expired; the password was not shown."))
     return outcome
 
 
@@ -584,7 +586,7 @@ def _reveal_locked(token: str, user: AbstractBaseUser, password: str,
                    source_ip: str | None) -> tuple[AccountCredential, str] | None:
     row = _row_for_token(token, lock=True)
     if user is None or not user.is_authenticated or not row.request.is_team_member(user):
-        raise PermissionDenied("Only a member of the owning team can open this link.")
+        raise PermissionDenied(_("Only a member of the owning team can open this link."))
     now = timezone.now()
     if row.status == Status.OFFERED and row.expires_at is not None and row.expires_at <= now:
         _expire(row, now)
@@ -593,13 +595,13 @@ def _reveal_locked(token: str, user: AbstractBaseUser, password: str,
         raise LinkGone(_gone_text(row))
     again = authenticate(http_request, username=user.get_username(), password=password or "")
     if again is None or again.pk != user.pk:
-        raise ReauthenticationRequired("Enter your own Relaydesk password to see the secret.")
+        raise ReauthenticationRequired(_("Enter your own Relaydesk password to see the secret."))
     try:
         secret = _decrypt_from(row)
     except CredentialUnreadable as exc:
         # A changed or lost RELAY_CREDENTIAL_KEY: nothing to show; the owners rotate.
-        raise LinkGone(f"This password cannot be read any more ({exc}); rotate it on the "
-                       "request page to get a new one.") from None
+        raise LinkGone(_("This password cannot be read any more (%(error)s); rotate it on "
+                         "the request page to get a new one.") % {"error": exc}) from None
     _wipe(row, Status.VIEWED, now)
     row.viewed_at = now
     row.viewed_by = user
