@@ -37,6 +37,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.translation import gettext
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core import results as ldap_results
 from ldap3.utils.dn import escape_rdn
@@ -557,21 +558,19 @@ def directory_mark_done_manually(*, change_id: int, by: AbstractBaseUser) -> Dir
     vouches alone for their own team's relay access.
     """
     if not is_approver(by):
-        raise PermissionDenied("Only approvers can confirm directory changes.")
+        raise PermissionDenied(gettext("Only approvers can confirm directory changes."))
     change = _locked_change(change_id)
     if change is None:
         raise DirectoryChange.DoesNotExist(f"directory change {change_id} does not exist")
     if own_team_change(change, by):
-        raise PermissionDenied(
-            f"Directory change #{change.pk} is for an account of your own team "
-            f"(request #{change.request_id}); another approver must mark it done "
-            "(segregation of duties)."
-        )
+        raise PermissionDenied(gettext(
+            "Directory change #%(change)s is for an account of your own team (request "
+            "#%(pk)s); another approver must mark it done (segregation of duties).")
+            % {"change": change.pk, "pk": change.request_id})
     if change.status not in (DirectoryChange.Status.MANUAL, DirectoryChange.Status.FAILED):
-        raise ActionConflict(
-            f"Directory change #{change.pk} is {change.get_status_display()}; "
-            "only manual or failed changes can be marked done."
-        )
+        raise ActionConflict(gettext(
+            "Directory change #%(change)s is %(status)s; only manual or failed changes can "
+            "be marked done.") % {"change": change.pk, "status": change.get_status_display()})
     previous = change.status
     _close(change, by=by.get_username(), error=change.last_error)
     _event(
