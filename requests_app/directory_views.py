@@ -13,8 +13,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
 from django.shortcuts import redirect
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
 from .directory import directory_mark_done_manually
@@ -23,6 +26,8 @@ from .directory import pending_manual_changes
 from .exceptions import ActionConflict
 from .models import DirectoryChange
 from .models import is_approver
+from .views import confirm_page
+from .views import confirmed
 
 __all__ = ["directory_change_mark_done", "directory_todo"]
 
@@ -54,6 +59,17 @@ def directory_todo(request: HttpRequest) -> HttpResponse:
 def directory_change_mark_done(request: HttpRequest, pk: int) -> HttpResponse:
     """Record that an administrator applied the change; the service records who."""
     _require_approver(request)
+    change = get_object_or_404(DirectoryChange.objects.select_related("request"), pk=pk)
+    # "Are you sure?" only where the service would act: its own refusals come first.
+    if (not confirmed(request) and change.status != DirectoryChange.Status.DONE
+            and not own_team_change(change, request.user)):
+        return confirm_page(
+            request, change.request,
+            question=_("Mark directory change #%(pk)s done?") % {"pk": change.pk},
+            consequence=_("Only when it is applied in the directory: Relaydesk takes the "
+                          "account's relay-group membership as done from now on."),
+            yes=_("Mark done"), url=reverse("requests:directory_mark_done", args=[pk]),
+            fields={})
     try:
         change = directory_mark_done_manually(change_id=pk, by=request.user)
     except DirectoryChange.DoesNotExist:

@@ -38,6 +38,7 @@ __all__ = [
     "state_label",
     "status_label",
     "unicode_name",
+    "words",
 ]
 
 
@@ -132,3 +133,9 @@ def unicode_name(value: Any) -> str:
         return text
     local, at, domain = text.rpartition("@")
     return f"{local}{at}{_unicode_domain(domain)}"
+
+
+def words(name: str) -> str:
+    """An internal name without a declared label (a mail kind, a parameter key) as
+    words: ``checks_failed`` reads "Checks failed", never "checksfailed"."""
+    return str(name or "").replace("_", " ").strip().capitalize()

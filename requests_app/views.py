@@ -44,6 +44,7 @@ from .actions import Role
 from .credentials import credential_status
 from .dashboard import dashboard_data
 from .dashboard import weekly_chart_svg
+from .display import compact_json
 from .exceptions import ActionConflict
 from .forms import DecisionForm
 from .forms import ProductionRequestForm
@@ -82,6 +83,8 @@ __all__ = [
     "request_list_csv",
     "request_queue_csv",
     "bad_request",
+    "confirm_page",
+    "confirmed",
 ]
 
 
@@ -329,12 +332,20 @@ def request_detail(request: HttpRequest, pk: int,
     ]
     actions = [a for a in available if a.name not in PRODUCTION_ACTIONS]
     quota_actions = {a.name: a for a in available if a.name in PRODUCTION_ACTIONS}
+    production_decisions = [quota_actions[n] for n in ("grant_production", "refuse_production")
+                            if n in quota_actions]
+    can_hand_over = obj.state == RequestState.ACTIVE and obj.is_team_member(request.user)
+    # One action panel below the evidence: every button a person may press now, with ONE
+    # comment box that each action reads (required for some: said next to the box).
+    panel = [*actions, *production_decisions]
     context = {
         "obj": obj,
         "checks": list(obj.checks.all()),
         # Approvers' and other people's source IPs are for approvers and auditors only.
         "events": selectors.events_for_display(request.user, obj.events.all()),
         "actions": actions,
+        "panel_actions": panel,
+        "comment_required_for": [a.label for a in panel if a.needs_comment],
         # Why the relay config leaves it out, next to the retry/reject buttons.
         "provision_max_attempts": settings.RELAY_PROVISION_MAX_ATTEMPTS,
         "decision_form": DecisionForm(),
@@ -346,7 +357,7 @@ def request_detail(request: HttpRequest, pk: int,
         "waiting_mail": list(obj.notifications.exclude(status=Notification.Status.SENT).only(
             "kind", "status", "attempts", "last_error", "created_at")),
         "can_renew": obj.state in services.RENEWABLE_STATES and obj.is_team_member(request.user),
-        "can_hand_over": obj.state == RequestState.ACTIVE and obj.is_team_member(request.user),
+        "can_hand_over": can_hand_over,
         # Suggestions for the handover field: only the user's own other teams, never the
         # list of every team (team slugs are not shown to people outside those teams).
         "other_teams": selectors.team_list_for_user(request.user).exclude(
@@ -369,9 +380,7 @@ def request_detail(request: HttpRequest, pk: int,
         # the owners' form, with their values and errors again after a refusal (400)
         "production_form": (production_form or ProductionRequestForm())
         if "request_production" in quota_actions else None,
-        "production_decisions": [quota_actions[n] for n in ("grant_production",
-                                                            "refuse_production")
-                                 if n in quota_actions],
+        "production_decisions": production_decisions,
         "production_decision": quotas.last_production_decision(obj)
         if obj.state == RequestState.ACTIVE else None,
         # Where the account's password comes from, its rotation date, the owners' buttons.
@@ -440,12 +449,22 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     form = DecisionForm(request.POST)
     if not form.is_valid():
         return _refused_input(request, obj.pk, form.errors.as_data())
+    spec = USER_ACTIONS[action]
+    comment = form.cleaned_data.get("comment", "")
+    # A missing required comment is refused by the service first (400 naming the field):
+    # asking "are you sure?" about a request that would be refused anyway wastes a step.
+    if spec.confirm and not confirmed(request) and (comment or not spec.needs_comment):
+        return confirm_page(
+            request, obj, question=_("%(action)s request #%(pk)s?") % {
+                "action": _(spec.label), "pk": obj.pk},
+            consequence=_(spec.confirm), yes=_(spec.label),
+            url=reverse(f"requests:{action}", args=[obj.pk]), fields={"comment": comment})
     try:
         services.request_act(
             request_id=obj.pk,
             action=action,
             by=request.user,
-            comment=form.cleaned_data.get("comment", ""),
+            comment=comment,
             source_ip=client_ip(request),
         )
     except ValidationError as exc:
@@ -453,8 +472,29 @@ def request_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     except (PermissionDenied, ActionConflict) as exc:
         messages.error(request, _error_text(exc))
     else:
-        messages.success(request, USER_ACTIONS[action].done_message(obj.pk))
+        messages.success(request, spec.done_message(obj.pk, _))
     return redirect(obj)
+
+
+CONFIRM_FIELD = "confirm"
+
+
+def confirmed(request: HttpRequest) -> bool:
+    """Whether this POST is the second step of a confirmation (``confirm=1``): sent by
+    the confirmation page without JavaScript, or by the request page's dialog with it."""
+    return request.POST.get(CONFIRM_FIELD) == "1"
+
+
+def confirm_page(request: HttpRequest, obj: RelayRequest, *, question: str,
+                  consequence: str, yes: str, url: str, fields: dict[str, str]
+                  ) -> HttpResponse:
+    """"Are you sure?" for what cannot be undone, working without JavaScript: the same
+    POST again with ``confirm=1`` and the typed values carried in hidden fields, or back
+    to the request page. Nothing has changed yet, so it answers 200."""
+    return render(request, "requests_app/confirm.html", {
+        "obj": obj, "question": question, "consequence": consequence, "yes": yes,
+        "url": url, "fields": fields, "confirm_field": CONFIRM_FIELD,
+    })
 
 
 @login_required
@@ -542,10 +582,20 @@ def request_renew(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def request_handover(request: HttpRequest, pk: int) -> HttpResponse:
     obj = _owned_or_403(request, pk, "hand over")
+    to_team = request.POST.get("team", "").strip()
+    comment = request.POST.get("comment", "")
+    if to_team and not confirmed(request):
+        return confirm_page(
+            request, obj, question=_("Hand request #%(pk)s over to team %(team)s?") % {
+                "pk": obj.pk, "team": to_team},
+            consequence=_("The receiving team owns it from now on; your team no longer "
+                          "sees it unless you are a member of both."),
+            yes=_("Hand over"), url=reverse("requests:handover", args=[obj.pk]),
+            fields={"team": to_team, "comment": comment})
     try:
         services.request_handover(request_id=obj.pk, by=request.user,
-                                  to_team=request.POST.get("team", ""),
-                                  comment=request.POST.get("comment", ""),
+                                  to_team=to_team,
+                                  comment=comment,
                                   source_ip=client_ip(request))
     except ValidationError as exc:
         return _refused_input(request, obj.pk, exc)
@@ -602,7 +652,8 @@ def request_events_csv(request: HttpRequest) -> StreamingHttpResponse:
                 e.created_at.isoformat(), e.request_id, _csv_safe(e.request.team.slug),
                 _csv_safe(e.request.subject), e.type, _csv_safe(e.actor_name),
                 e.source_ip or "", e.from_state, e.to_state, _csv_safe(e.comment),
-                _csv_safe(str(e.parameters)),
+                # JSON, not a Python repr: any tool (and the eye) can read it back.
+                _csv_safe(compact_json(e.parameters)),
             ])
 
     response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")

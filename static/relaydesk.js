@@ -42,19 +42,59 @@
   var panel = document.getElementById("quick-check");
   var timer = null;
   function value(name) { var el = form.elements[name]; return el ? el.value : ""; }
+  // Labels of the check ids and statuses, from the page (checks/labels.py): the same
+  // words as the request page, never the raw ids.
+  var labels = {};
+  var labelData = document.getElementById("check-labels");
+  if (labelData) { try { labels = JSON.parse(labelData.textContent); } catch (e) { labels = {}; } }
+  function label(kind, id) { return (labels[kind] && labels[kind][id]) || id; }
+  // An input error goes under its own field, like the server's (aria-invalid and
+  // aria-describedby), and goes away when the value is fixed.
+  function fieldErrors(errors) {
+    ["fqdn", "ipv4", "ipv6"].forEach(function (name) {
+      var input = form.elements[name];
+      if (!input) return;
+      var id = input.id + "_quick_error";
+      var old = document.getElementById(id);
+      if (old) old.parentNode.removeChild(old);
+      var described = (input.getAttribute("aria-describedby") || "").split(" ").filter(function (x) { return x && x !== id; });
+      var messages = (errors && errors[name]) || [];
+      if (messages.length) {
+        var box = document.createElement("div");
+        box.id = id; box.className = "quick-error";
+        messages.forEach(function (m) {
+          var p = document.createElement("p"); p.className = "error"; p.textContent = m; box.appendChild(p);
+        });
+        input.parentNode.appendChild(box);
+        described.push(id);
+        input.setAttribute("aria-invalid", "true");
+        input.parentNode.classList.add("has-error");
+      } else if (!input.parentNode.querySelector(".error")) {
+        input.removeAttribute("aria-invalid");
+        input.parentNode.classList.remove("has-error");
+      }
+      if (described.length) input.setAttribute("aria-describedby", described.join(" "));
+      else input.removeAttribute("aria-describedby");
+    });
+  }
   function render(report) {
     var box = panel.querySelector(".results");
     box.textContent = "";
+    fieldErrors(report.errors);
     (report.checks || []).forEach(function (c) {
       var p = document.createElement("p");
       var badge = document.createElement("span");
-      badge.className = "verdict verdict-" + c.status; badge.textContent = c.status;
+      badge.className = "verdict verdict-" + c.status; badge.textContent = label("statuses", c.status);
       p.appendChild(badge);
-      p.appendChild(document.createTextNode(" " + c.id + " (" + c.subject + "): " + c.detail));
+      p.appendChild(document.createTextNode(" " + label("checks", c.id) + " (" + c.subject + "): " + c.detail));
       box.appendChild(p);
     });
     if (report.detail) { var d = document.createElement("p"); d.className = "muted"; d.textContent = report.detail; box.appendChild(d); }
-    if (report.errors) { var e = document.createElement("p"); e.className = "error"; e.textContent = JSON.stringify(report.errors); box.appendChild(e); }
+    if (report.errors && !(report.checks || []).length) {
+      var e = document.createElement("p"); e.className = "muted";
+      e.textContent = panel.dataset.fixFirst || "Fix the marked fields to see the DNS check.";
+      box.appendChild(e);
+    }
     panel.hidden = false;
   }
   function run() {
@@ -114,4 +154,52 @@
       .catch(function () { delay = Math.min(delay * 2, 60000); setTimeout(tick, delay); });  // server away: back off
   }
   setTimeout(tick, delay);
+})();
+
+// Confirmation of what cannot be undone (buttons with data-confirm: withdraw, reject,
+// revoke, hand over, mark done) in a <dialog>. Without this script the server asks on a
+// page of its own; either way it acts only on the POST that carries confirm=1.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest("button[data-confirm]");
+    if (!button || !button.form || typeof HTMLDialogElement === "undefined") return;
+    event.preventDefault();
+    var form = button.form;
+    var dialog = document.createElement("dialog");
+    dialog.className = "confirm-dialog";
+    dialog.setAttribute("aria-labelledby", "confirm-dialog-title");
+    dialog.setAttribute("aria-describedby", "confirm-dialog-text");
+    var title = document.createElement("h2");
+    title.id = "confirm-dialog-title";
+    title.textContent = button.dataset.confirmTitle || button.textContent.trim();
+    var text = document.createElement("p");
+    text.id = "confirm-dialog-text";
+    text.textContent = button.dataset.confirm;
+    var buttons = document.createElement("p");
+    buttons.className = "buttons";
+    var yes = document.createElement("button");
+    yes.type = "button"; yes.className = "danger"; yes.textContent = button.textContent.trim();
+    var no = document.createElement("button");
+    no.type = "button"; no.textContent = form.dataset.cancel || "Cancel";
+    buttons.appendChild(yes); buttons.appendChild(no);
+    dialog.appendChild(title); dialog.appendChild(text); dialog.appendChild(buttons);
+    var confirmed = false;
+    yes.addEventListener("click", function () {
+      confirmed = true;
+      var flag = document.createElement("input");
+      flag.type = "hidden"; flag.name = "confirm"; flag.value = "1";
+      form.appendChild(flag);
+      dialog.close();
+      if (form.requestSubmit) { form.requestSubmit(button); } else { form.submit(); }
+    });
+    no.addEventListener("click", function () { dialog.close(); });
+    dialog.addEventListener("close", function () {
+      dialog.parentNode.removeChild(dialog);
+      if (!confirmed) button.focus();
+    });
+    document.body.appendChild(dialog);
+    dialog.showModal();
+    no.focus();  // the safe choice has the focus: Enter does not destroy anything
+  });
 })();

@@ -429,9 +429,11 @@ def test_mark_done_records_who(no_directory, client, account_request, approver):
     with transaction.atomic():
         change = directory_change_enqueue(request=account_request, action=ADD)
 
-    # when an approver marks it done
+    # when an approver marks it done (and confirms: the first POST asks)
     client.force_login(approver)
-    response = client.post(f"/requests/directory/{change.pk}/done/")
+    asked = client.post(f"/requests/directory/{change.pk}/done/")
+    assert asked.status_code == 200 and 'name="confirm" value="1"' in asked.content.decode()
+    response = client.post(f"/requests/directory/{change.pk}/done/", {"confirm": "1"})
 
     # then it is done, by them, in the row and in the trail, and off the list
     assert response.status_code == 302

@@ -204,7 +204,7 @@ def test_approver_cannot_mark_their_own_teams_directory_change_done(manual_chang
 def test_an_independent_approver_marks_it_done(manual_change, approver):
     # when an approver outside the team marks the change done
     response = logged_in(approver).post(
-        reverse("requests:directory_mark_done", args=[manual_change.pk]))
+        reverse("requests:directory_mark_done", args=[manual_change.pk]), {"confirm": "1"})
 
     # then it is done, by them
     assert response.status_code == 302
@@ -321,9 +321,10 @@ def test_handover_by_typed_team_name_still_works(active, requester):
     # given a receiving team the requester is not a member of
     billing = TeamFactory(slug="billing")
 
-    # when the owner types its name
+    # when the owner types its name (and confirms: the page asks first)
     response = logged_in(requester).post(reverse("requests:handover", args=[active.pk]),
-                                         {"team": "billing", "comment": "theirs now"})
+                                         {"team": "billing", "comment": "theirs now",
+                                          "confirm": "1"})
 
     # then the entry moved
     assert response.status_code == 302

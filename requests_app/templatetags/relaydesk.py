@@ -9,8 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils.html import json_script
+from django.utils.safestring import SafeString
 
 from .. import display
+from ..checks.labels import CHECK_LABELS
+from ..checks.labels import STATUS_LABELS
 from ..models import RequestEvent
 
 register = template.Library()
@@ -62,3 +66,19 @@ def idn(value: Any) -> str:
 def idn_list(values: Any) -> list[str]:
     """``{{ obj.sender_domains|idn_list|join:", " }}``: each item through :func:`idn`."""
     return [display.unicode_name(v) for v in values or ()]
+
+
+@register.filter
+def words(name: str) -> str:
+    """``{{ n.kind|words }}``: "Checks failed" for a name without a declared label."""
+    return display.words(name)
+
+
+@register.simple_tag
+def check_labels_script() -> SafeString:
+    """``{% check_labels_script %}``: the check and status labels, translated, as a JSON
+    ``<script>`` (id ``check-labels``) for the quick check's script to read."""
+    return json_script({
+        "checks": {key: display.check_label(key) for key in CHECK_LABELS},
+        "statuses": {key: display.status_label(key) for key in STATUS_LABELS},
+    }, "check-labels")
