@@ -46,8 +46,10 @@ def _insert(
     to_state: str = "",
     comment: str = "",
     parameters: dict[str, Any] | None = None,
+    save: bool = True,
 ) -> RequestEvent:
-    return RequestEvent.objects.create(
+    """Insert the event, or (``save=False``) build it for :func:`insert_many`."""
+    event = RequestEvent(
         request=request,
         type=type_,
         actor=actor,
@@ -58,10 +60,14 @@ def _insert(
         comment=comment,
         parameters=parameters or {},
     )
+    if save:
+        event.save(force_insert=True)
+    return event
 
 
 def request_created_event(
-    request: RelayRequest, actor: AbstractBaseUser, source_ip: str | None
+    request: RelayRequest, actor: AbstractBaseUser, source_ip: str | None,
+    *, save: bool = True,
 ) -> RequestEvent:
     return _insert(
         request,
@@ -70,6 +76,7 @@ def request_created_event(
         source_ip=source_ip,
         to_state=request.state,
         parameters={"kind": request.kind, "subject": request.subject},
+        save=save,
     )
 
 
@@ -111,6 +118,7 @@ def request_transition_event(
     source_ip: str | None = None,
     comment: str = "",
     parameters: dict[str, Any] | None = None,
+    save: bool = True,
 ) -> RequestEvent:
     return _insert(
         request,
@@ -121,6 +129,7 @@ def request_transition_event(
         to_state=request.state,
         comment=comment,
         parameters={"action": action, **(parameters or {})},
+        save=save,
     )
 
 
@@ -146,7 +155,8 @@ def request_override_event(
 
 
 def request_checks_recorded_event(
-    request: RelayRequest, *, verdict: str, summary: dict[str, int], attempt: int
+    request: RelayRequest, *, verdict: str, summary: dict[str, int], attempt: int,
+    save: bool = True,
 ) -> RequestEvent:
     return _insert(
         request,
@@ -155,6 +165,7 @@ def request_checks_recorded_event(
         from_state=request.state,
         to_state=request.state,
         parameters={"verdict": verdict, "summary": summary, "attempt": attempt},
+        save=save,
     )
 
 
