@@ -147,8 +147,8 @@ class Action:
         ``translate`` is the caller's ``gettext`` (this module has no Django): the
         sentence and the past tense are both looked up in the active language.
         """
-        return translate("Request #%(pk)s %(past)s.") % {"pk": request_id,
-                                                         "past": translate(self.past)}
+        return translate(_("Request #%(pk)s %(past)s.")) % {
+            "pk": request_id, "past": translate(self.past)}
 
 
 def _index(*actions: Action) -> dict[str, Action]:
