@@ -86,6 +86,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.snippets",
         "requests_app.dashboard",
         "requests_app.quotas",  # sandbox -> production access
+        "requests_app.audit_export",  # the audit CSV: streamed, filtered, row-count trailer
         "requests_app.credentials",  # account passwords: issue, one-time link, rotation
         "requests_app.relay_test",  # renders the test-mail script of a request
         "requests_app.assignment",  # approvers claim and release requests ("assigned to me")
