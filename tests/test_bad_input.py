@@ -195,7 +195,7 @@ def test_no_query_parameter_value_gives_a_500(approver):
                      "null", id="domain_nul"),
         pytest.param(SERVER, {"contact_email": "ops\x00@example.org"}, "contact_email",
                      "null", id="email_nul"),
-        pytest.param(SERVER, {"team": "pay\x00ments"}, "team_slug", "null", id="team_nul"),
+        pytest.param(SERVER, {"team": "pay\x00ments"}, "team", "null", id="team_nul"),
     ],
 )
 def test_bad_json_body_is_a_400_naming_the_field_and_saves_nothing(

@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc assets for /api/docs/, no CDN
     "requests_app.apps.RequestsAppConfig",
 ]
 
@@ -333,6 +334,11 @@ RELAY_SUBMISSION_PORT = env.int("RELAY_SUBMISSION_PORT", default=587)
 RELAY_SMTPS_PORT = env.int("RELAY_SMTPS_PORT", default=465)
 RELAY_CONFIG_DIR = env.str("RELAY_CONFIG_DIR", default=str(VAR_DIR / "relay-config"))
 RELAY_CONFIG_TOKEN = env.str("RELAY_CONFIG_TOKEN", default="")
+# Retention of relay config versions' files (each build prunes): the N newest and all of
+# the last D days are kept, and always the newest; older versions keep their row and line
+# history (diffs), their files go, and file bodies no kept version uses are deleted.
+RELAY_CONFIG_KEEP_VERSIONS = env.int("RELAY_CONFIG_KEEP_VERSIONS", default=50)
+RELAY_CONFIG_KEEP_DAYS = env.float("RELAY_CONFIG_KEEP_DAYS", default=90.0)
 # Where config management installs the maps on the relay (used in main.cf.fragment).
 # (os.environ, not env: django-environ would treat the leading "$" as a variable reference)
 RELAY_MAP_DIRECTORY = os.environ.get("RELAY_MAP_DIRECTORY", "$config_directory/relaydesk")
@@ -375,7 +381,8 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error answers of each operation (api/schema.py)
+    "DEFAULT_SCHEMA_CLASS": "requests_app.api.schema.RelaydeskAutoSchema",
     # limit/offset read as digits 0-9 within bounds: a bad value is a 400 naming it
     "DEFAULT_PAGINATION_CLASS": "requests_app.api.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
@@ -388,6 +395,10 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {"CheckStatusEnum": "requests_app.models.CHECK_STATUS_CHOICES"},
+    # /api/docs/ serves Swagger UI and Redoc from our static files (drf-spectacular-sidecar)
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # ---------------------------------------------------------------------------

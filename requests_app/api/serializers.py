@@ -11,6 +11,7 @@ from rest_framework import serializers
 from .. import accounts
 from .. import activation
 from ..kinds import KIND_FIELDS
+from ..models import CHECK_STATUS_CHOICES
 from ..models import CheckResult
 from ..models import RelayRequest
 from ..models import RequestEvent
@@ -46,6 +47,18 @@ def _django(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except DjangoValidationError as exc:
         raise serializers.ValidationError(exc.messages) from None
+
+
+class TeamSlugField(serializers.CharField):
+    """A team, read and written as its slug under one name, ``team``.
+
+    It was a read-only ``team`` beside a write-only ``team_slug``, so the schema asked
+    generated clients for ``team_slug`` while the README and the code took ``team``.
+    The slug is looked up by the service that checks membership (400 naming ``team``).
+    """
+
+    def to_representation(self, value: Any) -> str:
+        return value.slug
 
 
 class StringListField(serializers.ListField):
@@ -147,8 +160,14 @@ class RelayRequestSerializer(serializers.ModelSerializer):
     """``kind`` selects the fields: server (fqdn, ipv4, ipv6, purpose) or account
     (account_name, use_case, tls_mode). ``team`` is the team's slug."""
 
-    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    team_slug = serializers.CharField(write_only=True, required=False, source="team")
+    team = TeamSlugField(
+        max_length=50,
+        help_text="The owning team's slug: required to create, fixed afterwards (400 on "
+                  "a change); you must be a member.")
+    check_verdict = serializers.ChoiceField(
+        choices=CHECK_STATUS_CHOICES, allow_blank=True, read_only=True,
+        help_text="The worst status of the current check run; empty (\"\") before "
+                  "checks ran or while they run again.")
     kind = serializers.ChoiceField(choices=RequestKind.choices)
     tls_mode = serializers.ChoiceField(
         choices=TlsMode.choices, required=False, allow_blank=True
@@ -185,7 +204,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
         model = RelayRequest
         fields = (
             "id", "kind", "state", "pending", "warnings", "overlaps",
-            "team", "team_slug", "contact_email", "chat_channel",
+            "team", "contact_email", "chat_channel",
             "sender_domains", "sender_addresses", "dkim_selector", "expected_daily_volume",
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
@@ -235,12 +254,6 @@ class RelayRequestSerializer(serializers.ModelSerializer):
         return {"tier": str(limits.tier), "daily": limits.daily,
                 "per_second": limits.per_second}
 
-    def to_internal_value(self, data: Any) -> Any:
-        # The contract names the field ``team`` for both reading and writing.
-        if isinstance(data, dict) and "team" in data and "team_slug" not in data:
-            data = {**data, "team_slug": data["team"]}
-        return super().to_internal_value(data)
-
     def validate_fqdn(self, value: str) -> str:
         return _django(validate_fqdn, value) if value else ""
 
@@ -273,9 +286,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if self.instance is None:
-            if not attrs.get("team"):
-                raise serializers.ValidationError({"team": ["This field is required."]})
-            merged = attrs
+            merged = attrs  # ``team`` is a required field: DRF names it when missing
         else:
             if "kind" in attrs and attrs["kind"] != self.instance.kind:
                 raise serializers.ValidationError({"kind": ["The kind cannot be changed."]})

@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Prefetch
 from drf_spectacular.utils import OpenApiParameter
+from drf_spectacular.utils import OpenApiResponse
 from drf_spectacular.utils import extend_schema
 from drf_spectacular.utils import inline_serializer
 from rest_framework import mixins
@@ -16,6 +17,10 @@ from rest_framework import status
 from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.decorators import api_view
+from rest_framework.decorators import authentication_classes
+from rest_framework.decorators import permission_classes
+from rest_framework.exceptions import NotFound
+from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -37,18 +42,43 @@ from ..params import query_flag
 from ..params import query_text
 from ..validators import FREE_TEXT_LIMITS
 from ..views import client_ip
+from .schema import VALIDATION_ERRORS_SCHEMA
 from .serializers import CheckResultSerializer
 from .serializers import ProductionRequestSerializer
 from .serializers import QuickCheckSerializer
 from .serializers import RelayRequestSerializer
 from .serializers import RequestEventSerializer
 
-__all__ = ["QuickCheckThrottle", "RelayRequestViewSet", "quick_check"]
+__all__ = ["QuickCheckThrottle", "RelayRequestViewSet", "not_found", "quick_check"]
 
+# The body of a lifecycle action, derived from the action's comment rule (actions.py):
+# where a comment is required the schema says so, as ``services.request_act`` does (400).
 ActionSerializer = inline_serializer(
     "ActionInput", fields={"comment": serializers.CharField(
-        required=False, allow_blank=True, max_length=FREE_TEXT_LIMITS["comment"])}
+        required=False, allow_blank=True, max_length=FREE_TEXT_LIMITS["comment"],
+        help_text="Goes to the audit trail (and the mail, where the action sends one).")}
 )
+CommentedActionSerializer = inline_serializer(
+    "CommentedActionInput", fields={"comment": serializers.CharField(
+        max_length=FREE_TEXT_LIMITS["comment"],
+        help_text="Required: the reason, shown to the owners and kept in the audit trail; "
+                  "empty or blank is a 400 naming `comment`.")}
+)
+
+_BOOLEAN = ("true", "false", "1", "0", "on", "off", "yes", "no")
+LIST_FILTERS = [
+    OpenApiParameter("state", str, enum=RequestState.values,
+                     description="Only requests in this state."),
+    OpenApiParameter("kind", str, enum=RequestKind.values,
+                     description="Only requests of this kind."),
+    OpenApiParameter("team", str, description="Only this team's requests (its slug, at "
+                                              "most 50 characters)."),
+    OpenApiParameter("drifted", str, enum=_BOOLEAN,
+                     description="Only entries whose relay config drifted (true/1/on/yes)."),
+    OpenApiParameter("production_pending", str, enum=_BOOLEAN,
+                     description="Only active entries whose owners asked for production "
+                                 "access (true/1/on/yes)."),
+]
 
 
 class RelayRequestViewSet(
@@ -88,6 +118,7 @@ class RelayRequestViewSet(
             qs = qs.filter(pk__in=quotas.production_pending_requests(qs).values("pk"))
         return qs.order_by("-created_at", "-pk")
 
+    @extend_schema(parameters=LIST_FILTERS)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """The caller's requests; each row's ``pending`` and ``warnings`` are computed for
         the whole page at once (a constant number of queries, not one per row)."""
@@ -153,16 +184,20 @@ class RelayRequestViewSet(
             )
         serializer.instance = self.get_queryset().get(pk=request_id)
 
+    # The whole trail and every result as one array: no limit/offset (the pagination
+    # class would put them in the schema, and a Paginated* body the view never sends).
     @extend_schema(responses=RequestEventSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def events(self, request: Request, pk: str | None = None) -> Response:
+        """The audit trail, oldest first, as one array."""
         obj = self.get_object()
         return Response(RequestEventSerializer(
             obj.events.all(), many=True, context=self.get_serializer_context()).data)
 
     @extend_schema(responses=CheckResultSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None)
     def checks(self, request: Request, pk: str | None = None) -> Response:
+        """The current check results, as one array."""
         obj = self.get_object()
         return Response(CheckResultSerializer(obj.checks.all(), many=True).data)
 
@@ -219,7 +254,8 @@ def _make_action(name: str) -> Any:
     # leaves the schema (applied the other way round, the schema showed the request
     # body as the whole RelayRequest instead of the comment).
     handler = action(detail=True, methods=["post"], url_path=name, url_name=name)(handler)
-    return extend_schema(request=ActionSerializer, responses=RelayRequestSerializer)(handler)
+    body = CommentedActionSerializer if spec.needs_comment else ActionSerializer
+    return extend_schema(request=body, responses=RelayRequestSerializer)(handler)
 
 
 for _name in USER_ACTIONS:
@@ -308,6 +344,20 @@ for _handler, _method, _path in ((_password_status, "get", "password"),
              url_name=_path.replace("/", "-"))(_handler)))
 
 
+QUICK_CHECK_REFUSAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"errors": VALIDATION_ERRORS_SCHEMA,
+                   "checks": {"type": "array", "maxItems": 0, "items": {}}},
+    "required": ["errors", "checks"],
+}
+QUICK_CHECK_THROTTLED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"detail": {"type": "string"},
+                   "checks": {"type": "array", "maxItems": 0, "items": {}}},
+    "required": ["detail", "checks"],
+}
+
+
 class QuickCheckThrottle(SimpleRateThrottle):
     """Per-user budget of quick checks (DRF's sliding window in Django's cache).
 
@@ -327,10 +377,21 @@ class QuickCheckThrottle(SimpleRateThrottle):
 
 @extend_schema(
     request=QuickCheckSerializer,
-    responses=inline_serializer(
-        "QuickCheckReport",
-        fields={"verdict": serializers.CharField(), "checks": CheckResultSerializer(many=True)},
-    ),
+    responses={
+        200: inline_serializer(
+            "QuickCheckReport",
+            fields={"verdict": serializers.CharField(),
+                    "checks": CheckResultSerializer(many=True)},
+        ),
+        400: OpenApiResponse(
+            {"anyOf": [QUICK_CHECK_REFUSAL_SCHEMA, VALIDATION_ERRORS_SCHEMA]},
+            description="Bad input: `errors` names each bad field (`checks` is empty); a "
+                        "body that is not JSON answers `{detail}`."),
+        429: OpenApiResponse(
+            QUICK_CHECK_THROTTLED_SCHEMA,
+            description="Too many quick checks this minute (RELAYDESK_QUICK_CHECK_PER_MINUTE); "
+                        "the Retry-After header says when to try again."),
+    },
 )
 @api_view(["POST"])
 def quick_check(request: Request) -> Response:
@@ -359,3 +420,17 @@ def quick_check(request: Request) -> Response:
             fqdn=data["fqdn"], addresses=[*data.get("ipv6", []), *data.get("ipv4", [])]
         )
     )
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@permission_classes([AllowAny])
+@authentication_classes([])
+def not_found(request: Request, *args: Any, **kwargs: Any) -> Response:
+    """A path under /api/ that names no endpoint: JSON 404, as for a request not found.
+
+    Generated clients (and Schemathesis) send ids that are not numbers; the router's
+    digit-only pattern then matched nothing and Django answered with the web UI's HTML
+    404 page, a Content-Type the schema does not promise.
+    """
+    raise NotFound()
