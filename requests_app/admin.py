@@ -10,7 +10,11 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
 
+from . import relay_store
 from .models import ApprovedSenderDomain
 from .models import CheckResult
 from .models import Membership
@@ -107,9 +111,28 @@ class NotificationAdmin(admin.ModelAdmin):
 
 @admin.register(RelayConfigVersion)
 class RelayConfigVersionAdmin(admin.ModelAdmin):
-    list_display = ("number", "created_at", "server_count", "account_count", "reason")
+    """Versions as metadata: the list and the page name each file with its size and
+    hash (``relay_store.file_meta``) and never read a body (the version page and its
+    file pages show and download them)."""
+
+    list_display = ("number", "created_at", "server_count", "account_count", "reason",
+                    "files_pruned_at")
     readonly_fields = ("number", "created_at", "digest", "server_count", "account_count",
-                       "reason", "files")
+                       "reason", "history", "files_pruned_at", "file_list")
+    exclude = ("skipped",)
+
+    @admin.display(description="files")
+    def file_list(self, obj: RelayConfigVersion) -> str:
+        if obj.pk is None:
+            return "-"
+        return format_html_join(
+            mark_safe("<br>"), '<a href="{}">{}</a> {} bytes, {} lines, sha256 {}',
+            ((reverse("relay:version_file", args=[obj.number, m.name]), m.name, m.size,
+              m.lines, m.sha256) for m in relay_store.file_meta(obj).values()),
+        ) or "-"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

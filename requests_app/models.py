@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -31,6 +32,7 @@ from .validators import validate_sender_domains
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from collections.abc import Mapping
 
     from django.contrib.auth.models import AbstractBaseUser
 
@@ -50,7 +52,9 @@ __all__ = [
     "CheckStatus",
     "Membership",
     "Notification",
+    "RelayConfigBlob",
     "RelayConfigChange",
+    "RelayConfigFile",
     "RelayConfigVersion",
     "RelayEndpoint",
     "RelayRequest",
@@ -1106,16 +1110,66 @@ class Notification(TimeStampedModel):
         return f"{self.kind} for #{self.request_id} ({self.status})"
 
 
+class RelayConfigBlob(models.Model):
+    """One file body, stored once by content hash and shared by every version that has it.
+
+    At 100k entries a version is megabytes of text, and most builds change one line of one
+    file: the unchanged files of consecutive versions are the same blob. ``body`` is the
+    zlib-compressed bytes; ``sha256``, ``size`` and ``lines`` describe the uncompressed
+    bytes, so ETags, 304s, the manifest's sizes and the version pages never read ``body``.
+    """
+
+    sha256 = models.CharField(_("sha256 of the bytes"), max_length=64, unique=True)
+    size = models.PositiveBigIntegerField(_("bytes"))
+    lines = models.PositiveIntegerField(_("lines"))
+    body = models.BinaryField(_("zlib-compressed bytes"))
+
+    #: zlib level of ``body`` (6: the maps compress about 5-10x at a few ms per MiB)
+    LEVEL = 6
+
+    class Meta:
+        verbose_name = _("relay config file body")
+        verbose_name_plural = _("relay config file bodies")
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+
+class RelayConfigFile(models.Model):
+    """A version's file: its name and the blob holding its bytes (metadata only)."""
+
+    version = models.ForeignKey("RelayConfigVersion", on_delete=models.CASCADE,
+                                related_name="file_rows", verbose_name=_("version"))
+    name = models.CharField(_("file"), max_length=100)
+    # DO_NOTHING in Python, a real foreign key in the database: deleting unreferenced
+    # blobs is then one DELETE (no collector that would load every body first), and a
+    # blob still referenced cannot be deleted (the constraint refuses it).
+    blob = models.ForeignKey(RelayConfigBlob, on_delete=models.DO_NOTHING,
+                             related_name="uses", verbose_name=_("body"))
+
+    class Meta:
+        ordering = ("version", "name")
+        constraints = [models.UniqueConstraint(fields=("version", "name"),
+                                               name="relayconfigfile_version_name")]
+        verbose_name = _("relay config file")
+        verbose_name_plural = _("relay config files")
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class RelayConfigVersion(models.Model):
     """One generated version of the relay artefacts, kept for history and diffs.
 
-    ``files`` holds each artefact's text, so any two versions can be compared and the
-    pull endpoint serves exactly the bytes of the current version.
+    The files are ``RelayConfigFile`` rows naming shared, content-addressed blobs
+    (``requests_app.relay_store``); this row holds only metadata, so listing versions
+    never touches a file body. Retention (``RELAY_CONFIG_KEEP_VERSIONS``/``_DAYS``)
+    drops the files of old versions and sets ``files_pruned_at``; the row and its line
+    history (``RelayConfigChange``) stay.
     """
 
     number = models.PositiveIntegerField(_("version"), unique=True)
     created_at = models.DateTimeField(_("generated at"), default=timezone.now)
-    files = models.JSONField(_("files"), default=dict)
     digest = models.CharField(_("sha256 of the content"), max_length=64)
     server_count = models.PositiveIntegerField(_("server entries"), default=0)
     account_count = models.PositiveIntegerField(_("account entries"), default=0)
@@ -1127,6 +1181,11 @@ class RelayConfigVersion(models.Model):
         help_text=_("Entries that could not be rendered: [{request, reason}], flagged to "
                     "approvers; the rest of the version still goes out."),
     )
+    history = models.BooleanField(
+        _("line history recorded"), default=False,
+        help_text=_("The build stored what each request added and removed against the "
+                    "version before (diffs are computed from it)."))
+    files_pruned_at = models.DateTimeField(_("files pruned at"), null=True, blank=True)
 
     class Meta:
         ordering = ("-number",)
@@ -1135,6 +1194,53 @@ class RelayConfigVersion(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.number}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+        pending = getattr(self, "_pending_files", None)
+        if pending is not None:
+            self.attach_files({name: text.encode() for name, text in pending.items()})
+            self._pending_files = None
+
+    def attach_files(self, files: Mapping[str, bytes]) -> None:
+        """Name these files as this version's, creating only the blobs nobody stored yet.
+
+        A concurrent build storing the same body is harmless (``ignore_conflicts``, then
+        the blobs are looked up by hash); the version number's uniqueness decides which
+        build commits.
+        """
+        digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+        known = dict(RelayConfigBlob.objects.filter(sha256__in=set(digests.values()))
+                     .values_list("sha256", "pk"))
+        missing: dict[str, bytes] = {}
+        for name, data in files.items():
+            if digests[name] not in known:
+                missing.setdefault(digests[name], data)
+        if missing:
+            RelayConfigBlob.objects.bulk_create(
+                [RelayConfigBlob(sha256=sha, size=len(data), lines=data.count(b"\n"),
+                                 body=zlib.compress(data, RelayConfigBlob.LEVEL))
+                 for sha, data in missing.items()],
+                ignore_conflicts=True)
+            known.update(RelayConfigBlob.objects.filter(sha256__in=list(missing))
+                         .values_list("sha256", "pk"))
+        RelayConfigFile.objects.bulk_create(
+            [RelayConfigFile(version=self, name=name, blob_id=known[digests[name]])
+             for name in sorted(files)])
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every file's text (decodes all bodies: for tests and small tools, not pages;
+        ``relay_store`` reads metadata or single files)."""
+        if getattr(self, "_pending_files", None) is not None:
+            return dict(self._pending_files)
+        return {name: zlib.decompress(bytes(body)).decode() for name, body in
+                RelayConfigFile.objects.filter(version=self).values_list("name", "blob__body")}
+
+    @files.setter
+    def files(self, value: dict[str, str]) -> None:
+        # ``RelayConfigVersion(files=...)`` / ``objects.create(files=...)``: stored on save.
+        self._pending_files = dict(value)
 
 
 class RelayConfigChange(models.Model):

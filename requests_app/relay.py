@@ -30,15 +30,20 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case
 from django.db.models import Exists
+from django.db.models import IntegerField
 from django.db.models import OuterRef
 from django.db.models import Q
 from django.db.models import QuerySet
-from django.db.models.fields.json import KeyTextTransform
+from django.db.models import Sum
+from django.db.models import Value
+from django.db.models import When
 from django.utils import timezone
 
 from . import activation
 from . import events
+from . import relay_store
 from .actions import AFTER_REMOVAL
 from .artifacts_io import MANIFEST_NAME
 from .artifacts_io import write_artifacts_atomically
@@ -65,6 +70,8 @@ __all__ = [
     "config_changes",
     "config_diff",
     "current_version",
+    "history_changes",
+    "relay_config_prune",
     "relay_config_export",
     "relay_config_rebuild",
     "relay_backend",
@@ -234,14 +241,16 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
         version = RelayConfigVersion.objects.create(
             number=number,
             created_at=now,
-            files={name: data.decode() for name, data in files.items()},
             digest=digest,
             server_count=counts["servers"],
             account_count=counts["accounts"],
             reason=reason[:200],
             skipped=skipped,
+            history=True,
         )
-        _record_changes(previous, version)
+        relay_store.store_files(version, files)
+        _record_changes(previous, version, files)
+        relay_config_prune(now=now)
     served = version or previous
     for request in activating:
         activation.activate(request, version=number, comment=f"in relay config v{number}")
@@ -373,15 +382,22 @@ def _announce_removals(
 
 
 def _version_texts(latest: RelayConfigVersion, names: tuple[str, ...]) -> dict[str, str]:
-    """Only these files of a version, straight out of the JSON column."""
-    texts = (
-        RelayConfigVersion.objects.filter(pk=latest.pk)
-        .annotate(**{f"file_{i}": KeyTextTransform(name, "files")
-                     for i, name in enumerate(names)})
-        .values_list(*(f"file_{i}" for i in range(len(names))))
-        .get()
-    )
-    return {name: text or "" for name, text in zip(names, texts, strict=True)}
+    """Only these files of a version (their blobs; the others are not read)."""
+    texts = relay_store.version_texts(latest, names)
+    return {name: texts.get(name, "") for name in names}
+
+
+def relay_config_prune(*, now: datetime | None = None) -> tuple[int, int]:
+    """Apply the retention settings: (versions whose files were dropped, blobs deleted).
+
+    Kept: the ``RELAY_CONFIG_KEEP_VERSIONS`` newest versions and every version of the
+    last ``RELAY_CONFIG_KEEP_DAYS`` days, and always the newest (what the relay pulls).
+    Runs after each build, in its transaction. Version rows and their line history
+    (``RelayConfigChange``) stay, so the diff of any two versions is still answered.
+    """
+    return relay_store.prune(keep_versions=int(settings.RELAY_CONFIG_KEEP_VERSIONS),
+                             keep_days=float(settings.RELAY_CONFIG_KEEP_DAYS),
+                             now=now or timezone.now())
 
 
 def _quota_grant_unserved(backend: RelayBackend, latest: RelayConfigVersion,
@@ -500,7 +516,8 @@ def _units(backend: RelayBackend, name: str, text: str,
 
 
 def config_changes(old_files: dict[str, str], new_files: dict[str, str],
-                   login_owner: dict[str, int] | None = None
+                   login_owner: dict[str, int] | None = None, *,
+                   names: list[str] | tuple[str, ...] | None = None,
                    ) -> list[tuple[str, str, str, int | None]]:
     """What each request added and removed between two versions' files, sorted:
     ``(file, "added"|"removed", line, request id)``.
@@ -508,12 +525,13 @@ def config_changes(old_files: dict[str, str], new_files: dict[str, str],
     Compared as (line, request) pairs, so a line two requests share (a shared address,
     a sender two accounts may use) counts for each of them: adding the second request
     records its share as added, removing one records only that one's share as removed.
+    ``names`` limits the comparison to those files (the others are known unchanged).
     """
     backend = relay_backend()
     if login_owner is None:
         login_owner = _login_owners()
     out = []
-    for name in backend.attributed_names:
+    for name in (backend.attributed_names if names is None else names):
         old = _units(backend, name, old_files.get(name, ""), login_owner)
         new = _units(backend, name, new_files.get(name, ""), login_owner)
         out += [(name, RelayConfigChange.Action.ADDED, line, req) for line, req in new - old]
@@ -521,30 +539,105 @@ def config_changes(old_files: dict[str, str], new_files: dict[str, str],
     return sorted(out, key=lambda c: (c[0], c[1], c[2], c[3] or 0))
 
 
-def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion) -> None:
+def _record_changes(previous: RelayConfigVersion | None, version: RelayConfigVersion,
+                    files: dict[str, bytes]) -> None:
+    """Store what each request added and removed against the version before.
+
+    Only the files whose bytes differ from the previous version's are read and compared
+    (their hashes say which): an unchanged file has no changes, and its old body is not
+    decoded.
+    """
+    names = relay_backend().attributed_names
+    new_sha = {name: hashlib.sha256(files[name]).hexdigest() for name in names
+               if name in files}
+    old_meta = relay_store.file_meta(previous, names) if previous else {}
+    changed = [name for name in names
+               if new_sha.get(name) != (old_meta[name].sha256 if name in old_meta else None)]
+    if not changed:
+        return
+    old_files = relay_store.version_texts(previous, changed) if previous else {}
+    new_files = {name: files[name].decode() for name in changed if name in files}
     rows = [RelayConfigChange(version=version, request_id=req, file=name, action=action,
                               line=line)
-            for name, action, line, req in config_changes(
-                previous.files if previous else {}, version.files)]
+            for name, action, line, req in config_changes(old_files, new_files,
+                                                          names=changed)]
     RelayConfigChange.objects.bulk_create(rows, batch_size=2000)
 
 
-def config_diff(old: RelayConfigVersion, new: RelayConfigVersion) -> dict[str, list[str]]:
-    """A unified diff per file between two versions (for the approvers' page)."""
-    out = {}
-    for name in sorted(set(old.files) | set(new.files)):
+def history_changes(old: RelayConfigVersion, new: RelayConfigVersion
+                    ) -> list[tuple[str, str, str, int | None]] | None:
+    """What each request added and removed from ``old`` to ``new``, from the stored
+    line history (``RelayConfigChange``), in the order of :func:`config_changes`.
+
+    The rows of the versions after ``old`` up to ``new`` are netted in SQL per (file,
+    line, request): a line added and removed again in between is no change. The history
+    holds (line, request) units (``attribute_units``), so a merged line is netted per
+    request, as :func:`config_changes` counts it. Going back (``old`` newer) swaps the
+    actions. ``None`` when a version in the range was stored without history (then the
+    caller compares the files).
+    """
+    low, high = sorted((old.number, new.number))
+    if low == high:
+        return []
+    if RelayConfigVersion.objects.filter(number__gt=low, number__lte=high,
+                                         history=False).exists():
+        return None
+    added, removed = RelayConfigChange.Action.ADDED, RelayConfigChange.Action.REMOVED
+    rows = (RelayConfigChange.objects
+            .filter(version__number__gt=low, version__number__lte=high)
+            .values("file", "line", "request_id")
+            .annotate(net=Sum(Case(When(action=added, then=Value(1)), default=Value(-1),
+                                   output_field=IntegerField())))
+            .exclude(net=0)
+            .order_by()
+            .values_list("file", "net", "line", "request_id"))
+    forward = old.number < new.number
+    out = [(name, added if (net > 0) == forward else removed, line, req)
+           for name, net, line, req in rows]
+    return sorted(out, key=lambda c: (c[0], c[1], c[2], c[3] or 0))
+
+
+#: Above this many bytes (both sides of a changed file together) the page shows no
+#: unified diff of that file: comparing two 100k-entry files costs seconds and hundreds
+#: of megabytes, and the changes by request (from history) list every changed line.
+DIFF_MAX_BYTES = 2 * 1024 * 1024
+
+
+def config_diff(old: RelayConfigVersion, new: RelayConfigVersion
+                ) -> dict[str, list[str] | None]:
+    """A unified diff per file between two versions (for the approvers' page).
+
+    Metadata first: a file with the same body in both versions is unchanged without
+    reading it. A changed file is diffed only if both bodies exist and are small enough
+    (``DIFF_MAX_BYTES``); otherwise its entry is ``None`` (the page says why).
+    """
+    old_meta, new_meta = relay_store.file_meta(old), relay_store.file_meta(new)
+    out: dict[str, list[str] | None] = {}
+    wanted: list[str] = []
+    for name in sorted(set(old_meta) | set(new_meta)):
         if name == MANIFEST_NAME:
             continue
-        lines = list(
+        a, b = old_meta.get(name), new_meta.get(name)
+        if a is not None and b is not None and a.sha256 == b.sha256:
+            out[name] = []
+            continue
+        pruned = (a is None and old.files_pruned_at) or (b is None and new.files_pruned_at)
+        size = (a.size if a else 0) + (b.size if b else 0)
+        out[name] = None
+        if not pruned and size <= DIFF_MAX_BYTES:
+            wanted.append(name)
+    old_texts = relay_store.version_texts(old, wanted) if wanted else {}
+    new_texts = relay_store.version_texts(new, wanted) if wanted else {}
+    for name in wanted:
+        out[name] = list(
             difflib.unified_diff(
-                old.files.get(name, "").splitlines(),
-                new.files.get(name, "").splitlines(),
+                old_texts.get(name, "").splitlines(),
+                new_texts.get(name, "").splitlines(),
                 fromfile=f"v{old.number}/{name}",
                 tofile=f"v{new.number}/{name}",
                 lineterm="",
             )
         )
-        out[name] = lines
     return out
 
 
@@ -560,6 +653,6 @@ def relay_config_export(out_dir: Path) -> tuple[RelayConfigVersion | None, bool]
         files = relay_backend().build([], [], relay_settings(), version=0,
                                       generated_at=datetime(1970, 1, 1, tzinfo=UTC))
     else:
-        files = {name: text.encode() for name, text in version.files.items()}
+        files = relay_store.version_bytes(version)
     changed = write_artifacts_atomically(out_dir, files)
     return version, changed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from django.conf import settings
@@ -11,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.shortcuts import redirect
 from django.shortcuts import render
@@ -18,11 +18,12 @@ from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
 from . import params
+from . import relay_store
 from . import selectors
 from .models import RelayConfigVersion
 from .relay import config_changes
 from .relay import config_diff
-from .relay import current_version
+from .relay import history_changes
 from .relay import relay_backend
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
 
 #: Lines of the "changes by request" summary shown on one page (the diff has them all).
 SUMMARY_ROWS = 2000
+#: Bodies larger than this are streamed (read in slices); smaller ones are one response.
+STREAM_ABOVE = 256 * 1024
 
 
 def _token_ok(request: HttpRequest) -> bool:
@@ -63,19 +66,29 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
         return response
     if name not in relay_backend().artifact_names:
         raise Http404("No such relay artefact.")
-    version = current_version()
+    version = (RelayConfigVersion.objects.only("pk", "number").order_by("-number").first())
     if version is None:
         raise Http404("No relay config has been built yet.")
-    body = version.files[name].encode()
-    etag = '"' + hashlib.sha256(body).hexdigest() + '"'
+    # Metadata only: the ETag is the stored SHA-256 of the body, so a 304 and a HEAD
+    # never read a body, and a GET reads only this file's.
+    meta = relay_store.file_meta(version, [name]).get(name)
+    if meta is None:
+        raise Http404("No such file in the newest version.")
+    etag = f'"{meta.sha256}"'
+    response: HttpResponse | StreamingHttpResponse
+    content_type = "application/json" if name.endswith(".json") else "text/plain"
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
         response = HttpResponse(status=304)
+    elif request.method == "HEAD" or meta.size <= STREAM_ABOVE:
+        body = b"" if request.method == "HEAD" else relay_store.version_bytes(
+            version, [name])[name]
+        response = HttpResponse(body, content_type=f"{content_type}; charset=us-ascii")
     else:
-        content_type = "application/json" if name.endswith(".json") else "text/plain"
-        response = HttpResponse(b"" if request.method == "HEAD" else body,
-                                content_type=f"{content_type}; charset=us-ascii")
+        response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
+                                         content_type=f"{content_type}; charset=us-ascii")
+    if response.status_code == 200:
         # The length of the body a GET returns, for HEAD as well (RFC 9110 9.3.2).
-        response["Content-Length"] = str(len(body))
+        response["Content-Length"] = str(meta.size)
     response["ETag"] = etag
     response["X-Relay-Config-Version"] = str(version.number)
     response["Cache-Control"] = "no-cache"
@@ -88,7 +101,7 @@ def _require_staff_view(request: HttpRequest) -> None:
 
 
 _LIST_FIELDS = ("number", "created_at", "server_count", "account_count", "reason", "digest",
-                "skipped")
+                "skipped", "files_pruned_at")
 
 
 @login_required
@@ -127,8 +140,9 @@ def version_detail(request: HttpRequest, number: int) -> HttpResponse:
     """One version: when and why it was built, what it left out, and its files."""
     _require_staff_view(request)
     version = get_object_or_404(RelayConfigVersion, number=number)
-    files = [{"name": name, "lines": text.count("\n"), "bytes": len(text.encode())}
-             for name, text in sorted(version.files.items())]
+    # from the stored metadata: no body is read to list them
+    files = [{"name": m.name, "lines": m.lines, "bytes": m.size}
+             for m in relay_store.file_meta(version).values()]
     return render(request, "requests_app/relay_version.html",
                   {"version": version, "files": files})
 
@@ -139,27 +153,44 @@ def version_file(request: HttpRequest, number: int, name: str) -> HttpResponse:
     named ``v<number>-<name>``, byte for byte what the relay pulled."""
     _require_staff_view(request)
     version = get_object_or_404(RelayConfigVersion, number=number)
-    if name not in version.files:
+    meta = relay_store.file_meta(version, [name]).get(name)
+    if meta is None:
         raise Http404("No such file in this version.")
-    text = version.files[name]
     if params.query_flag(request.GET, "download"):
         content_type = "application/json" if name.endswith(".json") else "text/plain"
-        response = HttpResponse(text.encode(), content_type=f"{content_type}; charset=utf-8")
+        response: HttpResponse | StreamingHttpResponse
+        if meta.size <= STREAM_ABOVE:
+            response = HttpResponse(relay_store.version_bytes(version, [name])[name],
+                                    content_type=f"{content_type}; charset=utf-8")
+        else:
+            response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
+                                             content_type=f"{content_type}; charset=utf-8")
+        response["Content-Length"] = str(meta.size)
         response["Content-Disposition"] = f'attachment; filename="v{version.number}-{name}"'
         return response
+    text = relay_store.version_texts(version, [name])[name]
     return render(request, "requests_app/relay_file.html",
                   {"version": version, "name": name, "text": text})
 
 
 @login_required
 def version_diff(request: HttpRequest, old: int, new: int) -> HttpResponse:
-    """Two versions side by side: a unified diff per file, and what each request added
-    or removed, computed from the two versions' files (so any two versions compare, and
-    lines two requests share count for each of them: ``relay.config_changes``)."""
+    """Two versions side by side: what each request added or removed, and a unified
+    diff per changed file where the files are small enough (``relay.config_diff``).
+
+    The summary comes from the stored line history (``relay.history_changes``: the
+    versions in between netted in SQL, no file read), which holds a line two requests
+    share once per request, as ``relay.config_changes`` counts it. Only a range with a
+    version stored without history falls back to comparing the two versions' files.
+    """
     _require_staff_view(request)
     a = get_object_or_404(RelayConfigVersion, number=old)
     b = get_object_or_404(RelayConfigVersion, number=new)
-    changes = config_changes(a.files, b.files)
+    changes = history_changes(a, b)
+    if changes is None:
+        names = relay_backend().attributed_names
+        changes = config_changes(relay_store.version_texts(a, names),
+                                 relay_store.version_texts(b, names))
     versions = RelayConfigVersion.objects.order_by("-number").values_list("number",
                                                                           flat=True)[:200]
     return render(

@@ -61,6 +61,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.kinds",
         "requests_app.validators",
         "requests_app.models",
+        "requests_app.relay_store",  # relay config files stored once by content hash
         "requests_app.migrations.*",
     )),
     # what every writer may use: errors, dispatch after commit, audit events, the outbox
@@ -85,12 +86,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.recertification",
         "requests_app.snippets",
         "requests_app.dashboard",
-        "requests_app.quotas",  # sandbox -> production access
         "requests_app.audit_export",  # the audit CSV: streamed, filtered, row-count trailer
+        "requests_app.quotas",  # sandbox -> production access
         "requests_app.credentials",  # account passwords: issue, one-time link, rotation
+        "requests_app.comments",  # the conversation on a request (thread, audit, mail)
         "requests_app.relay_test",  # renders the test-mail script of a request
         "requests_app.assignment",  # approvers claim and release requests ("assigned to me")
-        "requests_app.comments",  # the conversation on a request (thread, audit, mail)
     )),
     ("tasks", (
         "requests_app.tasks",
