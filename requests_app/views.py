@@ -525,7 +525,7 @@ def request_production(request: HttpRequest, pk: int, action: str = "request_pro
     except (PermissionDenied, ActionConflict) as exc:
         messages.error(request, _error_text(exc))
     else:
-        messages.success(request, USER_ACTIONS[action].done_message(obj.pk))
+        messages.success(request, USER_ACTIONS[action].done_message(obj.pk, _))
     return redirect(obj)
 
 

@@ -203,3 +203,30 @@
     no.focus();  // the safe choice has the focus: Enter does not destroy anything
   });
 })();
+
+// Tables on a phone: each cell gets its column's header as a label (data-label), and
+// the CSS shows rows as cards below 700 px. The roles keep the table's meaning for
+// screen readers once the cells are displayed as blocks.
+(function () {
+  "use strict";
+  Array.prototype.forEach.call(document.querySelectorAll("table.grid"), function (table) {
+    var heads = table.querySelectorAll("thead th");
+    if (!heads.length) return;
+    var names = Array.prototype.map.call(heads, function (th) { return th.textContent.trim(); });
+    table.classList.add("stackable");
+    table.setAttribute("role", "table");
+    Array.prototype.forEach.call(table.querySelectorAll("thead, tbody"), function (g) { g.setAttribute("role", "rowgroup"); });
+    Array.prototype.forEach.call(heads, function (th) { th.setAttribute("role", "columnheader"); });
+    Array.prototype.forEach.call(table.querySelectorAll("tr"), function (tr) {
+      tr.setAttribute("role", "row");
+      var column = 0;
+      Array.prototype.forEach.call(tr.children, function (cell) {
+        if (cell.parentNode.parentNode.tagName === "THEAD") return;
+        cell.setAttribute("role", cell.tagName === "TH" ? "rowheader" : "cell");
+        var span = parseInt(cell.getAttribute("colspan") || "1", 10);
+        if (span === 1 && names[column]) cell.setAttribute("data-label", names[column]);
+        column += span;
+      });
+    });
+  });
+})();
