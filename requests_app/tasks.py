@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import smtplib
 from datetime import timedelta
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import connection
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -71,6 +74,12 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     the sweep's) does nothing while a retry is still due; a retry whose attempt was
     recorded by another delivery does nothing; and the attempt is compared again under
     the row lock when recording, so two copies of one message record one run.
+
+    A first run takes along up to ``RELAY_CHECK_BATCH_SIZE - 1`` other requests still
+    waiting for their first run (:func:`_claim_waiting`) and runs all of them in one
+    batch of the engine: in a burst the task's own cost (transaction, configuration,
+    event loop) is paid once per batch, not once per request. Each request is recorded
+    in its own transaction, as before, and a retry is per request.
     """
     request = RelayRequest.objects.filter(pk=request_id).first()
     if request is None:
@@ -84,23 +93,118 @@ def run_request_checks(  # type: ignore[no-untyped-def]
             return "skipped:retry-scheduled"
     elif attempt != request.check_attempts:
         return "skipped:superseded"
+    batch = [request]
+    reports: list[dict[str, Any] | None]
+    if attempt is None and check_batch_size() > 1:
+        # A first run: take the other submissions waiting for theirs along (a burst).
+        batch += _claim_waiting(request, check_batch_size() - 1)
+    if len(batch) > 1:
+        reports = checking.run_checks_for_many(batch)
+    else:
+        reports = [None]  # run alone, as before
+    # The requests taken along first: the own request's retry ends the task (raises).
+    for member, report in zip(batch[1:], reports[1:], strict=True):
+        if report is None:
+            _release(member)  # its names refuse the engine: it runs alone, as before
+        else:
+            _check_one(None, member, 0, report)
+    return _check_one(self, request, self.request.retries, reports[0])
+
+
+# How many waiting requests one check task takes along (``RELAY_CHECK_BATCH_SIZE``).
+CHECK_BATCH_SIZE = 50
+
+
+def check_batch_size() -> int:
+    """``RELAY_CHECK_BATCH_SIZE`` (default 50); 1 runs every request in its own task."""
+    return int(getattr(settings, "RELAY_CHECK_BATCH_SIZE", CHECK_BATCH_SIZE))
+
+
+def _lease_seconds() -> float:
+    """How long a claimed request is held for the task that took it: its DNS deadline
+    (``DNS_LIFETIME_SECONDS`` plus the engine's margin) and time to record it."""
+    return float(settings.DNS_LIFETIME_SECONDS) + 10.0
+
+
+def _claim_waiting(request: RelayRequest, limit: int) -> list[RelayRequest]:
+    """Claim up to ``limit`` other requests waiting in ``checking`` for their first run.
+
+    Why: in a burst, one task per request pays a transaction, a configuration read and
+    an event loop for a few milliseconds of DNS work each; one task that takes the
+    waiting ones along pays them once (issue 15). The claim is a lease written in
+    ``check_next_attempt_at`` (a due time in the near future, see
+    :func:`_lease_seconds`), in one short transaction: their own messages, delivered
+    meanwhile, find a run due and skip (as they do for a scheduled retry), and no
+    other task claims them. On PostgreSQL the rows are taken with ``FOR UPDATE SKIP
+    LOCKED`` (two tasks never wait for each other's claim); SQLite's transactions are
+    IMMEDIATE (settings), so two claims run one after the other. Should the worker die
+    with a claim, the lease runs out and the sweep dispatches each request again
+    (at-least-once); recording compares ``check_attempts`` under the row lock, so a
+    request is recorded once per attempt whoever runs it.
+    """
+    now = timezone.now()
+    lease = now + timedelta(seconds=_lease_seconds())
+    with transaction.atomic():
+        waiting = RelayRequest.objects.filter(
+            state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
+        ).exclude(pk=request.pk).order_by("pk")
+        if connection.features.has_select_for_update_skip_locked:
+            waiting = waiting.select_for_update(skip_locked=True)
+        ids = list(waiting.values_list("pk", flat=True)[:limit])
+        claimed = ids and RelayRequest.objects.filter(
+            pk__in=ids, state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
+        ).update(check_next_attempt_at=lease)
+        # The task's own request too: a duplicate of its message skips meanwhile.
+        RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING,
+                                    check_next_attempt_at__isnull=True).update(
+            check_next_attempt_at=lease)
+    if not claimed:
+        return []
+    return list(RelayRequest.objects.filter(pk__in=ids, check_next_attempt_at=lease,
+                                            state=RequestState.CHECKING).order_by("pk"))
+
+
+def _release(request: RelayRequest) -> None:
+    """Give a claimed request back to its own message (or a new one)."""
+    RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
+        check_next_attempt_at=None)
+    run_request_checks.delay(request.pk)
+
+
+def _check_one(task: Any, request: RelayRequest, retries: int,
+               report: dict[str, Any] | None) -> str:
+    """Run (unless ``report`` is given) and record one request's checks; schedule its
+    retry: ``task.retry`` for the task's own request, a new message for one it took
+    along (``task`` None), both carrying the attempt they expect."""
     # Fingerprint the row as loaded: the results belong to exactly this content.
     fingerprint = content_fingerprint(request)
-    report = checking.run_checks_for(request)
+    if report is None:
+        try:
+            report = checking.run_checks_for(request)
+        except ValueError:
+            # a name the engine refuses: fail as before, without holding a claim
+            RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
+                check_next_attempt_at=None)
+            raise
     # The row's counter survives a lost chain (the sweep's message starts at retries=0).
-    done = max(self.request.retries, request.check_attempts)
+    done = max(retries, request.check_attempts)
     final = done >= settings.RELAY_CHECK_MAX_RETRIES
     countdown = None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900)
     recorded = request_record_checks(
-        request_id=request_id, checks=report["checks"], final=final,
+        request_id=request.pk, checks=report["checks"], final=final,
         fingerprint=fingerprint, attempt=request.check_attempts, retry_in=countdown,
     )
     if recorded is None:
         return "discarded"
     if recorded.state == RequestState.CHECKING and countdown is not None:
-        raise self.retry(kwargs={"attempt": recorded.check_attempts},
-                         exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
-    return report["verdict"]
+        if task is None:
+            run_request_checks.apply_async(
+                kwargs={"request_id": request.pk, "attempt": recorded.check_attempts},
+                countdown=countdown)
+        else:
+            raise task.retry(kwargs={"attempt": recorded.check_attempts},
+                             exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
+    return str(report["verdict"])
 
 
 @shared_task(name="relaydesk.provision_request", acks_late=True)

@@ -253,6 +253,9 @@ RELAY_CHECK_MAX_RETRIES = env.int("RELAY_CHECK_MAX_RETRIES", default=5)
 # First delay (seconds) before the checks run again when DNS did not answer; doubles
 # with each retry, capped at 15 minutes.
 RELAY_CHECK_RETRY_BACKOFF = env.float("RELAY_CHECK_RETRY_BACKOFF", default=30.0)
+# Requests one check task runs together: its own plus those still waiting for their
+# first run (a burst of submissions); 1 runs each in its own task (tasks.py).
+RELAY_CHECK_BATCH_SIZE = env.int("RELAY_CHECK_BATCH_SIZE", default=50)
 # Config builds an approved request may be left out of (a value the renderer refuses)
 # before it moves to provisioning_failed, where approvers retry or reject it.
 RELAY_PROVISION_MAX_ATTEMPTS = env.int("RELAY_PROVISION_MAX_ATTEMPTS", default=3)

@@ -1,0 +1,218 @@
+"""Benchmark: a burst of API submissions through the real check pipeline vs the engine alone.
+
+    python bench/scale_pipeline.py --database-url postgres://postgres@127.0.0.1:5432/DB \\
+        [--broker redis://127.0.0.1:6379/7] [--n 2000] [--concurrency 2] [--naive-n 300]
+
+Same run, same DNS data (``bench.dns_checks.build``, served by the test DNS server in a
+subprocess, loopback only), same machine:
+
+(a) the engine alone on the first N requests (one process, and sharded on ``--concurrency``
+    processes): the ceiling the pipeline is compared with;
+(b) the pipeline: N ``POST /api/requests/`` with ``submit: true`` (DRF's test client in this
+    process, one after the other), a Celery worker with ``--concurrency`` prefork processes
+    on the Redis broker, the batched check task (``RELAY_CHECK_BATCH_SIZE``, default 50).
+    Printed: checked requests/s (first submit to last ``checks_ran_at``), p50/p95 from
+    submit to checked, the submit rate, queries per submit, and the task's own time per
+    request (the worker's summed task run times) against the engine's;
+(c) the naive way, ``RELAY_CHECK_BATCH_SIZE=1`` (one request per task, the code path of
+    before the batch), on ``--naive-n`` further submissions.
+
+Honesty notes: the submitting client, PostgreSQL, Redis, the DNS server and the worker
+share the machine's cores, as they would on a small host; the submit rate bounds the
+checked rate from above (printed beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SUCCEEDED = re.compile(r"relaydesk\.run_request_checks\[[^\]]+\] succeeded in ([0-9.e-]+)s")
+
+
+class Worker:
+    """``celery worker`` with ``concurrency`` prefork processes; its log is kept."""
+
+    def __init__(self, env: dict[str, str], concurrency: int) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "onboarding", "worker", "--pool=prefork",
+             f"--concurrency={concurrency}", "--loglevel=INFO", "--without-heartbeat",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                if " ready." in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(60):
+            self.stop()
+            raise RuntimeError("worker did not start:\n" + "".join(self.lines[-30:]))
+
+    def task_seconds(self) -> tuple[int, float]:
+        times = [float(m.group(1)) for line in self.lines if (m := SUCCEEDED.search(line))]
+        return len(times), sum(times)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True,
+                        help="a database of your own (PostgreSQL for the issue's figures)")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/7")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--naive-n", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+
+    os.environ.update({"CELERY_BROKER_URL": args.broker, "DJANGO_DEBUG": "0",
+                       "DJANGO_ALLOWED_HOSTS": "testserver,localhost"})
+    from bench.django_env import setup_django
+
+    tmp, (team, user) = setup_django(args.database_url, prefix="relaydesk-pipeline-")
+    from django.conf import settings
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    from bench.dns_checks import RELAY_INCLUDE
+    from bench.dns_checks import build
+    from bench.dns_checks import start_server
+    from onboarding.celery import app
+    from requests_app import checking
+    from requests_app.checks import organisational_domain
+    from requests_app.checks import run_many_sharded
+    from requests_app.checks import run_many_sync
+    from requests_app.dns import make_resolver
+    from requests_app.models import Membership
+    from requests_app.models import RelayRequest
+    from requests_app.models import RequestState
+
+    Membership.objects.create(team=team, user=user)
+    user.email = "bench@bench.test"
+    user.save()
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+
+    total = args.n + args.naive_n
+    zone, specs = build(total)
+    zone_file = Path(tmp) / "bench.zone"
+    zone_file.write_text(zone)
+    server, nameserver = start_server(str(zone_file), 0.0)
+    env = {**os.environ, "DNS_NAMESERVERS": nameserver, "RELAY_SPF_INCLUDE": RELAY_INCLUDE,
+           "RELAY_APPROVED_SENDER_DOMAINS": "mail.bench", "DNS_LIFETIME_SECONDS": "10",
+           "DJANGO_LOG_LEVEL": "INFO"}
+    settings.DNS_NAMESERVERS = [nameserver]
+    settings.RELAY_SPF_INCLUDE = RELAY_INCLUDE
+    settings.RELAY_APPROVED_SENDER_DOMAINS = ["mail.bench"]
+    settings.DNS_LIFETIME_SECONDS = 10.0
+    organisational_domain("warm.up.example")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {connection.vendor}, "
+          f"broker {args.broker}; {args.n} requests (batched), {args.naive_n} (naive)",
+          flush=True)
+    try:
+        # (a) the engine alone, on the same requests and configuration as the tasks
+        config = checking.check_config()
+        burst_specs = specs[: args.n]
+        started = time.perf_counter()
+        reports = run_many_sync(burst_specs, config, make_resolver([nameserver], 10.0),
+                                concurrency=200)
+        engine_1 = args.n / (time.perf_counter() - started)
+        passed = sum(r.verdict == "pass" for r in reports)
+        started = time.perf_counter()
+        run_many_sharded(burst_specs, config, [nameserver], processes=args.concurrency,
+                         concurrency=200)
+        engine_n = args.n / (time.perf_counter() - started)
+        print(f"engine alone: {engine_1:,.0f} req/s on 1 process ({passed}/{args.n} pass), "
+              f"{engine_n:,.0f} req/s on {args.concurrency} processes (pool start included)",
+              flush=True)
+
+        def payload(i: int) -> dict[str, object]:
+            spec = specs[i]
+            return {"kind": "server", "team": team.slug, "fqdn": spec.fqdn,
+                    "ipv4": [spec.addresses[0]], "ipv6": [spec.addresses[1]],
+                    "sender_domains": list(spec.sender_domains), "purpose": "bench",
+                    "contact_email": "ops@bench.test", "expected_daily_volume": 10,
+                    "submit": True}
+
+        def burst(label: str, indices: range, batch_size: int) -> None:
+            worker = Worker({**env, "RELAY_CHECK_BATCH_SIZE": str(batch_size)},
+                            args.concurrency)
+            try:
+                app.control.purge()
+                ids: list[int] = []
+                with CaptureQueriesContext(connection) as one:
+                    response = client.post("/api/requests/", payload(indices[0]),
+                                           format="json")
+                assert response.status_code == 201, response.content
+                ids.append(response.json()["id"])
+                started = time.perf_counter()
+                for i in indices[1:]:
+                    response = client.post("/api/requests/", payload(i), format="json")
+                    assert response.status_code == 201, response.content
+                    ids.append(response.json()["id"])
+                submitted = time.perf_counter() - started
+                waiting = RelayRequest.objects.filter(pk__in=ids, state=RequestState.CHECKING)
+                deadline = time.monotonic() + args.timeout
+                while waiting.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                left = waiting.count()
+            finally:
+                worker.stop()
+            rows = list(RelayRequest.objects.filter(pk__in=ids).exclude(
+                checks_ran_at=None).values_list("submitted_at", "checks_ran_at", "state"))
+            first = min(r[0] for r in rows)
+            last = max(r[1] for r in rows)
+            latency = sorted((r[1] - r[0]).total_seconds() for r in rows)
+            span = (last - first).total_seconds()
+            tasks, task_time = worker.task_seconds()
+            per_request = 1000 * task_time / len(rows)
+            engine_ms = 1000 / engine_1
+            states = {s for *_x, s in rows}
+            print(f"{label}: {len(rows)}/{len(ids)} checked ({left} left in checking; "
+                  f"states {sorted(states)}) in {span:.1f} s = {len(rows) / span:,.1f} "
+                  f"checked/s; submit to checked p50 {statistics.median(latency):.2f} s, "
+                  f"p95 {latency[int(0.95 * (len(latency) - 1))]:.2f} s", flush=True)
+            print(f"  submits: {len(ids) / submitted:,.0f}/s from one client; "
+                  f"{len(one.captured_queries)} queries per create-and-submit", flush=True)
+            print(f"  worker: {tasks} task runs, {task_time:.1f} s of task time = "
+                  f"{per_request:.2f} ms per checked request vs the engine's "
+                  f"{engine_ms:.2f} ms: own overhead {per_request / engine_ms - 1:.1f}x the "
+                  f"engine's work", flush=True)
+
+        burst(f"pipeline, batch {args.batch_size}", range(args.n), args.batch_size)
+        if args.naive_n:
+            burst("naive, batch 1 (one request per task)", range(args.n, total), 1)
+    finally:
+        server.kill()
+    print(f"reproduce: .venv/bin/python bench/scale_pipeline.py --database-url URL "
+          f"--broker {args.broker} --n {args.n} --naive-n {args.naive_n} "
+          f"--concurrency {args.concurrency} --batch-size {args.batch_size}")
+
+
+if __name__ == "__main__":
+    main()
