@@ -1,29 +1,51 @@
 """The approvers' dashboard: aggregate figures in a constant number of queries.
 
-Every figure is one aggregate query (or one ``values_list`` of two timestamps), so the
-page costs the same whether there are ten requests or a hundred thousand. The weekly
-chart is server-rendered SVG: no script, no CDN.
+Every figure is computed by the database, so the page's work does not grow with the
+history (issue 15: pulling every decided row into Python for a median took 0.74 s at 100k
+requests and 22 s at 50 concurrent users):
+
+* open requests by state and age: one grouped query with a conditional count per bucket;
+* the median time to decision: ``percentile_cont(0.5)`` on PostgreSQL; elsewhere (SQLite)
+  a count and then the middle row(s) of the spans ordered by the database (``OFFSET``),
+  never the rows themselves in Python; over the decisions of a bounded time window
+  (``RELAYDESK_DASHBOARD_DAYS``, or the page's ``days`` parameter);
+* the weekly chart: one grouped query over a range of the indexed ``created_at``.
+
+The weekly chart is server-rendered SVG: no script, no CDN.
 """
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from datetime import date
 from datetime import datetime
+from datetime import time
 from datetime import timedelta
 from html import escape
+from typing import Any
 
+from django.conf import settings
+from django.db import connection
+from django.db.models import Aggregate
 from django.db.models import Count
+from django.db.models import DurationField
+from django.db.models import ExpressionWrapper
+from django.db.models import F
+from django.db.models import Q
+from django.db.models import QuerySet
+from django.db.models.functions import Coalesce
 from django.db.models.functions import TruncWeek
+from django.utils import timezone
 
 from .models import RelayRequest
 from .models import RequestState
 from .selectors import QUEUE_STATES
 
-__all__ = ["Dashboard", "dashboard_data", "weekly_chart_svg"]
+__all__ = ["DEFAULT_WINDOW_DAYS", "Dashboard", "dashboard_data", "median_decision_hours",
+           "weekly_chart_svg"]
 
 AGE_BUCKETS = (("< 1 day", 0, 1), ("1-7 days", 1, 7), ("> 7 days", 7, None))
+DEFAULT_WINDOW_DAYS = 90
 
 
 @dataclass(frozen=True)
@@ -35,45 +57,78 @@ class Dashboard:
     upcoming_recertifications: list[RelayRequest]
     drifted: list[RelayRequest]
     weeks: list[tuple[date, int]]
+    window_days: int = DEFAULT_WINDOW_DAYS  # the decisions the median is taken over
 
 
 def _open_by_state(now: datetime) -> dict[str, dict[str, int]]:
     out = {state: {label: 0 for label, *_ in AGE_BUCKETS} for state in QUEUE_STATES}
-    rows = RelayRequest.objects.filter(state__in=QUEUE_STATES).values_list(
-        "state", "submitted_at", "created_at")
-    for state, submitted, created in rows.iterator(chunk_size=5000):
-        days = (now - (submitted or created)).total_seconds() / 86400
-        for label, low, high in AGE_BUCKETS:
-            if days >= low and (high is None or days < high):
-                out[state][label] += 1
-                break
+    counts: dict[str, Any] = {}
+    for label, low, high in AGE_BUCKETS:
+        # age in [low, high) days <=> waiting since in (now - high, now - low]
+        since = Q(waiting_since__lte=now - timedelta(days=low))
+        if high is not None:
+            since &= Q(waiting_since__gt=now - timedelta(days=high))
+        counts[label] = Count("pk", filter=since)
+    rows = (RelayRequest.objects.filter(state__in=QUEUE_STATES)
+            .annotate(waiting_since=Coalesce("submitted_at", "created_at"))
+            .values("state").annotate(**{f"b{i}": c for i, c in enumerate(counts.values())})
+            .order_by())
+    for row in rows:
+        out[row["state"]] = {label: row[f"b{i}"] for i, label in enumerate(counts)}
     return out
 
 
-def _median_decision_hours() -> tuple[float | None, int]:
-    spans = [
-        (decided - submitted).total_seconds() / 3600
-        for submitted, decided in RelayRequest.objects.filter(
-            submitted_at__isnull=False, decided_at__isnull=False
-        ).values_list("submitted_at", "decided_at").iterator(chunk_size=5000)
-    ]
-    return (statistics.median(spans) if spans else None), len(spans)
+class _Median(Aggregate):
+    """PostgreSQL's ordered-set aggregate: the interpolated median of its expression."""
+
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = DurationField()
+
+
+def median_decision_hours(since: datetime) -> tuple[float | None, int]:
+    """The median hours from submission to decision over the requests decided since
+    ``since``, and how many there are, computed in the database (see module doc)."""
+    decided = RelayRequest.objects.filter(
+        submitted_at__isnull=False, decided_at__isnull=False, decided_at__gte=since)
+    span = ExpressionWrapper(F("decided_at") - F("submitted_at"), output_field=DurationField())
+    if connection.vendor == "postgresql":
+        row = decided.aggregate(median=_Median(span), n=Count("pk"))
+        median = row["median"]
+        return (median.total_seconds() / 3600 if median is not None else None), row["n"]
+    return _median_by_offset(decided.annotate(span=span), decided.count())
+
+
+def _median_by_offset(spans: QuerySet[RelayRequest], n: int) -> tuple[float | None, int]:
+    """The median as the middle one or two of ``n`` spans ordered in the database."""
+    if not n:
+        return None, 0
+    middle = list(spans.order_by("span").values_list("span", flat=True)
+                  [(n - 1) // 2:n // 2 + 1])
+    return sum(s.total_seconds() for s in middle) / len(middle) / 3600, n
 
 
 def _weeks(now: datetime, count: int = 12) -> list[tuple[date, int]]:
-    this_monday = (now - timedelta(days=now.weekday())).date()
+    local_now = timezone.localtime(now)
+    this_monday = (local_now - timedelta(days=local_now.weekday())).date()
     first = this_monday - timedelta(weeks=count - 1)
+    # a range of the indexed created_at, not created_at::date (which no index serves)
+    start = timezone.make_aware(datetime.combine(first, time.min))
     counts = {
         row["week"].date() if isinstance(row["week"], datetime) else row["week"]: row["n"]
-        for row in RelayRequest.objects.filter(created_at__date__gte=first)
+        for row in RelayRequest.objects.filter(created_at__gte=start)
         .annotate(week=TruncWeek("created_at")).values("week").annotate(n=Count("pk"))
+        .order_by()
     }
     return [(first + timedelta(weeks=i), counts.get(first + timedelta(weeks=i), 0))
             for i in range(count)]
 
 
-def dashboard_data(now: datetime) -> Dashboard:
-    median, decided = _median_decision_hours()
+def dashboard_data(now: datetime, window_days: int | None = None) -> Dashboard:
+    """The dashboard's figures at ``now``; the median covers the decisions of the last
+    ``window_days`` (default ``RELAYDESK_DASHBOARD_DAYS``), so its cost is bounded."""
+    days = window_days or settings.RELAYDESK_DASHBOARD_DAYS
+    median, decided = median_decision_hours(now - timedelta(days=days))
     active = RelayRequest.objects.filter(state=RequestState.ACTIVE)
     return Dashboard(
         open_by_state=_open_by_state(now),
@@ -89,6 +144,7 @@ def dashboard_data(now: datetime) -> Dashboard:
         drifted=list(active.filter(drifted_at__isnull=False).select_related("team")
                      .order_by("drifted_at", "pk")[:100]),
         weeks=_weeks(now),
+        window_days=days,
     )
 
 

@@ -106,3 +106,52 @@ def test_access_and_constant_queries(approver, requester, auditor):
         response = client.get(reverse("requests:dashboard"))
     assert len(response.context["data"].drifted) == 50
     assert len(five.captured_queries) == len(fifty.captured_queries)
+
+
+# --- bounded by a time window, computed in the database (issue 15) ---------------------
+
+
+def test_median_covers_only_the_decisions_of_the_window(settings):
+    # given decisions 10 and 40 days ago, and a 30-day window
+    settings.RELAYDESK_DASHBOARD_DAYS = 30
+    make(S.REJECTED, submitted_days=10, decided_hours=2)
+    make(S.REJECTED, submitted_days=11, decided_hours=4)
+    make(S.REJECTED, submitted_days=40, decided_hours=100)
+    # then the old decision counts for neither the median nor the count
+    data = dashboard_data(NOW)
+    assert (data.median_decision_hours, data.decided_count, data.window_days) == (3.0, 2, 30)
+    # and a wider window passed in takes it in
+    wide = dashboard_data(NOW, window_days=60)
+    assert (wide.median_decision_hours, wide.decided_count) == (4.0, 3)
+
+
+def test_page_days_parameter_sets_the_window(approver, settings):
+    settings.RELAYDESK_DASHBOARD_DAYS = 30
+    make(S.REJECTED, submitted_days=40, decided_hours=5)  # 40+ days before the page's now
+    client = Client()
+    client.force_login(approver)
+    assert client.get(reverse("requests:dashboard")).context["data"].decided_count == 0
+    response = client.get(reverse("requests:dashboard") + "?days=400")
+    assert response.context["data"].decided_count == 1
+    assert "decided in the last 400 days" in response.content.decode()
+    assert client.get(reverse("requests:dashboard") + "?days=x").status_code == 400
+
+
+def test_median_reads_at_most_two_spans_from_the_database():
+    # given many decisions: the median is found by the database, not in Python
+    for hours in range(1, 22):
+        make(S.REJECTED, submitted_days=5, decided_hours=hours)
+    with CaptureQueriesContext(connection) as queries:
+        data = dashboard_data(NOW)
+    assert data.median_decision_hours == 11.0
+    spans = [q["sql"] for q in queries.captured_queries if 'AS "span"' in q["sql"]]
+    assert len(spans) == 1 and spans[0].endswith("LIMIT 1 OFFSET 10")  # the 11th of 21
+
+
+def test_open_buckets_on_their_boundaries():
+    # exactly 1 and 7 days waiting fall in the older bucket, as before
+    make(S.PENDING_APPROVAL, submitted_days=1)
+    make(S.PENDING_APPROVAL, submitted_days=7)
+    make(S.PENDING_APPROVAL, submitted_days=0)
+    assert dashboard_data(NOW).open_by_state["pending_approval"] == {
+        "< 1 day": 1, "1-7 days": 1, "> 7 days": 1}
