@@ -1,0 +1,291 @@
+"""Relay config storage at scale: files stored once by content hash, polls and pages
+from metadata, streamed bodies, retention, and diffs from the stored line history."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from requests_app import relay
+from requests_app import relay_store
+from requests_app import relay_views
+from requests_app.models import RelayConfigBlob
+from requests_app.models import RelayConfigChange
+from requests_app.models import RelayConfigFile
+from requests_app.models import RelayConfigVersion
+from requests_app.models import RelayRequest
+from requests_app.models import RequestState as S
+from requests_app.relay import config_changes
+from requests_app.relay import history_changes
+from requests_app.relay import relay_config_rebuild
+from tests.factories import RelayRequestFactory
+
+pytestmark = pytest.mark.django_db
+
+TOKEN = "s3cret-token"
+BODY_COLUMN = 'relayconfigblob"."body"'  # how any query reading a body names the column
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def bodies_read(ctx: CaptureQueriesContext) -> list[str]:
+    return [q["sql"] for q in ctx.captured_queries if BODY_COLUMN in q["sql"]]
+
+
+@pytest.fixture
+def build(team, requester):
+    """Add one active server entry (or an account) and build a version; returns it."""
+    made = []
+
+    def add(account: bool = False, **fields) -> RelayConfigVersion:
+        n = len(made)
+        if account:
+            fields = {"account": True, "account_name": f"svc-{n}",
+                      "sender_addresses": ["shop@example.org"], "sender_domains": [],
+                      **fields}
+        else:
+            fields = {"fqdn": f"h{n}.example.org", "ipv4": [f"81.2.69.{n + 10}"], "ipv6": [],
+                      **fields}
+        made.append(RelayRequestFactory(team=team, created_by=requester, state=S.ACTIVE,
+                                        **fields))
+        version = relay_config_rebuild(reason=f"add {n}")
+        assert version is not None
+        return version
+
+    add.made = made
+    return add
+
+
+# --- stored once ---------------------------------------------------------------------------
+
+def test_unchanged_files_are_one_blob_shared_by_versions(build):
+    v1, v2 = build(), build()
+    one, two = relay_store.file_meta(v1), relay_store.file_meta(v2)
+    assert set(one) == set(two)
+    # the fragments do not depend on the entries: the same row, no second copy
+    assert one["main.cf.fragment"].blob_id == two["main.cf.fragment"].blob_id
+    assert one["master.cf.fragment"].blob_id == two["master.cf.fragment"].blob_id
+    assert one["client_access.cidr"].blob_id != two["client_access.cidr"].blob_id
+    assert RelayConfigBlob.objects.count() < RelayConfigFile.objects.count()
+    # the metadata describes the bytes the version serves
+    for name, text in v2.files.items():
+        data = text.encode()
+        assert two[name].sha256 == hashlib.sha256(data).hexdigest()
+        assert (two[name].size, two[name].lines) == (len(data), data.count(b"\n"))
+
+
+# --- the pull endpoint ---------------------------------------------------------------------
+
+def test_304_and_head_read_no_body_and_get_reads_only_its_file(build, settings):
+    settings.RELAY_CONFIG_TOKEN = TOKEN
+    version = build()
+    client = Client(HTTP_AUTHORIZATION=f"Token {TOKEN}")
+    url = "/relay-config/client_access.cidr"
+    text = version.files["client_access.cidr"]
+    etag = f'"{hashlib.sha256(text.encode()).hexdigest()}"'
+    with CaptureQueriesContext(connection) as ctx:
+        cached = client.get(url, HTTP_IF_NONE_MATCH=etag)
+        head = client.head(url)
+    assert cached.status_code == 304 and cached["ETag"] == etag
+    assert head.status_code == 200 and head["Content-Length"] == str(len(text.encode()))
+    assert bodies_read(ctx) == []
+    with CaptureQueriesContext(connection) as ctx:
+        manifest = client.get("/relay-config/MANIFEST.json")
+    assert manifest.content.decode() == version.files["MANIFEST.json"]
+    # one body read, the manifest's blob only (by its id)
+    manifest_blob = relay_store.file_meta(version, ["MANIFEST.json"])["MANIFEST.json"].blob_id
+    [read] = bodies_read(ctx)
+    assert str(manifest_blob) in read
+
+
+def test_a_large_body_is_streamed_in_slices_byte_for_byte(build, settings, monkeypatch):
+    settings.RELAY_CONFIG_TOKEN = TOKEN
+    for _ in range(3):
+        version = build()
+    monkeypatch.setattr(relay_views, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(relay_store, "SLICE_BYTES", 16)
+    monkeypatch.setattr(relay_store, "CHUNK_BYTES", 32)
+    client = Client(HTTP_AUTHORIZATION=f"Token {TOKEN}")
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.get("/relay-config/relay_policy")
+        body = b"".join(response.streaming_content)
+    assert response.streaming
+    assert body == version.files["relay_policy"].encode()
+    assert response["Content-Length"] == str(len(body))
+    # read in slices: several queries, none reading the whole compressed body
+    assert len(bodies_read(ctx)) > 2
+    assert all("SUBSTR" in sql.upper() for sql in bodies_read(ctx))
+    download = logged_in_download(version, "relay_policy")
+    assert b"".join(download.streaming_content) == body
+
+
+def logged_in_download(version: RelayConfigVersion, name: str):
+    user = get_user_model().objects.create_superuser("root", "root@example.org", "pw")
+    return logged_in(user).get(reverse("relay:version_file", args=[version.number, name]),
+                               {"download": "1"})
+
+
+# --- pages and admin never load bodies they do not show -------------------------------------
+
+def test_admin_and_version_pages_select_no_body(build, approver):
+    build()
+    version = build()
+    admin = get_user_model().objects.create_superuser("root", "root@example.org", "pw")
+    urls = [reverse("admin:requests_app_relayconfigversion_changelist"),
+            reverse("admin:requests_app_relayconfigversion_change", args=[version.pk]),
+            reverse("relay:versions"), reverse("relay:version", args=[version.number])]
+    for url in urls:
+        with CaptureQueriesContext(connection) as ctx:
+            response = logged_in(admin).get(url)
+        assert response.status_code == 200, url
+        assert bodies_read(ctx) == [], url
+    change_page = logged_in(admin).get(urls[1]).content.decode()
+    for name, meta in relay_store.file_meta(version).items():
+        assert name in change_page and meta.sha256 in change_page
+
+
+def test_diff_page_reads_no_body_when_files_are_large(build, approver, monkeypatch):
+    build()
+    build()
+    monkeypatch.setattr(relay, "DIFF_MAX_BYTES", 0)
+    with CaptureQueriesContext(connection) as ctx:
+        response = logged_in(approver).get(reverse("relay:diff", args=[1, 2]))
+    assert response.status_code == 200
+    assert bodies_read(ctx) == []
+    assert response.context["diff"]["client_access.cidr"] is None
+    assert response.context["diff"]["main.cf.fragment"] == []  # same blob: unchanged
+    assert "too large to compare here" in response.content.decode()
+    assert response.context["changes"] == [
+        c for c in history_changes(RelayConfigVersion.objects.get(number=1),
+                                   RelayConfigVersion.objects.get(number=2))]
+    assert response.context["changes"]
+
+
+# --- the diff from history -----------------------------------------------------------------
+
+def test_history_diff_equals_the_file_comparison_for_any_two_versions(build):
+    build()
+    build(ipv4=["81.2.69.10"])  # b on a's address: a merged line in the cidr map
+    build(account=True)
+    build(account=True)  # a sender two accounts share
+    first, second = build.made[0], build.made[2]
+    RelayRequest.objects.filter(pk__in=[first.pk, second.pk]).update(state=S.REVOKED)
+    relay_config_rebuild(reason="two leave")
+    versions = list(RelayConfigVersion.objects.order_by("number"))
+    texts = {v.number: v.files for v in versions}
+    for a in versions:
+        for b in versions:
+            expected = config_changes(texts[a.number], texts[b.number])
+            assert history_changes(a, b) == expected, (a.number, b.number)
+
+
+def test_a_version_without_history_falls_back_to_the_files(build, approver):
+    build()
+    v2 = build()
+    v3 = RelayConfigVersion.objects.create(number=3, files=v2.files, digest="x")
+    assert history_changes(v2, v3) is None
+    response = logged_in(approver).get(reverse("relay:diff", args=[2, 3]))
+    assert response.status_code == 200 and response.context["changes"] == []
+
+
+# --- retention -----------------------------------------------------------------------------
+
+def test_retention_keeps_n_newest_and_recent_drops_older_files_keeps_history(
+        build, settings, approver):
+    settings.RELAY_CONFIG_KEEP_VERSIONS = 2
+    settings.RELAY_CONFIG_KEEP_DAYS = 1
+    for _ in range(4):
+        build()
+    old = timezone.now() - timedelta(days=10)
+    RelayConfigVersion.objects.filter(number__in=[1, 2]).update(created_at=old)
+    v1_files = RelayConfigVersion.objects.get(number=1).files
+    history_before = RelayConfigChange.objects.count()
+    newest = build()  # v5: keeps v4 and v5 (newest 2), v3 (recent); v1, v2 go
+    pruned = set(RelayConfigVersion.objects.filter(files_pruned_at__isnull=False)
+                 .values_list("number", flat=True))
+    assert pruned == {1, 2}
+    assert not RelayConfigFile.objects.filter(version__number__in=[1, 2]).exists()
+    assert RelayConfigChange.objects.filter(version__number__in=[1, 2]).exists()
+    assert RelayConfigChange.objects.count() > history_before  # nothing of it deleted
+    # no blob left that no version names, and every kept version still complete
+    used = set(RelayConfigFile.objects.values_list("blob_id", flat=True))
+    assert set(RelayConfigBlob.objects.values_list("pk", flat=True)) == used
+    assert set(RelayConfigVersion.objects.get(number=3).files) == set(newest.files)
+    # the diff from a pruned version still answers, from history
+    v1 = RelayConfigVersion.objects.get(number=1)
+    assert history_changes(v1, newest) == config_changes(v1_files, newest.files)
+    client = logged_in(approver)
+    assert client.get(reverse("relay:diff", args=[1, 5])).status_code == 200
+    page = client.get(reverse("relay:version", args=[1])).content.decode()
+    assert "were pruned" in page
+    assert client.get(reverse("relay:version_file", args=[1, "relay_policy"])
+                      ).status_code == 404
+
+
+def test_retention_never_prunes_the_newest(build, settings):
+    settings.RELAY_CONFIG_KEEP_VERSIONS = 0
+    settings.RELAY_CONFIG_KEEP_DAYS = 0
+    build()
+    RelayConfigVersion.objects.update(created_at=timezone.now() - timedelta(days=400))
+    newest = build()
+    assert relay.relay_config_prune() == (0, 0)
+    assert RelayConfigVersion.objects.get(number=1).files_pruned_at is not None
+    assert newest.files and RelayConfigVersion.objects.get(number=2).files_pruned_at is None
+
+
+def test_staleness_reads_the_stored_files(build, settings):
+    """The sweep's check reads the newest version's files from the blobs: a revoked
+    entry still served is stale until the next build."""
+    build()
+    build()
+    assert relay.relay_config_stale() is False
+    RelayRequest.objects.filter(pk=build.made[0].pk).update(state=S.REVOKED,
+                                                            updated_at=timezone.now())
+    assert relay.relay_config_stale() is True
+    relay_config_rebuild(reason="removal")
+    assert relay.relay_config_stale() is False
+
+
+# --- the migration -------------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_moves_snapshots_into_blobs_and_back():
+    executor = MigrationExecutor(connection)
+    before, after = [("requests_app", "0009_conversation_and_assignment")], \
+        [("requests_app", "0010_relay_config_blobs")]
+    executor.migrate(before)
+    old_apps = executor.loader.project_state(before).apps
+    version_model = old_apps.get_model("requests_app", "RelayConfigVersion")
+    shared = "# the same in both\n"
+    version_model.objects.create(number=1, digest="a", files={"a.txt": shared, "b": "one\n"})
+    version_model.objects.create(number=2, digest="b", files={"a.txt": shared, "b": "two\n"})
+    executor = MigrationExecutor(connection)
+    executor.migrate(after)
+    new_apps = executor.loader.project_state(after).apps
+    blob_model = new_apps.get_model("requests_app", "RelayConfigBlob")
+    file_model = new_apps.get_model("requests_app", "RelayConfigFile")
+    assert blob_model.objects.count() == 3  # the shared file once
+    assert file_model.objects.count() == 4
+    assert set(new_apps.get_model("requests_app", "RelayConfigVersion").objects
+               .values_list("history", flat=True)) == {True}
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    version_model = executor.loader.project_state(before).apps.get_model(
+        "requests_app", "RelayConfigVersion")
+    assert dict(version_model.objects.values_list("number", "files")) == {
+        1: {"a.txt": shared, "b": "one\n"}, 2: {"a.txt": shared, "b": "two\n"}}
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
