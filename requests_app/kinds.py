@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from .relay_backend import AccountEntry
 from .relay_backend import ServerEntry
@@ -153,8 +154,8 @@ SERVER = KindSpec(
     snippet_target="server",
     facts_template="requests_app/kinds/server_facts.html",
     quick_check=True,
-    description="A server or appliance sends through the relay from fixed IP addresses. "
-                "Needs forward and reverse DNS.",
+    description=gettext_lazy("A server or appliance sends through the relay from fixed IP "
+                             "addresses. Needs forward and reverse DNS."),
 )
 
 ACCOUNT = KindSpec(
@@ -172,8 +173,8 @@ ACCOUNT = KindSpec(
     snippet_target="application",
     facts_template="requests_app/kinds/account_facts.html",
     quick_check=False,
-    description="An application authenticates with a service account over STARTTLS (587) "
-                "or implicit TLS (465). No IP allowlisting.",
+    description=gettext_lazy("An application authenticates with a service account over "
+                             "STARTTLS (587) or implicit TLS (465). No IP allowlisting."),
 )
 
 #: Every kind by its value, in the order ``RequestKind`` lists them.
