@@ -28,6 +28,7 @@ def setup_django(database_url: str = "", prefix: str = "relaydesk-bench-") -> tu
     from requests_app.models import Team
 
     call_command("migrate", verbosity=0)
-    team = Team.objects.create(slug="bench", name="Bench")
-    user = get_user_model().objects.create(username="bench")
+    # get_or_create: a bench may run again on a database an earlier run filled
+    team, _ = Team.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+    user, _ = get_user_model().objects.get_or_create(username="bench")
     return tmp, (team, user)

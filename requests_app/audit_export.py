@@ -29,6 +29,9 @@ from datetime import time
 from datetime import timedelta
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import connections
+from django.db.models import CharField
+from django.db.models import Func
 from django.db.models import QuerySet
 from django.db.models import TextField
 from django.db.models.functions import Cast
@@ -100,9 +103,25 @@ def _day_start(day: date) -> datetime:
     return timezone.make_aware(datetime.combine(day, time.min))
 
 
+class _IsoTimeUTC(Func):
+    """A timestamp as ``datetime.isoformat()`` writes Django's UTC datetimes, made by
+    PostgreSQL: parsing each timestamp into a datetime and formatting it back was the
+    largest share of the export's Python time. (Microseconds are left out when zero, as
+    ``isoformat`` does.)"""
+
+    output_field = CharField()
+    template = (
+        "CASE WHEN date_trunc('second', %(expressions)s) = %(expressions)s "
+        "THEN to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"') "
+        "ELSE to_char(%(expressions)s AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"') END"
+    )
+
+
 def audit_rows(user: AbstractBaseUser, flt: AuditFilter) -> QuerySet[RequestEvent]:
     """The events ``user`` may see, filtered, oldest first, as plain tuples in CSV order
-    (the subject's two candidate columns and the kind stand in for the subject)."""
+    (the subject's two candidate columns and the kind stand in for the subject; the
+    time is a datetime, or on PostgreSQL already its ISO text)."""
     events = selectors.event_list_for_user(user).select_related(None)
     if flt.since is not None:
         events = events.filter(created_at__gte=_day_start(flt.since))
@@ -112,12 +131,16 @@ def audit_rows(user: AbstractBaseUser, flt: AuditFilter) -> QuerySet[RequestEven
         events = events.filter(request__team__slug=flt.team)
     if flt.request_id is not None:
         events = events.filter(request_id=flt.request_id)
+    time_column = "created_at"
+    if connections[events.db].vendor == "postgresql":
+        events = events.annotate(time_text=_IsoTimeUTC("created_at"))
+        time_column = "time_text"
     return (
         events.order_by("created_at", "pk")
         # the stored JSON text as it is: decoded only to be re-written compactly
         .annotate(parameters_text=Cast("parameters", TextField()))
         .values_list(
-            "created_at", "request_id", "request__team__slug", "request__kind",
+            time_column, "request_id", "request__team__slug", "request__kind",
             "request__fqdn", "request__account_name", "type", "actor_name", "source_ip",
             "from_state", "to_state", "comment", "parameters_text",
         )
@@ -166,7 +189,8 @@ def audit_csv_chunks(user: AbstractBaseUser, flt: AuditFilter,
             shown = params_cache[params] = csv_safe(compact_json(
                 json.loads(params) if params else {}))
         writer.writerow((
-            created.isoformat(), request_id, csv_safe(team),
+            created if isinstance(created, str) else created.isoformat(), request_id,
+            csv_safe(team),
             csv_safe(fqdn if subject_is_fqdn.get(kind, False) else account),
             type_, csv_safe(actor), source_ip or "", from_state, to_state,
             csv_safe(comment), shown,
