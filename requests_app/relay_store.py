@@ -39,6 +39,7 @@ __all__ = [
     "FileMeta",
     "file_meta",
     "prune",
+    "read_body",
     "store_files",
     "stream_body",
     "version_bytes",
@@ -85,6 +86,11 @@ def file_meta(version: RelayConfigVersion | int,
 def _bodies(blob_ids: Iterable[int]) -> dict[int, bytes]:
     return {pk: zlib.decompress(bytes(body)) for pk, body in
             RelayConfigBlob.objects.filter(pk__in=list(blob_ids)).values_list("pk", "body")}
+
+
+def read_body(blob_id: int) -> bytes:
+    """One body, whole (small files: the manifest, a fragment)."""
+    return _bodies([blob_id])[blob_id]
 
 
 def version_bytes(version: RelayConfigVersion,

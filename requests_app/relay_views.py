@@ -80,8 +80,7 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
         response = HttpResponse(status=304)
     elif request.method == "HEAD" or meta.size <= STREAM_ABOVE:
-        body = b"" if request.method == "HEAD" else relay_store.version_bytes(
-            version, [name])[name]
+        body = b"" if request.method == "HEAD" else relay_store.read_body(meta.blob_id)
         response = HttpResponse(body, content_type=f"{content_type}; charset=us-ascii")
     else:
         response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
@@ -160,7 +159,7 @@ def version_file(request: HttpRequest, number: int, name: str) -> HttpResponse:
         content_type = "application/json" if name.endswith(".json") else "text/plain"
         response: HttpResponse | StreamingHttpResponse
         if meta.size <= STREAM_ABOVE:
-            response = HttpResponse(relay_store.version_bytes(version, [name])[name],
+            response = HttpResponse(relay_store.read_body(meta.blob_id),
                                     content_type=f"{content_type}; charset=utf-8")
         else:
             response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
@@ -187,15 +186,18 @@ def version_diff(request: HttpRequest, old: int, new: int) -> HttpResponse:
     a = get_object_or_404(RelayConfigVersion, number=old)
     b = get_object_or_404(RelayConfigVersion, number=new)
     changes = history_changes(a, b)
+    no_summary = False
     if changes is None:
+        # a version in between has no usable history: compare the files, if both exist
+        no_summary = bool(a.files_pruned_at or b.files_pruned_at)
         names = relay_backend().attributed_names
-        changes = config_changes(relay_store.version_texts(a, names),
-                                 relay_store.version_texts(b, names))
+        changes = [] if no_summary else config_changes(relay_store.version_texts(a, names),
+                                                       relay_store.version_texts(b, names))
     versions = RelayConfigVersion.objects.order_by("-number").values_list("number",
                                                                           flat=True)[:200]
     return render(
         request,
         "requests_app/relay_diff.html",
         {"old": a, "new": b, "diff": config_diff(a, b), "changes": changes[:SUMMARY_ROWS],
-         "changes_total": len(changes), "versions": versions},
+         "changes_total": len(changes), "versions": versions, "no_summary": no_summary},
     )

@@ -279,8 +279,9 @@ def test_migration_moves_snapshots_into_blobs_and_back():
     file_model = new_apps.get_model("requests_app", "RelayConfigFile")
     assert blob_model.objects.count() == 3  # the shared file once
     assert file_model.objects.count() == 4
+    # their stored history may predate the merged-line attribution: diffs use the files
     assert set(new_apps.get_model("requests_app", "RelayConfigVersion").objects
-               .values_list("history", flat=True)) == {True}
+               .values_list("history", flat=True)) == {False}
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     version_model = executor.loader.project_state(before).apps.get_model(
@@ -289,3 +290,20 @@ def test_migration_moves_snapshots_into_blobs_and_back():
         1: {"a.txt": shared, "b": "one\n"}, 2: {"a.txt": shared, "b": "two\n"}}
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_without_history_and_with_pruned_files_the_page_says_so(build, approver, settings):
+    build()
+    v2 = build()
+    RelayConfigVersion.objects.filter(number=2).update(history=False)
+    RelayConfigVersion.objects.filter(number=1).update(
+        created_at=timezone.now() - timedelta(days=400))
+    settings.RELAY_CONFIG_KEEP_VERSIONS = 1
+    settings.RELAY_CONFIG_KEEP_DAYS = 1
+    relay.relay_config_prune()
+    assert RelayConfigVersion.objects.get(number=1).files_pruned_at is not None
+    response = logged_in(approver).get(reverse("relay:diff", args=[1, v2.number]))
+    assert response.status_code == 200 and response.context["changes"] == []
+    html = response.content.decode()
+    assert "stored without its line history" in html
+    assert "lines changed." not in html

@@ -2,8 +2,10 @@
 
 Moves each version's ``files`` JSON into ``RelayConfigBlob`` (one per distinct body)
 and ``RelayConfigFile`` (version, name -> blob) rows, then drops the JSON column.
-Reversible: going back rebuilds the JSON column from the rows. Existing versions were
-all built with their line history, so ``history`` is set for them.
+Reversible: going back rebuilds the JSON column from the rows. Existing versions keep
+``history`` False: their ``RelayConfigChange`` rows may predate the per-request
+attribution of merged lines (``attribute_units``), so their diffs are still computed from
+their files, as before, while retention keeps those.
 """
 
 import hashlib
@@ -32,7 +34,6 @@ def forwards(apps, schema_editor):
                     body=zlib.compress(data, 6)).pk
             rows.append(file_model(version_id=pk, name=name, blob_id=known[sha]))
         file_model.objects.bulk_create(rows)
-    version_model.objects.update(history=True)
 
 
 def backwards(apps, schema_editor):
