@@ -18,6 +18,7 @@ import pytest
 from django.contrib.auth.models import AbstractBaseUser
 
 from requests_app import services
+from requests_app.checks.labels import CHECK_LABELS
 from requests_app.models import RelayRequest
 from requests_app.models import RequestState
 from requests_app.models import Team
@@ -114,9 +115,11 @@ def test_requester_fixes_a_bad_form_then_submits_and_sees_passing_checks(
     fill_form(page, GOOD_SERVER)
     # While typing, the quick check asks the API and shows DNS results before submit.
     quick = page.locator("#quick-check")
-    quick.get_by_text(re.compile(r"forward \(app\.example\.org\)")).wait_for()
+    quick.get_by_text(
+        re.compile(r"Host name points to its addresses \(A/AAAA\) \(app\.example\.org\)")
+    ).wait_for()
     assert quick.get_by_role("heading").inner_text() == "Quick DNS check"
-    assert "fail" not in quick.locator(".verdict").all_inner_texts()
+    assert "Failed" not in quick.locator(".verdict").all_inner_texts()
     page.get_by_role("button", name="Save and submit").click()
 
     page.wait_for_url(re.compile(r"/requests/\d+/$"))
@@ -127,13 +130,16 @@ def test_requester_fixes_a_bad_form_then_submits_and_sees_passing_checks(
     facts = expect_text(page, "dl.facts", "2a02:898:0:20::10", "81.2.69.10", "example.org")
     assert "Payments (payments)" in facts
     checks = page.locator("section.checks")
-    assert checks.locator("h2 .verdict").inner_text() == "pass"
+    assert checks.locator("h2 .verdict").inner_text() == "Passed"
     rows = checks.locator("tbody tr")
-    ids = set(rows.locator("td:nth-child(1)").all_inner_texts())
+    ids = {rows.nth(i).get_attribute("data-check") for i in range(rows.count())}
     assert set(SERVER_CHECK_IDS) <= ids, ids
-    assert set(rows.locator("td:nth-child(3)").all_inner_texts()) == {"pass"}
-    expect_text(page, "section.timeline", requester.get_username(), "submit",
-                "checks recorded: pass")
+    # people read each check's label and status, never the ids
+    labels = set(rows.locator("td:nth-child(1)").all_inner_texts())
+    assert {CHECK_LABELS[i] for i in SERVER_CHECK_IDS} <= labels, labels
+    assert set(rows.locator("td:nth-child(3)").all_inner_texts()) == {"Passed"}
+    expect_text(page, "section.timeline", requester.get_username(), "Submitted",
+                "Checks recorded: Passed")
 
 
 def test_approver_filters_the_queue_and_approves_with_a_comment(
@@ -163,8 +169,8 @@ def test_approver_filters_the_queue_and_approves_with_a_comment(
     assert cells[0] == f"#{mine.pk}"
     assert "2a02:898:0:20::10" in cells[4] and "81.2.69.10" in cells[4]
     assert cells[5:8] == ["payments", requester.get_username(), "Pending approval"]
-    assert cells[8].startswith("pass"), cells[8]
-    assert re.search(r"\b\d+ pass\b", cells[8]), cells[8]
+    assert cells[8].startswith("Passed"), cells[8]
+    assert re.search(r"\b\d+ passed\b", cells[8]), cells[8]
     screenshot(page, "queue")
 
     filters = page.locator("form.filters")
@@ -189,19 +195,19 @@ def test_approver_filters_the_queue_and_approves_with_a_comment(
     page.wait_for_url(f"{live_server.url}/requests/{mine.pk}/")
     expect_text(page, "h1", "Pending approval")
     screenshot(page, "request-pending")
-    approve = page.locator("form.action-approve")
-    approve.get_by_label("Comment").fill("Checked with the payments team lead.")
-    approve.get_by_role("button", name="Approve").click()
+    panel = page.locator("form.action-panel")
+    panel.get_by_label("Comment").fill("Checked with the payments team lead.")
+    panel.get_by_role("button", name="Approve").click()
 
     page.wait_for_load_state()
     expect_text(page, "[role=status]", f"Request #{mine.pk} approved.")
     # Provisioning runs on commit (eager Celery): the relay config is built at once.
     expect_text(page, "h1", "Active")
-    approval = page.locator("section.timeline li", has_text="approve (")
+    approval = page.locator("section.timeline li", has_text="Approved (")
     assert approval.count() == 1
-    expect_text(page, "section.timeline li:has-text('approve (')", approver.get_username(),
-                "pending_approval → provisioning", "Checked with the payments team lead.")
-    expect_text(page, "section.timeline", "activate (provisioning → active)")
+    expect_text(page, "section.timeline li:has-text('Approved (')", approver.get_username(),
+                "Pending approval → Provisioning", "Checked with the payments team lead.")
+    expect_text(page, "section.timeline", "Activated (Provisioning → Active)")
     assert RelayRequest.objects.get(pk=mine.pk).decided_by == approver
     screenshot(page, "request-active")
 
