@@ -102,8 +102,9 @@ def test_evidence_is_pretty_escaped_json_on_the_page(checked, requester):
 def test_the_audit_csv_carries_parameters_as_json(checked, approver):
     response = logged_in(approver).get(reverse("requests:audit_csv"),
                                        {"request": checked.pk})
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert rows
+    rows = [row for row in csv.DictReader(io.StringIO(
+        b"".join(response.streaming_content).decode())) if row["parameters"] is not None]
+    assert rows  # (the row-count trailer has no parameters column)
     for row in rows:
         assert isinstance(json.loads(row["parameters"]), dict), row["parameters"]
     assert json.loads(rows[-1]["parameters"]) == {"action": "checks_failed"}
