@@ -36,8 +36,10 @@ def logged_in(user) -> Client:
 
 
 def visible_text(html: str) -> str:
-    """The page without tags, attributes, scripts and styles: what a person reads."""
+    """The page without tags, attributes, scripts and styles: what a person reads (the
+    folded JSON of evidence and audit parameters is data, shown on request: left out)."""
     html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    html = re.sub(r'<pre class="json">.*?</pre>', " ", html, flags=re.S)
     return re.sub(r"<[^>]+>", " ", html)
 
 
@@ -97,6 +99,8 @@ def test_evidence_is_pretty_escaped_json_on_the_page(checked, requester):
                                  "names": ["ü.example"]}
     assert "<b>not markup</b>" not in page  # escaped, never markup
     assert '\n  "names": [\n' in shown  # indented, key-sorted
+    # and each audit event's parameters, in the timeline
+    assert '<code>{\n  &quot;action&quot;: &quot;checks_failed&quot;\n}</code>' in page
 
 
 def test_the_audit_csv_carries_parameters_as_json(checked, approver):
