@@ -36,6 +36,8 @@ from django.db.models import QuerySet
 from django.db.models.functions import Coalesce
 from django.db.models.functions import TruncWeek
 from django.utils import timezone
+from django.utils.translation import gettext
+from django.utils.translation import gettext_noop
 
 from .models import RelayRequest
 from .models import RequestState
@@ -44,7 +46,9 @@ from .selectors import QUEUE_STATES
 __all__ = ["DEFAULT_WINDOW_DAYS", "Dashboard", "dashboard_data", "median_decision_hours",
            "weekly_chart_svg"]
 
-AGE_BUCKETS = (("< 1 day", 0, 1), ("1-7 days", 1, 7), ("> 7 days", 7, None))
+# The labels are keys too; the page translates them (gettext_noop marks them for makemessages).
+AGE_BUCKETS = ((gettext_noop("< 1 day"), 0, 1), (gettext_noop("1-7 days"), 1, 7),
+               (gettext_noop("> 7 days"), 7, None))
 DEFAULT_WINDOW_DAYS = 90
 
 
@@ -157,9 +161,10 @@ def weekly_chart_svg(weeks: list[tuple[date, int]], *, width: int = 600,
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
         f'role="img" aria-labelledby="chart-title chart-desc" class="dash-chart">',
-        '<title id="chart-title">Requests per week</title>',
+        f'<title id="chart-title">{escape(gettext("Requests per week"))}</title>',
         '<desc id="chart-desc">' + escape(", ".join(
-            f"week of {start:%Y-%m-%d}: {n}" for start, n in weeks)) + "</desc>",
+            gettext("week of %(start)s: %(n)s") % {"start": f"{start:%Y-%m-%d}", "n": n}
+            for start, n in weeks)) + "</desc>",
     ]
     for i, (start, n) in enumerate(weeks):
         h = round(plot_h * n / top)

@@ -98,6 +98,11 @@ def srs_example(sender: str, rewrite_domain: str) -> str:
     return f"SRS0=HHHH=TT={domain}={local}@{rewrite_domain}"
 
 
+def _(text: str) -> str:
+    """Mark ``text`` for makemessages (no Django here); the page translates it."""
+    return text
+
+
 def refusal_text(approved: Iterable[str]) -> str:
     """The relay's reply to a refused sender: code, enhanced status and the approved
     domains (policy-service action text, one line)."""
@@ -118,8 +123,9 @@ def outcome(
     declared, approved = tuple(declared), tuple(approved)
     probe = f"anything{sender}" if sender.startswith("@") else sender
     if sender_allowed(probe, declared, approved):
+        # gettext_noop: the page translates this reason (the composed ones stay English)
         return Outcome(sender, Verdict.UNCHANGED, sender,
-                       "declared on the request and on an approved sender domain")
+                       _("declared on the request and on an approved sender domain"))
     domain = probe.rpartition("@")[2]
     reason = ("not declared on the request" if not _declared(probe.lower(), declared)
               else f"{domain} is not an approved sender domain")
