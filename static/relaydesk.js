@@ -7,13 +7,15 @@
     var source = document.getElementById(button.dataset.copy);
     if (!source) return;
     var text = source.innerText;
+    // The words come translated from the page (data-copied, data-copy-failed).
+    var label = button.textContent;
     var done = function () {
-      button.textContent = "Copied";
-      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+      button.textContent = button.dataset.copied || "Copied";
+      setTimeout(function () { button.textContent = label; }, 1500);
     };
     var failed = function () {
-      button.textContent = "Select and copy by hand";
-      setTimeout(function () { button.textContent = "Copy"; }, 3000);
+      button.textContent = button.dataset.copyFailed || "Select and copy by hand";
+      setTimeout(function () { button.textContent = label; }, 3000);
     };
     // The old way: works over plain HTTP and when the async API is refused
     // (document not focused, permission policy).
