@@ -8,7 +8,7 @@
     if (!source) return;
     var text = source.innerText;
     // The words come translated from the page (data-copied, data-copy-failed).
-    var label = button.textContent;
+    var label = button.dataset.label || (button.dataset.label = button.textContent);
     var done = function () {
       button.textContent = button.dataset.copied || "Copied";
       setTimeout(function () { button.textContent = label; }, 1500);
