@@ -95,6 +95,16 @@ class RelaydeskAutoSchema(AutoSchema):
             codes.append("415")
         return sorted(codes)
 
+    def _resolve_path_parameters(self, variables: list[str]) -> list[dict[str, Any]]:
+        """A request id is an integer: the router's digits-only pattern
+        (``lookup_value_regex``) made drf-spectacular call it a string with a pattern,
+        so generated clients took ``id`` as text. Any other value is a JSON 404."""
+        parameters = super()._resolve_path_parameters(variables)
+        for parameter in parameters:
+            if parameter["schema"] == {"type": "string", "pattern": "^[0-9]+$"}:
+                parameter["schema"] = {"type": "integer"}
+        return parameters
+
     def _get_response_bodies(self, direction: str = "response") -> dict[str, Any]:
         responses = super()._get_response_bodies(direction)
         if direction != "response":
@@ -110,3 +120,4 @@ class RelaydeskAutoSchema(AutoSchema):
                 "description": str(_DESCRIPTIONS[code]),
             }
         return responses
+

@@ -2,13 +2,13 @@
 
 from django.urls import path
 from django.urls import re_path
-from drf_spectacular.views import SpectacularAPIView
 from drf_spectacular.views import SpectacularRedocView
 from drf_spectacular.views import SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import SimpleRouter
 
 from .comments import RequestCommentsView
+from .schema_view import SchemaView
 from .views import RelayRequestViewSet
 from .views import not_found
 from .views import quick_check
@@ -20,7 +20,7 @@ router.register("requests", RelayRequestViewSet, basename="request")
 
 urlpatterns = [
     path("token/", obtain_auth_token, name="token"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", SchemaView.as_view(), name="schema"),
     # The schema rendered for people: Swagger UI (try it out) and Redoc, their assets
     # from drf-spectacular-sidecar in our static files (SPECTACULAR_SETTINGS), no CDN.
     path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
