@@ -261,9 +261,15 @@ def main(argv: list[str] | None = None) -> None:
     new_samples = [_timed(lambda: dashboard_data(now))[0] for _ in range(5)]
     old_samples = [_timed(lambda: _naive_dashboard_figures(now))[0] for _ in range(3)]
     old_median, old_count = _naive_dashboard_figures(now)
+    from requests_app.models import RelayRequest  # deferred: after Django set-up
+
+    check = [(d - s).total_seconds() / 3600 for s, d in RelayRequest.objects.filter(
+        submitted_at__isnull=False, decided_at__gte=now - timedelta(days=data.window_days))
+        .values_list("submitted_at", "decided_at")]
     print(f"  dashboard_data (all figures, SQL): {_span(new_samples)}; median "
-          f"{data.median_decision_hours:.1f} h over {data.decided_count} decisions in "
-          f"{data.window_days} days")
+          f"{data.median_decision_hours:.3f} h over {data.decided_count} decisions in "
+          f"{data.window_days} days (Python over the same rows: "
+          f"{statistics.median(check):.3f} h over {len(check)})")
     print(f"  old way, the median and age buckets alone in Python over all history: "
           f"{_span(old_samples)}; median {old_median:.1f} h over {old_count} decisions")
     print("\nreproduce: python bench/scale_audit_dashboard.py --n {}{}".format(

@@ -18,16 +18,20 @@ ended on a whole line and looked complete. So:
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
+import re
 import unicodedata
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from datetime import datetime
 from datetime import time
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connections
@@ -183,7 +187,7 @@ def audit_csv_chunks(user: AbstractBaseUser, flt: AuditFilter,
     rows = audit_rows(user, flt)
     with _streaming_read(rows.db):
         for (created, request_id, team, kind, fqdn, account, type_, actor, source_ip,
-             from_state, to_state, comment, params) in rows.iterator(chunk_size=chunk_rows):
+             from_state, to_state, comment, params) in _read(rows, chunk_rows):
             shown = params_cache.get(params)
             if shown is None:
                 if len(params_cache) >= _CACHE_MAX:
@@ -205,6 +209,47 @@ def audit_csv_chunks(user: AbstractBaseUser, flt: AuditFilter,
                 yield sink.take()
     sink.write(f"{TRAILER_PREFIX}{count} rows\r\n")
     yield sink.take()
+
+
+def _read(rows: QuerySet[RequestEvent], chunk_rows: int) -> Iterator[Sequence[Any]]:
+    """The rows of ``rows``: on PostgreSQL through ``COPY ... TO STDOUT`` (text format),
+    elsewhere through the streaming cursor of ``iterator``.
+
+    Why COPY: reading 550k rows through a cursor cost twice the ``COPY`` of the same
+    query (psycopg's per-row loading and Django's iteration); splitting COPY's text
+    lines on tabs is C work. The values are the same strings the cursor gives (the
+    ``inet`` column's text output is what Django's loader returns); a cell holding a
+    backslash is unescaped as COPY escaped it, ``\\N`` is NULL.
+    """
+    connection = connections[rows.db]
+    if connection.vendor == "postgresql":
+        sql, params = rows.query.sql_with_params()
+        with connection.cursor() as cursor:
+            raw = cursor.cursor
+            if hasattr(raw, "mogrify"):  # client-side binding (Django's default)
+                with raw.copy(f"COPY ({raw.mogrify(sql, params)}) TO STDOUT") as copy:
+                    tail = ""
+                    decode = codecs.getincrementaldecoder("utf-8")().decode  # blocks may split
+                    for data in copy:                                       # a character
+                        lines = (tail + decode(bytes(data))).split("\n")
+                        tail = lines.pop()
+                        for line in lines:
+                            cells = line.split("\t")
+                            yield [_unescape(c) for c in cells] if "\\" in line else cells
+                return
+    yield from rows.iterator(chunk_size=chunk_rows)
+
+
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _unescape(cell: str) -> str | None:
+    if cell == "\\N":
+        return None
+    if "\\" not in cell:
+        return cell
+    return _COPY_ESCAPE.sub(lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), cell)
 
 
 @contextmanager
