@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.template.loader import render_to_string
+from django.utils.translation import gettext_lazy
 
 from .activation import password_source
 from .checking import check_config
@@ -87,13 +88,15 @@ def relay_endpoint() -> Endpoint:
     )
 
 
+# The titles are headings on the request page (translated, lazily: this table is built at
+# import); the snippets themselves are configuration, their comments stay English.
 TITLES = {
-    "postfix": ("Postfix relayhost (main.cf)", "ini"),
+    "postfix": (gettext_lazy("Postfix relayhost (main.cf)"), "ini"),
     "sasl_passwd": ("Postfix sasl_passwd", "text"),
-    "django": ("Django settings", "python"),
+    "django": (gettext_lazy("Django settings"), "python"),
     "smtplib": ("Python smtplib", "python"),
     "nodemailer": ("Node.js nodemailer", "javascript"),
-    "test": ("Connectivity test", "shell"),
+    "test": (gettext_lazy("Connectivity test"), "shell"),
 }
 
 
