@@ -157,10 +157,13 @@ def main(argv: list[str] | None = None) -> None:
 
     def new_body() -> None:
         response = client.get(cidr_url)
-        total = 0
+        total, digest = 0, hashlib.sha256()
         for chunk in (response.streaming_content if response.streaming
                       else [response.content]):
             total += len(chunk)
+            digest.update(chunk)
+        assert f'"{digest.hexdigest()}"' == etag  # the streamed bytes are the file's
+        assert total == int(response["Content-Length"])
         size["bytes"] = total
 
     polls = [

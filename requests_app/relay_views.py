@@ -10,6 +10,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.http import HttpResponseBase
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.shortcuts import redirect
@@ -53,11 +54,12 @@ def _token_ok(request: HttpRequest) -> bool:
 
 
 @require_safe
-def relay_config_file(request: HttpRequest, name: str) -> HttpResponse:
+def relay_config_file(request: HttpRequest, name: str) -> HttpResponseBase:
     """``GET /relay-config/<name>`` for config management, with ETag and 304.
 
     ``HEAD`` answers with the same status and headers (ETag, Content-Length, version)
-    and no body, so a puller can ask whether a file changed without fetching it.
+    and no body, so a puller can ask whether a file changed without fetching it. A body
+    over ``STREAM_ABOVE`` bytes is streamed, read in slices (``relay_store.stream_body``).
     """
     if not _token_ok(request):
         response = HttpResponse("a valid relay-config token is required\n", status=401,
@@ -147,7 +149,7 @@ def version_detail(request: HttpRequest, number: int) -> HttpResponse:
 
 
 @login_required
-def version_file(request: HttpRequest, number: int, name: str) -> HttpResponse:
+def version_file(request: HttpRequest, number: int, name: str) -> HttpResponseBase:
     """One file of one version, shown on a page or (``?download=1``) as an attachment
     named ``v<number>-<name>``, byte for byte what the relay pulled."""
     _require_staff_view(request)
