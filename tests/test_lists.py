@@ -15,6 +15,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from requests_app import assignment
 from requests_app.exceptions import ActionConflict
@@ -207,6 +208,31 @@ def test_claim_of_a_request_someone_else_holds_is_a_409_naming_them(
         assignment.release(request_id=idn.pk, by=second_approver)
     idn.refresh_from_db()
     assert idn.assigned_to == approver
+
+
+def test_claim_and_release_through_the_api(approver, second_approver, requester, catalogue):
+    idn = catalogue["idn"]
+    bob, carol = APIClient(), APIClient()
+    bob.force_authenticate(approver)
+    carol.force_authenticate(second_approver)
+    # when an approver claims through the API, the request says so and the filter finds it
+    claimed = bob.post(f"/api/requests/{idn.pk}/claim/")
+    assert claimed.status_code == 200 and claimed.json()["assigned_to"] == "bob"
+    assert [r["id"] for r in bob.get("/api/requests/", {"assigned": "me"}).json()["results"]] \
+        == [idn.pk]
+    assert idn.pk not in [r["id"] for r in
+                          bob.get("/api/requests/", {"assigned": "none"}).json()["results"]]
+    # then another approver's claim or release is a 409 naming the holder
+    for path in ("claim", "release"):
+        refused = carol.post(f"/api/requests/{idn.pk}/{path}/")
+        assert refused.status_code == 409 and "claimed by bob" in refused.content.decode()
+    # and a requester may not claim (403); the holder releases it
+    owner = APIClient()
+    owner.force_authenticate(requester)
+    assert owner.post(f"/api/requests/{idn.pk}/claim/").status_code == 403
+    released = bob.post(f"/api/requests/{idn.pk}/release/")
+    assert released.status_code == 200 and released.json()["assigned_to"] is None
+    assert bob.get("/api/requests/", {"assigned": "bogus"}).status_code == 400
 
 
 def test_release_then_another_approver_can_claim(approver, second_approver, catalogue):

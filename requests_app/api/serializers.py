@@ -184,6 +184,9 @@ class RelayRequestSerializer(serializers.ModelSerializer):
                   "override wait for a fresh run.",
     )
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
+    assigned_to = serializers.CharField(
+        source="assigned_to.get_username", read_only=True, allow_null=True, default=None,
+        help_text="The approver who claimed the request (claim/release), or null.")
     submit = serializers.BooleanField(write_only=True, required=False, default=False)
     quota_limits = serializers.SerializerMethodField(
         help_text="The limits the relay applies: the sandbox's, or the granted volume and "
@@ -209,7 +212,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "fqdn", "ipv4", "ipv6", "purpose", "account_name", "use_case", "tls_mode",
             "check_verdict", "check_summary", "checks_ran_at", "checks", "checks_stale",
             "check_attempts", "check_next_attempt_at", "override_reason", "decision_note",
-            "created_by", "created_at", "submitted_at",
+            "created_by", "assigned_to", "assigned_at", "created_at", "submitted_at",
             "decided_at", "activated_at", "provision_attempts", "provision_error", "submit",
             "quota_tier", "quota_limits", "production_requested_at", "production_volume",
             "production_use_case", "production_bounce_handling",
@@ -219,6 +222,7 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             # why a request waits in checking: attempts so far and when the next one runs
             "check_attempts", "check_next_attempt_at",
             "decision_note", "created_at", "submitted_at", "decided_at", "activated_at",
+            "assigned_at",
             # why the relay config leaves the request out (provisioning, failed, active)
             "provision_attempts", "provision_error",
             # the sending quota: changed only through the quota actions

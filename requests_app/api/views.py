@@ -27,6 +27,7 @@ from rest_framework.throttling import SimpleRateThrottle
 
 from .. import accounts
 from .. import activation
+from .. import assignment
 from .. import credentials
 from .. import quotas
 from .. import selectors
@@ -78,6 +79,9 @@ LIST_FILTERS = [
     OpenApiParameter("production_pending", str, enum=_BOOLEAN,
                      description="Only active entries whose owners asked for production "
                                  "access (true/1/on/yes)."),
+    OpenApiParameter("assigned", str, enum=["me", "none"],
+                     description="Only requests claimed by the caller (me) or by nobody "
+                                 "(none)."),
 ]
 
 
@@ -96,7 +100,8 @@ class RelayRequestViewSet(
     http_method_names = ["get", "post", "patch", "head", "options"]
 
     def get_queryset(self) -> Any:
-        qs = selectors.request_list_for_user(self.request.user).prefetch_related(
+        qs = selectors.request_list_for_user(self.request.user).select_related(
+            "assigned_to").prefetch_related(
             Prefetch("checks", queryset=CheckResult.objects.order_by("check_id", "subject"))
         )
         # Filters through the parameter helper: an unknown state or a NUL is a 400 naming
@@ -113,6 +118,11 @@ class RelayRequestViewSet(
             qs = qs.filter(team__slug=team)
         if query_flag(params, "drifted"):
             qs = qs.filter(drifted_at__isnull=False)
+        assigned = query_choice(params, "assigned", ("me", "none"))
+        if assigned == "me":
+            qs = qs.filter(assigned_to=self.request.user)
+        elif assigned == "none":
+            qs = qs.filter(assigned_to__isnull=True)
         if query_flag(params, "production_pending"):
             # active entries whose owners asked for production access (approvers decide)
             qs = qs.filter(pk__in=quotas.production_pending_requests(qs).values("pk"))
@@ -356,6 +366,29 @@ QUICK_CHECK_THROTTLED_SCHEMA: dict[str, Any] = {
                    "checks": {"type": "array", "maxItems": 0, "items": {}}},
     "required": ["detail", "checks"],
 }
+
+
+def _claim(self: RelayRequestViewSet, request: Request, pk: str | None = None) -> Response:
+    """Claim the request ("assigned to me"; approvers who could decide it): 403 for
+    anyone else, 409 when it does not wait for approvers or another approver holds it
+    (named). Audited."""
+    obj = self.get_object()
+    assignment.claim(request_id=obj.pk, by=request.user, source_ip=client_ip(request))
+    return Response(self.get_serializer(self.get_queryset().get(pk=obj.pk)).data)
+
+
+def _release(self: RelayRequestViewSet, request: Request, pk: str | None = None) -> Response:
+    """Release one's own claim: 409 naming the holder when someone else holds it."""
+    obj = self.get_object()
+    assignment.release(request_id=obj.pk, by=request.user, source_ip=client_ip(request))
+    return Response(self.get_serializer(self.get_queryset().get(pk=obj.pk)).data)
+
+
+for _handler, _path in ((_claim, "claim"), (_release, "release")):
+    _handler.__name__ = _path
+    setattr(RelayRequestViewSet, _path, extend_schema(
+        request=None, responses=RelayRequestSerializer,
+    )(action(detail=True, methods=["post"], url_path=_path, url_name=_path)(_handler)))
 
 
 class QuickCheckThrottle(SimpleRateThrottle):
