@@ -219,7 +219,8 @@ def _read(rows: QuerySet[RequestEvent], chunk_rows: int) -> Iterator[Sequence[An
     query (psycopg's per-row loading and Django's iteration); splitting COPY's text
     lines on tabs is C work. The values are the same strings the cursor gives (the
     ``inet`` column's text output is what Django's loader returns); a cell holding a
-    backslash is unescaped as COPY escaped it, ``\\N`` is NULL.
+    backslash is unescaped as COPY escaped it. NULL is written as an empty cell: only
+    the source IP can be NULL, and the CSV shows it empty either way.
     """
     connection = connections[rows.db]
     if connection.vendor == "postgresql":
@@ -227,7 +228,7 @@ def _read(rows: QuerySet[RequestEvent], chunk_rows: int) -> Iterator[Sequence[An
         with connection.cursor() as cursor:
             raw = cursor.cursor
             if hasattr(raw, "mogrify"):  # client-side binding (Django's default)
-                with raw.copy(f"COPY ({raw.mogrify(sql, params)}) TO STDOUT") as copy:
+                with raw.copy(f"COPY ({raw.mogrify(sql, params)}) TO STDOUT (NULL '')") as copy:
                     tail = ""
                     decode = codecs.getincrementaldecoder("utf-8")().decode  # blocks may split
                     for data in copy:                                       # a character
@@ -244,9 +245,7 @@ _COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v
 _COPY_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
-def _unescape(cell: str) -> str | None:
-    if cell == "\\N":
-        return None
+def _unescape(cell: str) -> str:
     if "\\" not in cell:
         return cell
     return _COPY_ESCAPE.sub(lambda m: _COPY_ESCAPES.get(m.group(1), m.group(1)), cell)
