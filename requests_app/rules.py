@@ -34,6 +34,7 @@ from typing import NamedTuple
 import idna
 
 __all__ = [
+    "RuleError",
     "ACCOUNT_RE",
     "SENDER_LOCAL_RE",
     "TEAM_RE",
@@ -68,28 +69,46 @@ PLAIN_FQDN_RE = re.compile(rf"(?:{_PLAIN_LABEL}\.)+(?![0-9]+\Z){_PLAIN_LABEL}")
 _IDN_DOTS = str.maketrans({"\u3002": ".", "\uff0e": ".", "\uff61": "."})
 
 
+def _(text: str) -> str:
+    """Mark a message template for makemessages (gettext_noop): no Django here."""
+    return text
+
+
+class RuleError(ValueError):
+    """A rule's refusal. ``str()`` is the English sentence (logs, the renderer's skipped
+    entries, callers that only show text); ``template`` and ``params`` let a layer with
+    translations say it in the reader's language (``validators.rule_message``)."""
+
+    def __init__(self, template: str, **params: Any) -> None:
+        super().__init__(template % params)
+        self.template = template
+        self.params = params
+
+
 def ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str]:
     """The labels of a name as ASCII (IDNA 2008, UTS #46 mapping), each checked.
 
     Raises ``ValueError`` naming ``what`` and the offending label.
     """
     if not isinstance(text, str):
-        raise ValueError(f"{what} must be text, not {type(text).__name__}")
+        raise RuleError(_("%(what)s must be text, not %(type)s"), what=what,
+                        type=type(text).__name__)
     name = text.strip().translate(_IDN_DOTS)
     name = name[:-1] if name.endswith(".") else name
     if not name:
-        raise ValueError(f"{what} is empty")
+        raise RuleError(_("%(what)s is empty"), what=what)
     if any(ch.isspace() for ch in name):
         # The first thing wrong with "not a host!!": a name never holds a space, whatever
         # its labels would be (said before any label rule, which would blame a "label").
-        raise ValueError(f"{what} {text!r} contains a space: a name is one word, its "
-                         "labels joined by dots")
+        raise RuleError(_("%(what)s %(text)r contains a space: a name is one word, its "
+                          "labels joined by dots"), what=what, text=text)
     labels = []
     for label in name.split("."):
         if not label:
-            raise ValueError(f"{what} {text!r} has an empty label")
+            raise RuleError(_("%(what)s %(text)r has an empty label"), what=what, text=text)
         if "*" in label:
-            raise ValueError(f"{what} {text!r}: wildcards are not allowed")
+            raise RuleError(_("%(what)s %(text)r: wildcards are not allowed"), what=what,
+                            text=text)
         try:
             if label.isascii():
                 ascii_label = label.lower()
@@ -102,25 +121,33 @@ def ascii_labels(text: object, what: str, label_re: re.Pattern[str]) -> list[str
                 if "." in ascii_label:  # a character that maps to a dot: not one label
                     raise UnicodeError(ascii_label)
         except UnicodeError:  # idna.IDNAError is one
-            raise ValueError(f"{what} {text!r}: {label!r} is not a valid "
-                             "internationalised label") from None
+            raise RuleError(_("%(what)s %(text)r: %(label)r is not a valid internationalised "
+                              "label"), what=what, text=text, label=label) from None
         if len(ascii_label) > 63:
-            raise ValueError(f"{what} {text!r}: label {ascii_label!r} is longer than 63")
+            raise RuleError(_("%(what)s %(text)r: label %(label)r is longer than 63"),
+                            what=what, text=text, label=ascii_label)
         if not label_re.fullmatch(ascii_label):
-            raise ValueError(f"{what} {text!r}: label {ascii_label!r} may only hold letters, "
-                             f"digits and inner hyphens{_offending(ascii_label, label_re)}")
+            bad = _offending(ascii_label, label_re)
+            if bad:
+                raise RuleError(_("%(what)s %(text)r: label %(label)r may only hold letters, "
+                                  "digits and inner hyphens (%(char)r is not allowed)"),
+                                what=what, text=text, label=ascii_label, char=bad)
+            raise RuleError(_("%(what)s %(text)r: label %(label)r may only hold letters, "
+                              "digits and inner hyphens"), what=what, text=text,
+                            label=ascii_label)
         labels.append(ascii_label)
     if len(".".join(labels)) > 253:
-        raise ValueError(f"{what} {text!r} is longer than 253 characters")
+        raise RuleError(_("%(what)s %(text)r is longer than 253 characters"), what=what,
+                        text=text)
     return labels
 
 
 def _offending(label: str, label_re: re.Pattern[str]) -> str:
-    """" ('!' is not allowed)" for the first character no label may hold; "" when
-    the label breaks the rule otherwise (a hyphen at either end)."""
+    """The first character no label may hold ("!"); "" when the label breaks the rule
+    otherwise (a hyphen at either end)."""
     for ch in label:
         if not label_re.fullmatch(ch * 2 if ch != "-" else "a-a"):
-            return f" ({ch!r} is not allowed)"
+            return ch
     return ""
 
 
@@ -150,11 +177,12 @@ def normalise_fqdn(value: str) -> str:
 
 def normalise_fqdn_in_full(value: str) -> str:
     """:func:`normalise_fqdn` without the shortcut for names already in normal form."""
-    labels = ascii_labels(value, "host name", HOST_LABEL_RE)
+    labels = ascii_labels(value, _("host name"), HOST_LABEL_RE)
     if len(labels) < 2:
         raise NotFullyQualified(f"host name {value!r} is not fully qualified (add its domain)")
     if labels[-1].isdigit():
-        raise ValueError(f"host name {value!r} ends in a numeric label; is it an address?")
+        raise RuleError(_("host name %(text)r ends in a numeric label; is it an address?"),
+                        text=value)
     return ".".join(labels)
 
 
@@ -175,24 +203,24 @@ def normalise_sender(value: str) -> str:
     part broke which rule (the caller names the value).
     """
     if not isinstance(value, str):
-        raise ValueError(f"sender must be text, not {type(value).__name__}")
+        raise RuleError(_("sender must be text, not %(type)s"), type=type(value).__name__)
     text = value.strip()
     if len(text.split()) > 1:  # inside the value, on either side of the "@"
-        raise ValueError("a sender may not contain whitespace")
+        raise RuleError(_("a sender may not contain whitespace"))
     if text.count("@") != 1:
-        raise ValueError("a sender needs exactly one '@' (user@domain, or @domain for a "
-                         "whole domain)")
-    local, _, domain = text.partition("@")
+        raise RuleError(_("a sender needs exactly one '@' (user@domain, or @domain for a "
+                          "whole domain)"))
+    local, _at, domain = text.partition("@")
     if local:
         if not local.isascii() or SENDER_LOCAL_RE.match(local.lower()) is None:
-            raise ValueError(
+            raise RuleError(_(
                 "the local part may only hold a-z, 0-9 and . _ + = - (at most 64, no "
-                "leading, trailing or double dot)")
+                "leading, trailing or double dot)"))
         local = local.lower()
     try:
         domain = normalise_fqdn(domain)
     except ValueError as exc:
-        raise ValueError(f"the domain is not valid: {exc}") from None
+        raise RuleError(_("the domain is not valid: %(reason)s"), reason=exc) from None
     return f"{local}@{domain}"
 
 
@@ -216,16 +244,16 @@ def parse_address(value: str) -> IPAddress:
     global hosts, and a scoped address means nothing outside one link.
     """
     if not isinstance(value, str):
-        raise ValueError(f"address must be text, not {type(value).__name__}")
+        raise RuleError(_("address must be text, not %(type)s"), type=type(value).__name__)
     text = value.strip()
     if "/" in text:
-        raise ValueError(f"{value!r} is a prefix; give single host addresses")
+        raise RuleError(_("%(text)r is a prefix; give single host addresses"), text=value)
     if "%" in text:
-        raise ValueError(f"{value!r} has a zone index; give a global address")
+        raise RuleError(_("%(text)r has a zone index; give a global address"), text=value)
     try:  # one parser, not ip_address()'s IPv4 attempt and exception for every IPv6
         return ipaddress.IPv6Address(text) if ":" in text else ipaddress.IPv4Address(text)
     except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+        raise RuleError(_("%(text)r is not an IPv4 or IPv6 address"), text=value) from None
 
 
 def normalise_address(value: str) -> str:

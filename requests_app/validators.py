@@ -25,6 +25,7 @@ __all__ = [
     "FREE_TEXT_LIMITS",
     "MAX_LIST_ITEMS",
     "normalise_list",
+    "rule_message",
     "settings_address_policy",
     "split_list",
     "validate_account_name",
@@ -47,6 +48,24 @@ SELECTOR_RE = rules.HOST_LABEL_RE  # a DKIM selector is one host-name label
 # such items, so it stays whole (see split_list).
 _ITEM_CHARS_RE = re.compile(r"[\w.:@+=%/\[\]-]+")
 
+
+
+def rule_message(exc: BaseException) -> str:
+    """A rule's refusal in the reader's language.
+
+    ``rules`` has no Django, so it raises ``rules.RuleError`` with an English template and
+    its values; this is the boundary where the template is looked up in the catalog (the
+    name of the thing, ``what``, too, and a nested refusal in turn). Any other error
+    reads as its text.
+    """
+    if not isinstance(exc, rules.RuleError):
+        return str(exc)
+    params = {
+        key: rule_message(value) if isinstance(value, BaseException)
+        else _(value) if key == "what" else value
+        for key, value in exc.params.items()
+    }
+    return _(exc.template) % params
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
     """Accept a list, or text with one item per line / comma / semicolon / space separated.
@@ -97,7 +116,7 @@ def validate_fqdn(value: str) -> str:
         raise ValidationError(
             _("Not a valid host name (FQDN rule): %(reason)s"),
             code="invalid_fqdn",
-            params={"reason": exc},
+            params={"reason": rule_message(exc)},
         ) from None
     return fqdn
 
@@ -181,7 +200,7 @@ def validate_sender_domains(values: Sequence[str]) -> list[str]:
             raise ValidationError(
                 _("%(value)s is not a valid domain name: %(reason)s"),
                 code="invalid_domain",
-                params={"value": raw, "reason": exc},
+                params={"value": raw, "reason": rule_message(exc)},
             ) from None
         if "." not in domain:
             raise ValidationError(
@@ -210,7 +229,7 @@ def validate_sender_addresses(values: Sequence[str]) -> list[str]:
             raise ValidationError(
                 _("%(value)s is not a valid sender (user@domain or @domain): %(reason)s."),
                 code="invalid_sender",
-                params={"value": raw, "reason": exc},
+                params={"value": raw, "reason": rule_message(exc)},
             ) from None
     return normalise_list(out)
 

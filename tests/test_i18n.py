@@ -34,7 +34,7 @@ from tests.factories import RelayRequestFactory
 ROOT = Path(__file__).resolve().parent.parent
 LANGS = ("nb", "de")
 # python-format (%(name)s, %s, %%), brace-format ({name}: the test-mail script) placeholders
-PLACEHOLDER = re.compile(r"%\([a-z_]+\)[-#0 +]*\d*[sdiXxf]|%%|%s|%d|\{[a-z_]+\}")
+PLACEHOLDER = re.compile(r"%\([a-z_]+\)[-#0 +]*\d*[sdiXxfr]|%%|%s|%d|\{[a-z_]+\}")
 
 
 # --- the catalogs ---------------------------------------------------------------------
@@ -359,3 +359,21 @@ def test_mails_stay_in_english_by_default(team, requester) -> None:
     with translation.override("de"):  # a German web request does not change the mail
         message = render_notification(row)
     assert message.subject == f"[Relaydesk] #{request.pk} app.example.org rejected"
+
+
+@pytest.mark.django_db
+def test_a_rule_of_the_engine_is_explained_in_german_and_in_english_as_before(
+        team, requester) -> None:
+    """``rules`` has no Django: its refusal carries an English template and its values,
+    translated where the form shows it (``validators.rule_message``)."""
+    client = Client()
+    client.force_login(requester)
+    form = {"team": team.pk, "contact_email": "ops@example.org", "fqdn": "not a host!!",
+            "ipv4": "81.2.69.10", "purpose": "Auftragsbestätigungen",
+            "sender_domains": "example.org", "expected_daily_volume": "10"}
+    url = reverse("requests:create", args=["server"])
+    german = client.post(url, form, HTTP_ACCEPT_LANGUAGE="de").text
+    assert "Hostname &#x27;not a host!!&#x27; enthält ein Leerzeichen" in german
+    assert "contains a space" not in german
+    english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
+    assert "host name &#x27;not a host!!&#x27; contains a space: a name is one word" in english
