@@ -18,6 +18,7 @@ otherwise). Each step's screenshot goes to ``var/screenshots/<test>/<step>.png``
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,9 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import translation
+from django.utils.text import capfirst
+from django.utils.translation import gettext
 
 from requests_app import relay
 from requests_app import services
@@ -127,24 +131,54 @@ def tab_to(page: Page, selector: str, *, limit: int = 80) -> None:
     raise AssertionError(f"Tab never reached {selector}")
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+#: The requester's journey: English at both widths, and once in Norwegian Bokmål on the
+#: phone (the browser asks for it with Accept-Language; docs/i18n.md).
+JOURNEYS = [("1280", "en"), ("390", "en"), ("390", "nb")]
+LOCALES = {"en": "en-GB", "nb": "nb-NO"}
+#: What the quick check says about "not a host!!" (the FQDN rule's words, translated).
+QUICK_ERROR = {"en": "contains a space", "nb": "inneholder et mellomrom"}
+
+
+def words(lang: str) -> Callable[[str], str]:
+    """The pages' words in ``lang``: looked up in the catalogs the app serves, so the
+    journey follows the translation instead of a second copy of it."""
+    def t(text: str) -> str:
+        with translation.override(lang):
+            return gettext(text)
+    return t
+
+
+def log_in_in(page: Page, base_url: str, username: str, t: Callable[[str], str]) -> None:
+    """``log_in`` in the page's language (the fields by id, the button by its word)."""
+    page.goto(f"{base_url}/accounts/login/")
+    page.locator("#id_username").fill(username)
+    page.locator("#id_password").fill(PASSWORD)
+    page.get_by_role("button", name=t("Log in")).click()
+    page.wait_for_url(f"{base_url}/requests/")
+
+
+@pytest.mark.parametrize(("width", "lang"), JOURNEYS)
 def test_requester_journey_new_request_to_snippets(
     live_server: Any, browser_session: BrowserSession,  # noqa: F811
     requester: AbstractBaseUser, approver: AbstractBaseUser, proof: Proof, width: str,
+    lang: str,
 ) -> None:
-    page = browser_session(viewport=WIDTHS[width])
-    log_in(page, live_server.url, requester.get_username(), PASSWORD)
+    # The browser asks for its language (Accept-Language); the words come from the catalogs.
+    t = words(lang)
+    page = browser_session(viewport=WIDTHS[width], locale=LOCALES[lang])
+    log_in_in(page, live_server.url, requester.get_username(), t)
+    assert page.locator("html").get_attribute("lang") == lang
     proof.check(page, "01-list")
 
-    page.get_by_role("navigation").get_by_role("link", name="New request").click()
-    assert page.get_by_role("link", name="New request", exact=True).first.get_attribute(
+    page.get_by_role("navigation").get_by_role("link", name=t("New request")).click()
+    assert page.get_by_role("link", name=t("New request"), exact=True).first.get_attribute(
         "aria-current") == "page"
     proof.check(page, "02-choose")
-    page.get_by_role("link", name=re.compile("Server allowlisting")).click()
+    page.get_by_role("link", name=re.compile(t("Server allowlisting"))).click()
     # A first try with a bad value: the quick check puts the reason under the field.
     page.get_by_label(re.compile(r"^FQDN\b")).fill("not a host!!")
     page.locator("#id_fqdn_quick_error").wait_for()
-    assert "contains a space" in page.locator("#id_fqdn_quick_error").inner_text()
+    assert QUICK_ERROR[lang] in page.locator("#id_fqdn_quick_error").inner_text()
     assert page.get_by_label(re.compile(r"^FQDN\b")).get_attribute("aria-invalid") == "true"
     proof.check(page, "03-form-quick-error")
     values = {
@@ -154,12 +188,12 @@ def test_requester_journey_new_request_to_snippets(
         "Expected messages per day": "100",
     }
     for label, value in values.items():
-        page.get_by_label(re.compile(rf"^{re.escape(label)}\b")).fill(value)
+        page.get_by_label(re.compile(rf"^{re.escape(t(label))}\b")).fill(value)
     quick = page.locator("#quick-check")
-    quick.get_by_text(re.compile(r"Reverse DNS names the host \(PTR\)")).wait_for()
+    quick.get_by_text(t("Reverse DNS names the host (PTR)")).wait_for()
     assert page.locator("#id_fqdn_quick_error").count() == 0
     proof.check(page, "04-form-quick-check")
-    page.get_by_role("button", name="Save and submit").click()
+    page.get_by_role("button", name=t("Save and submit")).click()
 
     # the checks ran (eager Celery): failed, said in words, with the record to publish
     page.wait_for_url(re.compile(r"/requests/\d+/$"))
@@ -168,10 +202,11 @@ def test_requester_journey_new_request_to_snippets(
     page.reload()
     assert state_of(pk) == S.NEEDS_CHANGES
     checks = page.locator("section.checks")
-    assert checks.locator("h2 .verdict").inner_text() == "Failed"
+    assert checks.locator("h2 .verdict").inner_text() == t("Failed")
     labels = checks.locator("tbody td:nth-child(1)").all_inner_texts()
-    assert "Reverse DNS names the host (PTR)" in labels and "reverse" not in labels
-    assert "Sent back by its checks (Checking → Needs changes)" in page.locator(
+    assert t("Reverse DNS names the host (PTR)") in labels and "reverse" not in labels
+    sent_back = capfirst(t("sent back by its checks"))
+    assert f"{sent_back} ({t('Checking')} → {t('Needs changes')})" in page.locator(
         "section.timeline").inner_text()
     proof.check(page, "05-checks-failed")
 
@@ -179,22 +214,22 @@ def test_requester_journey_new_request_to_snippets(
     thread = page.locator("#comments")
     if thread.count():
         thread.get_by_role("textbox").fill("The shop moves to 81.2.69.10 next week.")
-        thread.get_by_role("button", name="Add comment").click()
+        thread.get_by_role("button", name=t("Add comment")).click()
         page.wait_for_load_state()
         assert "moves to 81.2.69.10" in page.locator("#comments").inner_text()
         proof.check(page, "06-commented")
 
     # the changes: the right address, submitted again
-    page.get_by_role("link", name="Edit").click()
-    page.get_by_label(re.compile(r"^IPv4 addresses\b")).fill("81.2.69.10")
+    page.get_by_role("link", name=t("Edit")).click()
+    page.get_by_label(re.compile(rf"^{t('IPv4 addresses')}\b")).fill("81.2.69.10")
     proof.check(page, "07-edit")
-    page.get_by_role("button", name="Save and submit").click()
+    page.get_by_role("button", name=t("Save and submit")).click()
     page.wait_for_url(re.compile(rf"/requests/{pk}/$"))
     page.wait_for_function("() => !document.querySelector('h1 .state-checking')")
     page.reload()
     assert state_of(pk) == S.PENDING_APPROVAL
     # passed, or with a warning only (no DKIM selector given): nothing blocks approval
-    assert page.locator("section.checks h2 .verdict").inner_text() in ("Passed", "Warning")
+    assert page.locator("section.checks h2 .verdict").inner_text() in (t("Passed"), t("Warning"))
     proof.check(page, "08-pending-approval")
 
     # an approver approves (the approver's own journey is the test below)
@@ -208,7 +243,9 @@ def test_requester_journey_new_request_to_snippets(
     # the requester's page has the settings to copy
     page.reload()
     page.locator("#snippets").wait_for()
-    assert "Settings for your server" in page.locator("#snippets h2").inner_text()
+    assert t("Settings for your server") in page.locator("#snippets h2").inner_text()
+    if lang != "en":  # no English sentence of the page left on the way
+        assert "Settings for your server" not in page.content()
     proof.check(page, "09-active-snippets")
     proof.assert_clean()
 
