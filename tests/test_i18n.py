@@ -221,11 +221,16 @@ def pages(team, requester, approver, server_request):
     """The pages of both journeys, each with the client of who sees it."""
     queued = RelayRequestFactory(team=team, created_by=requester, fqdn="mx.example.org",
                                  state=RequestState.PENDING_APPROVAL, check_verdict="pass")
+    live = RelayRequestFactory(account=True, team=team, created_by=requester,
+                               state=RequestState.ACTIVE, check_verdict="pass")
     asker, decider = Client(), Client()
     asker.force_login(requester)
     decider.force_login(approver)
     data = {team.name, team.slug, requester.username, approver.username,
-            server_request.purpose, server_request.fqdn, queued.fqdn, "Relaydesk"}
+            server_request.purpose, server_request.fqdn, queued.fqdn, live.account_name,
+            live.use_case, "Relaydesk",
+            # names of programs and files: the same words in every language
+            "Postfix sasl_passwd", "Python smtplib", "Node.js nodemailer"}
     return data, [
         (Client(), reverse("login")),
         (asker, reverse("requests:list")),
@@ -233,6 +238,9 @@ def pages(team, requester, approver, server_request):
         (asker, reverse("requests:create", args=["server"])),
         (asker, reverse("requests:create", args=["account"])),
         (asker, reverse("requests:detail", args=[server_request.pk])),
+        (asker, reverse("requests:detail", args=[live.pk])),
+        (decider, reverse("requests:detail", args=[live.pk])),
+        (decider, reverse("requests:credential_overdue")),
         (decider, reverse("requests:queue")),
         (decider, reverse("requests:detail", args=[queued.pk])),
         (decider, reverse("requests:dashboard")),
