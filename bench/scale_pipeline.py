@@ -9,7 +9,9 @@ subprocess, loopback only), same machine:
 (a) the engine alone on the first N requests (one process, and sharded on ``--concurrency``
     processes): the ceiling the pipeline is compared with;
 (b) the pipeline: N ``POST /api/requests/`` with ``submit: true`` (DRF's test client in this
-    process, one after the other), a Celery worker with ``--concurrency`` prefork processes
+    process, one after the other; ``--mode queued``, the default, submits them all and
+    then starts the worker, so its rate is the pipeline's, not the client's; ``live``
+    runs the worker meanwhile), a Celery worker with ``--concurrency`` prefork processes
     on the Redis broker, the batched check task (``RELAY_CHECK_BATCH_SIZE``, default 50).
     Printed: checked requests/s (first submit to last ``checks_ran_at``), p50/p95 from
     submit to checked, the submit rate, queries per submit, and the task's own time per
@@ -38,6 +40,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SUCCEEDED = re.compile(r"relaydesk\.run_request_checks\[[^\]]+\] succeeded in ([0-9.e-]+)s")
+
+
+class _Counter:
+    """Counts SQL statements (an ``execute_wrapper``; works with DEBUG off)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        self.count += 1
+        return execute(sql, params, many, context)
 
 
 class Worker:
@@ -86,6 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--mode", choices=("queued", "live"), default="queued",
+                        help="queued: all submitted, then the worker starts (its drain "
+                             "rate); live: the worker runs while they are submitted")
     args = parser.parse_args(argv)
 
     os.environ.update({"CELERY_BROKER_URL": args.broker, "DJANGO_DEBUG": "0",
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp, (team, user) = setup_django(args.database_url, prefix="relaydesk-pipeline-")
     from django.conf import settings
     from django.db import connection
-    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
     from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
@@ -159,46 +175,59 @@ def main(argv: list[str] | None = None) -> None:
                     "contact_email": "ops@bench.test", "expected_daily_volume": 10,
                     "submit": True}
 
-        def burst(label: str, indices: range, batch_size: int) -> None:
-            worker = Worker({**env, "RELAY_CHECK_BATCH_SIZE": str(batch_size)},
-                            args.concurrency)
-            try:
-                app.control.purge()
-                ids: list[int] = []
-                with CaptureQueriesContext(connection) as one:
-                    response = client.post("/api/requests/", payload(indices[0]),
-                                           format="json")
+        def submit(indices: range) -> tuple[list[int], float, int]:
+            """POST each request with ``submit: true``; ids, seconds, queries of one."""
+            ids: list[int] = []
+            counter = _Counter()
+            with connection.execute_wrapper(counter):
+                response = client.post("/api/requests/", payload(indices[0]), format="json")
+            assert response.status_code == 201, response.content
+            ids.append(response.json()["id"])
+            started = time.perf_counter()
+            for i in indices[1:]:
+                response = client.post("/api/requests/", payload(i), format="json")
                 assert response.status_code == 201, response.content
                 ids.append(response.json()["id"])
-                started = time.perf_counter()
-                for i in indices[1:]:
-                    response = client.post("/api/requests/", payload(i), format="json")
-                    assert response.status_code == 201, response.content
-                    ids.append(response.json()["id"])
-                submitted = time.perf_counter() - started
+            return ids, time.perf_counter() - started, counter.count
+
+        def burst(label: str, indices: range, batch_size: int) -> None:
+            app.control.purge()
+            worker_env = {**env, "RELAY_CHECK_BATCH_SIZE": str(batch_size)}
+            worker = None
+            try:
+                if args.mode == "live":
+                    worker = Worker(worker_env, args.concurrency)
+                ids, submitted, queries = submit(indices)
+                if worker is None:  # queued: the burst is in the queue, then the worker starts
+                    worker = Worker(worker_env, args.concurrency)
+                started = timezone.now()
                 waiting = RelayRequest.objects.filter(pk__in=ids, state=RequestState.CHECKING)
                 deadline = time.monotonic() + args.timeout
                 while waiting.exists() and time.monotonic() < deadline:
                     time.sleep(0.2)
                 left = waiting.count()
             finally:
-                worker.stop()
+                if worker is not None:
+                    worker.stop()
             rows = list(RelayRequest.objects.filter(pk__in=ids).exclude(
                 checks_ran_at=None).values_list("submitted_at", "checks_ran_at", "state"))
-            first = min(r[0] for r in rows)
+            if args.mode == "live":
+                started = min(r[0] for r in rows)
             last = max(r[1] for r in rows)
             latency = sorted((r[1] - r[0]).total_seconds() for r in rows)
-            span = (last - first).total_seconds()
+            span = (last - started).total_seconds()
             tasks, task_time = worker.task_seconds()
             per_request = 1000 * task_time / len(rows)
             engine_ms = 1000 / engine_1
             states = {s for *_x, s in rows}
-            print(f"{label}: {len(rows)}/{len(ids)} checked ({left} left in checking; "
-                  f"states {sorted(states)}) in {span:.1f} s = {len(rows) / span:,.1f} "
-                  f"checked/s; submit to checked p50 {statistics.median(latency):.2f} s, "
-                  f"p95 {latency[int(0.95 * (len(latency) - 1))]:.2f} s", flush=True)
-            print(f"  submits: {len(ids) / submitted:,.0f}/s from one client; "
-                  f"{len(one.captured_queries)} queries per create-and-submit", flush=True)
+            since = "worker start" if args.mode == "queued" else "first submit"
+            print(f"{label} ({args.mode}): {len(rows)}/{len(ids)} checked ({left} left in "
+                  f"checking; states {sorted(states)}) in {span:.1f} s from {since} = "
+                  f"{len(rows) / span:,.1f} checked/s; submit to checked p50 "
+                  f"{statistics.median(latency):.1f} s, p95 "
+                  f"{latency[int(0.95 * (len(latency) - 1))]:.1f} s", flush=True)
+            print(f"  submits: {len(ids) / submitted:,.1f}/s from one client; "
+                  f"{queries} queries per create-and-submit", flush=True)
             print(f"  worker: {tasks} task runs, {task_time:.1f} s of task time = "
                   f"{per_request:.2f} ms per checked request vs the engine's "
                   f"{engine_ms:.2f} ms: own overhead {per_request / engine_ms - 1:.1f}x the "
@@ -211,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         server.kill()
     print(f"reproduce: .venv/bin/python bench/scale_pipeline.py --database-url URL "
           f"--broker {args.broker} --n {args.n} --naive-n {args.naive_n} "
-          f"--concurrency {args.concurrency} --batch-size {args.batch_size}")
+          f"--concurrency {args.concurrency} --batch-size {args.batch_size} --mode {args.mode}")
 
 
 if __name__ == "__main__":

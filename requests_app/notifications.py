@@ -41,6 +41,7 @@ __all__ = [
     "ARRIVAL_KINDS",
     "KINDS_BY_TRIGGER",
     "notification_enqueue",
+    "notification_enqueue_checked",
     "notification_message_id",
     "notification_record",
     "notification_record_many",
@@ -172,6 +173,74 @@ def notification_enqueue(
     notification, _created = notification_record(
         request=request, kind=kind, key=key, recipients=recipients, context=context)
     return notification
+
+
+def notification_enqueue_checked(
+    items: Sequence[tuple[RelayRequest, str, RequestEvent, list[dict[str, Any]]]],
+) -> None:
+    """:func:`notification_enqueue` for a batch of recorded check runs, in a constant
+    number of queries: ``(request, trigger, event, checks)`` with ``checks_passed`` or
+    ``checks_failed`` as the trigger and the run's results as the engine gave them.
+
+    The same rules as one by one (the trigger's kind and audience, one arrival mail per
+    content, the failing checks quoted as at the event): the last arrival mail of every
+    request is read in one query, the approvers once, and the rows are written with one
+    INSERT. ``request.team``, ``created_by`` and ``submitted_by`` should be loaded with
+    the request (``select_related``). Runs under the requests' row locks, as the single
+    path does.
+    """
+    if not items:
+        return
+    shown = {"checks_failed": (CheckStatus.FAIL, CheckStatus.ERROR, CheckStatus.WARN),
+             "checks_error": (CheckStatus.FAIL, CheckStatus.ERROR)}
+    last_arrival: dict[int, Any] = {}
+    for request_id, context in (Notification.objects.filter(
+            request_id__in=[r.pk for r, *_rest in items], kind__in=ARRIVAL_KINDS)
+            .order_by("request_id", "-pk").values_list("request_id", "context")):
+        last_arrival.setdefault(request_id, context)
+    approvers: list[str] | None = None
+    rows = []
+    for request, trigger, event, checks in items:
+        if trigger == "checks_passed" and request.check_verdict == CheckStatus.ERROR:
+            trigger = "checks_error"
+        spec = KINDS_BY_TRIGGER.get(trigger)
+        if spec is None:
+            continue
+        kind, audience = spec
+        fingerprint = ""
+        if kind in ARRIVAL_KINDS:
+            fingerprint = content_fingerprint(request)
+            last = last_arrival.get(request.pk)
+            if event.from_state == event.to_state or (
+                    last and last.get("content_fingerprint") == fingerprint):
+                log.info("request %s: approvers already told of this content", request.pk)
+                continue
+        recipients: list[str] = []
+        if audience is not Audience.OWNERS:
+            approvers = approver_emails() if approvers is None else approvers
+            recipients = approvers
+        if audience is not Audience.APPROVERS:
+            recipients = sorted({*owner_recipients(request), *recipients})
+        if not recipients:
+            log.info("no recipients for %s on request %s", kind, request.pk)
+            continue
+        context = {
+            "comment": event.comment, "actor": event.actor_name,
+            "verdict": request.check_verdict,
+            "failing_checks": sorted(
+                ({"check_id": c["id"], "subject": c["subject"], "status": c["status"],
+                  "detail": c.get("detail", ""), "fix": (c.get("evidence") or {}).get("fix", [])}
+                 for c in checks if c["status"] in shown.get(kind, ())),
+                key=lambda c: (c["check_id"], c["subject"])),
+        }
+        if fingerprint:
+            context["content_fingerprint"] = fingerprint
+        rows.append(Notification(
+            request=request, kind=kind, recipients=recipients,
+            event_key=f"request:{request.pk}:{kind}:event:{event.pk}",
+            context=bounded_context(context)))
+    for notification in Notification.objects.bulk_create(rows):
+        dispatch_on_commit("send_notification", notification.pk)
 
 
 # A mail quotes what people typed (comments, reasons) and what DNS said (check

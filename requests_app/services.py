@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError
+from django.db import connection
 from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -70,6 +73,7 @@ __all__ = [
     "request_expire",
     "request_handover",
     "request_record_checks",
+    "request_record_checks_many",
     "request_renew",
     "request_update",
     "validate_idempotency_key",
@@ -589,6 +593,160 @@ def request_record_checks(
     events.insert_many([recorded, event])
     notifications.notification_enqueue(request=request, trigger=action, event=event)
     return request
+
+
+@dataclass(frozen=True)
+class CheckRunResult:
+    """One request's run for :func:`request_record_checks_many` (the arguments of
+    :func:`request_record_checks`)."""
+
+    request_id: int
+    checks: list[dict[str, Any]]
+    final: bool
+    fingerprint: str
+    attempt: int
+    retry_in: float | None = None
+
+
+@transaction.atomic
+def request_record_checks_many(
+    runs: Sequence[CheckRunResult],
+) -> dict[int, RelayRequest | None]:
+    """:func:`request_record_checks` for a batch of runs, in one transaction and a
+    constant number of queries: what lets a burst be recorded at database speed.
+
+    The same rules per request (its run is discarded, ``None``, when the row moved on,
+    its content changed or the attempt was recorded already; ``error`` alone keeps it
+    in ``checking`` while retries remain; otherwise it moves on, audited, and the mail
+    its transition declares is queued), but the rows are locked with one statement,
+    results, events and mails are written in bulk and the rows updated with one
+    ``bulk_update`` per set of columns.
+    """
+    locking = RelayRequest.objects.select_related("team", "created_by", "submitted_by")
+    if connection.features.has_select_for_update_of:
+        locking = locking.select_for_update(of=("self",))
+    else:
+        locking = locking.select_for_update()
+    rows = {r.pk: r for r in locking.filter(pk__in=[run.request_id for run in runs])
+            .order_by("pk")}
+    outcome: dict[int, RelayRequest | None] = {}
+    accepted: list[tuple[RelayRequest, CheckRunResult]] = []
+    for run in runs:
+        request = rows.get(run.request_id)
+        outcome[run.request_id] = None
+        if request is None or not can_proceed(request.checks_passed):
+            log.info("request %s is gone or moved on; check results discarded", run.request_id)
+        elif run.fingerprint != content_fingerprint(request):
+            log.info("request %s was edited while its checks ran; results discarded",
+                     run.request_id)
+        elif run.attempt != request.check_attempts:
+            log.info("request %s: attempt %s already recorded; duplicate discarded",
+                     run.request_id, run.attempt + 1)
+        else:
+            accepted.append((request, run))
+    _store_results_many([(request, run.checks) for request, run in accepted])
+    now = timezone.now()
+    new_events: list[RequestEvent] = []
+    waiting: list[RelayRequest] = []
+    moved: list[RelayRequest] = []
+    mails: list[tuple[RelayRequest, str, RequestEvent, list[dict[str, Any]]]] = []
+    for request, run in accepted:
+        checks = run.checks
+        statuses = [c["status"] for c in checks]
+        verdict = str(worst_status(statuses))
+        summary: dict[str, Any] = {s.value: statuses.count(s.value) for s in CheckStatus}
+        refused = sorted({c["subject"] for c in checks
+                          if c["id"] == "address_policy" and c["status"] == CheckStatus.FAIL})
+        if refused:
+            summary[POLICY_REFUSED] = refused
+        request.check_verdict = verdict
+        request.check_summary = summary
+        request.checked_fingerprint = run.fingerprint
+        request.checks_ran_at = now
+        request.check_attempts += 1
+        request.check_next_attempt_at = None
+        request.updated_at = now
+        new_events.append(events.request_checks_recorded_event(
+            request, verdict=verdict, summary=summary, attempt=request.check_attempts,
+            save=False))
+        outcome[request.pk] = request
+        if verdict == CheckStatus.ERROR and not run.final:
+            if run.retry_in is not None:
+                request.check_next_attempt_at = now + timedelta(seconds=run.retry_in)
+            waiting.append(request)
+            continue
+        from_state = request.state
+        action = "checks_failed" if verdict == CheckStatus.FAIL else "checks_passed"
+        getattr(request, action)()
+        failing = [c for c in checks if c["status"] in (CheckStatus.FAIL, CheckStatus.ERROR)]
+        comment = "; ".join(f"{c['id']}({c['subject']}): {c.get('detail', '')}"
+                            for c in failing)
+        event = events.request_transition_event(
+            request, action=action, from_state=from_state, actor=None,
+            comment=comment[:2000], save=False)
+        new_events.append(event)
+        moved.append(request)
+        mails.append((request, action, event, checks))
+    _update_rows(waiting, (*RECORDED_FIELDS, "updated_at"))
+    _update_rows(moved, (*RECORDED_FIELDS, "state", "updated_at"))
+    events.insert_many(new_events)
+    notifications.notification_enqueue_checked(mails)
+    return outcome
+
+
+def _store_results_many(runs: list[tuple[RelayRequest, list[dict[str, Any]]]]) -> None:
+    """:func:`_store_results` for several requests: one read, one update, one insert,
+    one delete for all of them."""
+    if not runs:
+        return
+    existing: dict[tuple[int, str, str], int] = {
+        (request_id, check_id, subject): pk
+        for pk, request_id, check_id, subject in CheckResult.objects.filter(
+            request_id__in=[request.pk for request, _checks in runs]
+        ).values_list("pk", "request_id", "check_id", "subject")}
+    now = timezone.now()
+    changed: list[CheckResult] = []
+    new: list[CheckResult] = []
+    for request, checks in runs:
+        for check in checks:
+            row = CheckResult(request=request, check_id=check["id"], subject=check["subject"],
+                              status=check["status"], detail=check.get("detail", ""),
+                              evidence=check.get("evidence") or {}, updated_at=now)
+            pk = existing.pop((request.pk, row.check_id, row.subject), None)
+            if pk is None:
+                row.created_at = now
+                new.append(row)
+            else:
+                row.pk = pk
+                changed.append(row)
+    _update_rows(changed, ("status", "detail", "evidence", "updated_at"))
+    if new:
+        CheckResult.objects.bulk_create(new, batch_size=1000)
+    if existing:
+        CheckResult.objects.filter(pk__in=existing.values()).delete()
+
+
+def _update_rows(rows: Sequence[Any], fields: Sequence[str]) -> None:
+    """``UPDATE … WHERE id = %s`` for each row, sent as one ``executemany``.
+
+    Why not ``bulk_update``: its one statement is a ``CASE WHEN`` per column and row,
+    which Django builds as expressions in Python, the slowest part of recording a batch
+    (several times the engine's work for 50 requests); an ``executemany`` of one small
+    statement is sent in one pipeline by psycopg and costs SQLite nothing to plan. The
+    rows are locked by the caller; values are adapted by their fields as ``save`` does.
+    """
+    if not rows:
+        return
+    meta = rows[0]._meta
+    columns = [meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    sql = (f"UPDATE {quote(meta.db_table)} SET "
+           + ", ".join(f"{quote(f.column)} = %s" for f in columns)
+           + f" WHERE {quote(meta.pk.column)} = %s")
+    params = [[f.get_db_prep_save(getattr(row, f.attname), connection) for f in columns]
+              + [row.pk] for row in rows]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 # What recording a run writes on the request row (one UPDATE, not the whole row).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import smtplib
 from datetime import timedelta
-from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -34,7 +33,8 @@ from .notifications import notification_send
 from .recertification import recertification_sweep as recertification_run
 from .relay import relay_config_rebuild
 from .relay import relay_config_stale
-from .services import request_record_checks
+from .services import CheckRunResult
+from .services import request_record_checks_many
 
 __all__ = [
     "apply_credential",
@@ -94,21 +94,51 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     elif attempt != request.check_attempts:
         return "skipped:superseded"
     batch = [request]
-    reports: list[dict[str, Any] | None]
     if attempt is None and check_batch_size() > 1:
         # A first run: take the other submissions waiting for theirs along (a burst).
         batch += _claim_waiting(request, check_batch_size() - 1)
-    if len(batch) > 1:
-        reports = checking.run_checks_for_many(batch)
-    else:
-        reports = [None]  # run alone, as before
-    # The requests taken along first: the own request's retry ends the task (raises).
-    for member, report in zip(batch[1:], reports[1:], strict=True):
+    reports = checking.run_checks_for_many(batch) if len(batch) > 1 else [None]
+    if reports[0] is None:
+        try:
+            reports[0] = checking.run_checks_for(request)
+        except ValueError:
+            # a name the engine refuses: fail as before, without holding a claim
+            _release(batch[1:])
+            RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
+                check_next_attempt_at=None)
+            raise
+    runs: list[CheckRunResult] = []
+    countdowns: dict[int, float | None] = {}
+    for member, report in zip(batch, reports, strict=True):
         if report is None:
-            _release(member)  # its names refuse the engine: it runs alone, as before
-        else:
-            _check_one(None, member, 0, report)
-    return _check_one(self, request, self.request.retries, reports[0])
+            _release([member])  # its names refuse the engine: it runs alone, as before
+            continue
+        # The row's counter survives a lost chain (the sweep's message starts at 0).
+        done = max(self.request.retries if member is request else 0, member.check_attempts)
+        final = done >= settings.RELAY_CHECK_MAX_RETRIES
+        countdowns[member.pk] = (
+            None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900))
+        # Fingerprint the row as loaded: the results belong to exactly this content.
+        runs.append(CheckRunResult(
+            request_id=member.pk, checks=report["checks"], final=final,
+            fingerprint=content_fingerprint(member), attempt=member.check_attempts,
+            retry_in=countdowns[member.pk]))
+    recorded = request_record_checks_many(runs)
+    for member in batch[1:]:  # a retry of one taken along: a message of its own
+        again = recorded.get(member.pk)
+        countdown = countdowns.get(member.pk)
+        if again is not None and again.state == RequestState.CHECKING and countdown:
+            run_request_checks.apply_async(
+                kwargs={"request_id": member.pk, "attempt": again.check_attempts},
+                countdown=countdown)
+    own = recorded[request.pk]
+    if own is None:
+        return "discarded"
+    countdown = countdowns[request.pk]
+    if own.state == RequestState.CHECKING and countdown is not None:
+        raise self.retry(kwargs={"attempt": own.check_attempts},
+                         exc=ChecksStillErroring(reports[0]["verdict"]), countdown=countdown)
+    return str(reports[0]["verdict"])
 
 
 # How many waiting requests one check task takes along (``RELAY_CHECK_BATCH_SIZE``).
@@ -164,47 +194,12 @@ def _claim_waiting(request: RelayRequest, limit: int) -> list[RelayRequest]:
                                             state=RequestState.CHECKING).order_by("pk"))
 
 
-def _release(request: RelayRequest) -> None:
-    """Give a claimed request back to its own message (or a new one)."""
-    RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
-        check_next_attempt_at=None)
-    run_request_checks.delay(request.pk)
-
-
-def _check_one(task: Any, request: RelayRequest, retries: int,
-               report: dict[str, Any] | None) -> str:
-    """Run (unless ``report`` is given) and record one request's checks; schedule its
-    retry: ``task.retry`` for the task's own request, a new message for one it took
-    along (``task`` None), both carrying the attempt they expect."""
-    # Fingerprint the row as loaded: the results belong to exactly this content.
-    fingerprint = content_fingerprint(request)
-    if report is None:
-        try:
-            report = checking.run_checks_for(request)
-        except ValueError:
-            # a name the engine refuses: fail as before, without holding a claim
-            RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
-                check_next_attempt_at=None)
-            raise
-    # The row's counter survives a lost chain (the sweep's message starts at retries=0).
-    done = max(retries, request.check_attempts)
-    final = done >= settings.RELAY_CHECK_MAX_RETRIES
-    countdown = None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900)
-    recorded = request_record_checks(
-        request_id=request.pk, checks=report["checks"], final=final,
-        fingerprint=fingerprint, attempt=request.check_attempts, retry_in=countdown,
-    )
-    if recorded is None:
-        return "discarded"
-    if recorded.state == RequestState.CHECKING and countdown is not None:
-        if task is None:
-            run_request_checks.apply_async(
-                kwargs={"request_id": request.pk, "attempt": recorded.check_attempts},
-                countdown=countdown)
-        else:
-            raise task.retry(kwargs={"attempt": recorded.check_attempts},
-                             exc=ChecksStillErroring(report["verdict"]), countdown=countdown)
-    return str(report["verdict"])
+def _release(requests: list[RelayRequest]) -> None:
+    """Give claimed requests back to their own messages (or new ones)."""
+    for request in requests:
+        RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
+            check_next_attempt_at=None)
+        run_request_checks.delay(request.pk)
 
 
 @shared_task(name="relaydesk.provision_request", acks_late=True)

@@ -97,3 +97,24 @@ def test_batch_size_one_checks_only_the_own_request(settings, team, requester):
     run_request_checks.apply(args=(ids[0],))
     assert dict(RelayRequest.objects.filter(pk__in=ids).values_list("pk", "state")) == {
         ids[0]: S.PENDING_APPROVAL, ids[1]: S.CHECKING}
+
+
+def test_a_batch_mails_as_one_by_one_would(settings, team, requester, approver):
+    from requests_app.models import Notification
+
+    def mails(batch_size: int) -> list[tuple]:
+        settings.RELAY_CHECK_BATCH_SIZE = batch_size
+        good = _waiting(team, requester, 1)[0]
+        bad = _waiting(team, requester, 1, ipv4=["81.2.69.11"])[0]
+        for req in (good, bad):
+            run_request_checks.apply(args=(req.pk,))
+        rows = Notification.objects.filter(request__in=[good, bad]).order_by("request_id")
+        return [(n.kind, n.recipients, {k: v for k, v in n.context.items()
+                                        if k != "content_fingerprint"},
+                 n.event_key.split(":event:")[0].split(":", 2)[2]) for n in rows]
+
+    one_by_one, batched = mails(1), mails(10)
+    assert [m[0] for m in batched] == ["awaiting_approval", "checks_failed"]
+    failing = {(c["check_id"], c["status"]) for c in batched[1][2]["failing_checks"]}
+    assert {("forward", "fail"), ("reverse", "fail")} <= failing
+    assert batched == one_by_one
