@@ -584,7 +584,13 @@ class RelayRequest(ConcurrentTransitionMixin, TimeStampedModel):
         permissions = [
             ("approve_relayrequest", "Can approve, reject or revoke relay requests"),
         ]
-        indexes = [models.Index(fields=("state", "submitted_at"), name="request_queue_idx")]
+        indexes = [
+            models.Index(fields=("state", "submitted_at"), name="request_queue_idx"),
+            # the dashboard's aggregates: decisions in a window (the median reads both
+            # columns from the index), active entries by team
+            models.Index(fields=("decided_at", "submitted_at"), name="request_decided_idx"),
+            models.Index(fields=("state", "team"), name="request_state_team_idx"),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(expected_daily_volume__gte=1),
