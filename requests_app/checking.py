@@ -9,6 +9,7 @@ from typing import Protocol
 
 from django.conf import settings
 
+from . import display
 from .checks import CheckConfig
 from .checks import CheckSpec
 from .checks import run_checks_sync
@@ -138,4 +139,7 @@ def quick_check_report(*, fqdn: str, addresses: list[str]) -> dict[str, Any]:
     lifetime = min(settings.DNS_LIFETIME_SECONDS, settings.RELAYDESK_QUICK_CHECK_SECONDS)
     config = dataclasses.replace(check_config(), lifetime=lifetime)
     report = run_checks_sync(spec, config, list(settings.DNS_NAMESERVERS))
-    return report.as_dict()
+    data = report.as_dict()
+    for check in data["checks"]:  # the English detail stays; the form shows this one
+        check["detail_translated"] = display.check_detail(check["detail"], check["evidence"])
+    return data

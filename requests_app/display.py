@@ -31,9 +31,11 @@ from .models import RequestState
 
 __all__ = [
     "action_done",
+    "check_detail",
     "check_label",
     "compact_json",
     "event_summary",
+    "fix_note",
     "pretty_json",
     "state_label",
     "status_label",
@@ -45,6 +47,52 @@ __all__ = [
 def check_label(check_id: str) -> str:
     """"Reverse DNS names the host (PTR)" for ``reverse``, translated."""
     return gettext(check_labels.check_label(check_id))
+
+
+def _said(message: Any) -> str:
+    """A stored engine message (``checks.results.Message.as_dict``) in the active language.
+
+    The template is looked up in the catalog (an untranslated one, or one not in the
+    catalog, reads as English) and each value that is itself a message in turn; a list of
+    messages reads joined with "; ". Raises on a malformed message; callers fall back.
+    """
+    if isinstance(message, list):
+        return "; ".join(_said(m) for m in message)
+    if isinstance(message, dict) and "text" in message:
+        args = {key: _said(value) if isinstance(value, dict | list) else value
+                for key, value in (message.get("args") or {}).items()}
+        return gettext(str(message["text"])) % args
+    return str(message)
+
+
+def check_detail(detail: str, evidence: Any) -> str:
+    """A check result's ``detail`` in the reader's language.
+
+    The engine has no Django: it stores the English sentence (what audit, API and CSV
+    keep) and beside it the template and values (``evidence["message"]``); a result
+    stored before that, or a message that no longer formats, reads as the English.
+    """
+    message = evidence.get("message") if isinstance(evidence, dict) else None
+    if not message:
+        return str(detail or "")
+    try:
+        return _said(message)
+    except (KeyError, TypeError, ValueError):
+        return str(detail or "")
+
+
+def fix_note(fix: Any) -> str:
+    """A proposed fix's note in the reader's language (``fix["note_message"]``, else the
+    stored English ``note``), as :func:`check_detail` does for the detail."""
+    if not isinstance(fix, dict):
+        return ""
+    message = fix.get("note_message")
+    if not message:
+        return str(fix.get("note") or "")
+    try:
+        return _said(message)
+    except (KeyError, TypeError, ValueError):
+        return str(fix.get("note") or "")
 
 
 def status_label(status: str) -> str:

@@ -158,7 +158,8 @@ def notification_enqueue(
         # mail delayed past a resubmission must not show the newer results.
         "failing_checks": [
             {"check_id": c.check_id, "subject": c.subject, "status": c.status,
-             "detail": c.detail, "fix": (c.evidence or {}).get("fix", [])}
+             "detail": c.detail, "fix": (c.evidence or {}).get("fix", []),
+             "message": (c.evidence or {}).get("message")}
             for c in request.checks.filter(status__in=(
                 CheckStatus.FAIL, CheckStatus.ERROR,
                 *((CheckStatus.WARN,) if kind == "checks_failed" else ())))
@@ -229,7 +230,8 @@ def notification_enqueue_checked(
             "verdict": request.check_verdict,
             "failing_checks": sorted(
                 ({"check_id": c["id"], "subject": c["subject"], "status": c["status"],
-                  "detail": c.get("detail", ""), "fix": (c.get("evidence") or {}).get("fix", [])}
+                  "detail": c.get("detail", ""), "fix": (c.get("evidence") or {}).get("fix", []),
+                  "message": (c.get("evidence") or {}).get("message")}
                  for c in checks if c["status"] in shown.get(kind, ())),
                 key=lambda c: (c["check_id"], c["subject"])),
         }

@@ -88,7 +88,7 @@
       var badge = document.createElement("span");
       badge.className = "verdict verdict-" + c.status; badge.textContent = label("statuses", c.status);
       p.appendChild(badge);
-      p.appendChild(document.createTextNode(" " + label("checks", c.id) + " (" + c.subject + "): " + c.detail));
+      p.appendChild(document.createTextNode(" " + label("checks", c.id) + " (" + c.subject + "): " + (c.detail_translated || c.detail)));
       box.appendChild(p);
     });
     if (report.detail) { var d = document.createElement("p"); d.className = "muted"; d.textContent = report.detail; box.appendChild(d); }

@@ -385,3 +385,76 @@ def test_a_rule_of_the_engine_is_explained_in_german_and_in_english_as_before(
     assert "contains a space" not in german
     english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
     assert "host name &#x27;not a host!!&#x27; contains a space: a name is one word" in english
+
+
+def _engine_warning(domain: str = "mail.example.com"):
+    """A warn result with its fix, built by the check engine itself (no DNS needed): the
+    sender domain is not on the (empty) approved list."""
+    from requests_app.checking import check_config
+    from requests_app.checks.fixes import with_fixes
+    from requests_app.checks.sender import DOMAIN_POLICY
+
+    config = check_config(include_db=False)
+    result = DOMAIN_POLICY.judge(config, None, domain)
+    return with_fixes([result], config)[0]
+
+
+@pytest.mark.django_db
+def test_a_check_detail_and_its_fix_note_read_in_bokmal_and_stay_english_by_default(
+        server_request, requester) -> None:
+    from requests_app.models import CheckResult
+
+    result = _engine_warning()
+    assert result.detail.startswith("mail.example.com is not an approved sender domain")
+    CheckResult.objects.create(request=server_request, check_id=result.id,
+                               subject=result.subject, status=result.status,
+                               detail=result.detail, evidence=result.evidence)
+    client = Client()
+    client.force_login(requester)
+    url = reverse("requests:detail", args=[server_request.pk])
+    norwegian = client.get(url, HTTP_ACCEPT_LANGUAGE="nb").text
+    assert ("mail.example.com er ikke et godkjent avsenderdomene: From/Return-Path blir "
+            "skrevet om") in norwegian
+    assert "ingen DNS-post endrer dette" in norwegian
+    english = client.get(url, HTTP_ACCEPT_LANGUAGE="en").text
+    assert result.detail in english
+    assert result.evidence["fix"][0]["note"] in english.replace("&#x27;", "'")
+
+
+def test_a_nested_check_message_is_translated_part_by_part() -> None:
+    from requests_app import display
+    from requests_app.checks.results import Message
+
+    note = Message("; %(addresses)s not compared (refused by the address policy, "
+                   "not looked up)", addresses="10.0.0.1")
+    message = Message("%(fqdn)s has no A or AAAA record%(note)s", fqdn="a.example",
+                      note=note)
+    assert str(message) == ("a.example has no A or AAAA record; 10.0.0.1 not compared "
+                            "(refused by the address policy, not looked up)")
+    with translation.override("de"):
+        shown = display.check_detail(str(message), {"message": message.as_dict()})
+    assert shown == ("a.example hat keinen A- oder AAAA-Eintrag; 10.0.0.1 nicht verglichen "
+                     "(von der Adressrichtlinie abgelehnt, nicht abgefragt)")
+    # a result stored before messages existed, or a broken one, reads as its English
+    assert display.check_detail("old text", {}) == "old text"
+    broken = {"message": {"text": "%(missing)s", "args": {}}}
+    assert display.check_detail("old text", broken) == "old text"
+
+
+@pytest.mark.django_db
+def test_the_checks_failed_mail_says_the_detail_and_fix_in_the_mail_language(
+        settings: object, team, requester) -> None:
+    settings.RELAYDESK_MAIL_LANGUAGE = "nb"
+    result = _engine_warning()
+    request = RelayRequestFactory(team=team, created_by=requester,
+                                  state=RequestState.NEEDS_CHANGES)
+    row = Notification.objects.create(
+        request=request, kind="checks_failed", event_key=f"test:{request.pk}",
+        recipients=["ops@example.org"],
+        context={"actor": "", "comment": "", "verdict": "fail", "failing_checks": [
+            {"check_id": result.id, "subject": result.subject, "status": result.status,
+             "detail": result.detail, "fix": result.evidence["fix"],
+             "message": result.evidence["message"]}]})
+    body = render_notification(row).body
+    assert "er ikke et godkjent avsenderdomene" in body
+    assert "ingen DNS-post endrer dette" in body

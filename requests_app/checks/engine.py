@@ -51,7 +51,9 @@ from .names import normalise_fqdn
 from .registry import FAMILIES
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
 from .results import Report
+from .results import _
 from .results import result
 from .results import worst_status
 
@@ -88,11 +90,13 @@ async def _guard(check_id: str, subject: str,
     try:
         return await coro
     except TransientDnsError as exc:
-        return result(check_id, subject, CheckStatus.ERROR, f"DNS did not answer: {exc}")
+        return result(check_id, subject, CheckStatus.ERROR,
+                      Message(_("DNS did not answer: %(error)s"), error=str(exc)))
     except Exception as exc:  # a bug must not read as pass or fail
         log.exception("check %s(%s) crashed", check_id, subject)
         return result(check_id, subject, CheckStatus.ERROR,
-                      f"internal error: {type(exc).__name__}: {exc}")
+                      Message(_("internal error: %(error)s"),
+                              error=f"{type(exc).__name__}: {exc}"))
 
 
 _T = TypeVar("_T")
@@ -185,7 +189,8 @@ async def _run(planned: Plan, config: CheckConfig, lookups: Lookups) -> Report:
         else:
             task.cancel()
             results[index] = result(check_id, subject, CheckStatus.ERROR,
-                                    f"no DNS answer within {config.lifetime:g}s")
+                                    Message(_("no DNS answer within %(seconds)ss"),
+                                            seconds=f"{config.lifetime:g}"))
     done = with_fixes([r for r in results if r is not None], config,
                       report_to=planned.report_to)
     return Report(worst_status(r.status for r in done), tuple(done))

@@ -34,6 +34,9 @@ from .config import CheckConfig
 from .names import organisational_domain
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
+from .results import _
+from .results import message_dict
 
 __all__ = [
     "TXT_STRING_LIMIT",
@@ -52,9 +55,14 @@ _ALL = re.compile(r"[+\-~?]?all", re.I)
 _FIXED = (CheckStatus.WARN, CheckStatus.FAIL)
 
 
-def _fix(action: str, rtype: str, name: str, value: str, note: str) -> dict[str, Any]:
+def _fix(action: str, rtype: str, name: str, value: str,
+         note: Message | list[Message]) -> dict[str, Any]:
+    """One record; ``note`` in English under ``note`` (as stored before) and as its
+    message(s) under ``note_message`` (a list is said joined with "; "), for the page and
+    the mail to translate (``display.fix_note``)."""
+    english = "; ".join(str(n) for n in note) if isinstance(note, list) else str(note)
     entry: dict[str, Any] = {"action": action, "type": rtype, "name": name, "value": value,
-                             "note": note}
+                             "note": english, "note_message": message_dict(note)}
     if rtype == "TXT" and len(value) > TXT_STRING_LIMIT:
         entry["strings"] = txt_strings(value)
     return entry
@@ -78,7 +86,7 @@ class SpfCandidate:
 
     record: str
     placement: str  # "new", "before all", "end", "first"
-    notes: tuple[str, ...] = ()
+    notes: tuple[Message, ...] = ()
 
 
 def _split(record: str) -> tuple[list[str], list[str]]:
@@ -119,10 +127,10 @@ def spf_candidates(records: Sequence[str], include: str | None,
         return []
     if not records:
         return [SpfCandidate(f"v=spf1 {' '.join(added)} ~all", "new", (
-            "a new record: list every other server that sends as this domain (mx, "
-            "ip4:, include: of your providers) before ~all, and tighten it to -all once "
-            "they are all listed",))]
-    notes: list[str] = []
+            Message(_("a new record: list every other server that sends as this domain (mx, "
+                      "ip4:, include: of your providers) before ~all, and tighten it to -all "
+                      "once they are all listed")),))]
+    notes: list[Message] = []
     mechanisms: list[str] = []
     modifiers: list[str] = []
     alls: list[str] = []
@@ -138,19 +146,20 @@ def spf_candidates(records: Sequence[str], include: str | None,
                                                     for m in modifiers):
                 modifiers.append(mod)
     if len(records) > 1:
-        notes.append(f"merges the {len(records)} SPF records into one (two or more make "
-                     "every receiver's result a permerror, RFC 7208 4.5): remove the others")
+        notes.append(Message(_("merges the %(count)s SPF records into one (two or more make "
+                               "every receiver's result a permerror, RFC 7208 4.5): remove "
+                               "the others"), count=len(records)))
         if len({a.lower() for a in alls}) > 1:
-            notes.append(f"the records end differently ({', '.join(alls)}); this keeps "
-                         f"the first, {alls[0]}")
+            notes.append(Message(_("the records end differently (%(alls)s); this keeps the "
+                                   "first, %(first)s"), alls=", ".join(alls), first=alls[0]))
     wanted = [t.lower() for t in added]
     mechanisms = [m for m in mechanisms if m.lower() not in wanted]  # moved, not repeated
     if alls:
         redirects = [m for m in modifiers if m.lower().startswith("redirect=")]
         if redirects:  # RFC 7208 6.1: ignored when the record has an "all"
             modifiers = [m for m in modifiers if m not in redirects]
-            notes.append(f"drops {redirects[0]}: receivers ignore it beside an all term "
-                         "(RFC 7208 6.1)")
+            notes.append(Message(_("drops %(redirect)s: receivers ignore it beside an all "
+                                   "term (RFC 7208 6.1)"), redirect=redirects[0]))
     elif len([m for m in modifiers if m.lower().startswith("redirect=")]) > 1:
         return []
     tail = [alls[0]] if alls else []
@@ -170,29 +179,47 @@ def _spf_fix(result: CheckResult, config: CheckConfig) -> list[dict[str, Any]]:
     if not proposal:
         return []
     if "record" not in proposal:
+        problem = _stored(proposal.get("problem_message"), proposal.get("problem", ""))
         return [_fix("none", "TXT", domain, "",
-                     f"No single SPF record can be proposed: {proposal.get('problem', '')}")]
+                     Message(_("No single SPF record can be proposed: %(problem)s"),
+                             problem=problem))]
     record = proposal["record"]
     relay = (f"include:{config.spf_include}" if config.spf_include
-             else "the relay's addresses")
+             else Message(_("the relay's addresses")))
     existing = proposal.get("replaces") or []
-    notes = []
+    notes: list[Message] = []
     if existing:
-        notes.append("replaces " + " and ".join(f"'{r}'" for r in existing)
-                     + f": the same mechanisms with {relay} added, one record")
-    notes.extend(proposal.get("notes", ()))
+        notes.append(Message(_("replaces %(records)s: the same mechanisms with %(relay)s "
+                               "added, one record"),
+                             records=" and ".join(f"'{r}'" for r in existing), relay=relay))
+    stored = proposal.get("note_messages")
+    if stored:
+        notes.extend(_stored(m, "") for m in stored)
+    else:  # a proposal stored before its notes had messages
+        notes.extend(_stored(None, n) for n in proposal.get("notes", ()))
     if proposal.get("placement") == "first":
-        notes.append(f"{relay} comes first: a term before it decides for the relay's "
-                     "addresses")
-    notes.append(f"{proposal['lookups']} of 10 DNS look-ups for a sender it does not list "
-                 "(RFC 7208 4.6.4)")
+        notes.append(Message(_("%(relay)s comes first: a term before it decides for the "
+                               "relay's addresses"), relay=relay))
+    notes.append(Message(_("%(lookups)s of 10 DNS look-ups for a sender it does not list "
+                           "(RFC 7208 4.6.4)"), lookups=proposal["lookups"]))
     if len(record) > TXT_STRING_LIMIT:
-        notes.append(f"{len(record)} characters: publish it as the {len(txt_strings(record))}"
-                     " quoted strings shown (at most 255 each; receivers join them)")
+        notes.append(Message(_("%(length)s characters: publish it as the %(count)s quoted "
+                               "strings shown (at most 255 each; receivers join them)"),
+                             length=len(record), count=len(txt_strings(record))))
     if len(record) > SPF_UDP_ADVICE:
-        notes.append("longer than 450 characters: some receivers may not get it over UDP "
-                     "(RFC 7208 3.4)")
-    return [_fix("replace" if existing else "add", "TXT", domain, record, "; ".join(notes))]
+        notes.append(Message(_("longer than 450 characters: some receivers may not get it "
+                               "over UDP (RFC 7208 3.4)")))
+    return [_fix("replace" if existing else "add", "TXT", domain, record, notes)]
+
+
+def _stored(stored: Any, english: str) -> Message:
+    """A message kept in evidence (a dict) as a :class:`Message` again; without one, the
+    English text as it is (an older result)."""
+    if isinstance(stored, dict) and "text" in stored:
+        args = {k: _stored(v, "") if isinstance(v, dict) and "text" in v else v
+                for k, v in (stored.get("args") or {}).items()}
+        return Message(stored["text"], **args)
+    return Message("%(text)s", text=english)
 
 
 # --- DMARC -------------------------------------------------------------------------------
@@ -211,7 +238,7 @@ def _mailbox_domain(address: str) -> str:
     return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
-def _rua(domain: str, report_to: str | None) -> tuple[str, list[dict[str, Any]], str]:
+def _rua(domain: str, report_to: str | None) -> tuple[str, list[dict[str, Any]], Message]:
     """The rua URI of a starter record, any authorisation record it needs, a note.
 
     The request's contact reads the reports (they are who will act on them). A mailbox
@@ -221,17 +248,20 @@ def _rua(domain: str, report_to: str | None) -> tuple[str, list[dict[str, Any]],
     if not report_to or "@" not in report_to:
         address = f"dmarc-reports@{domain}"
         return (f"mailto:{address}", [],
-                f"aggregate reports go to {address}: create that mailbox, or use one you read")
+                Message(_("aggregate reports go to %(address)s: create that mailbox, or use "
+                          "one you read"), address=address))
     target = _mailbox_domain(report_to)
     extra = []
     org = organisational_domain(domain) or domain
     if target and (organisational_domain(target) or target) != org:
         extra.append(_fix(
             "add", "TXT", f"{domain}._report._dmarc.{target}", "v=DMARC1",
-            f"published by {target}: receivers send {domain}'s reports to a mailbox in "
-            "another domain only when that domain agrees (RFC 7489 7.1)"))
+            Message(_("published by %(target)s: receivers send %(domain)s's reports to a "
+                      "mailbox in another domain only when that domain agrees (RFC 7489 "
+                      "7.1)"), target=target, domain=domain)))
     return (f"mailto:{report_to}", extra,
-            f"aggregate reports go to {report_to}, the request's contact")
+            Message(_("aggregate reports go to %(address)s, the request's contact"),
+                    address=report_to))
 
 
 def _dmarc_record(tags: list[tuple[str, str]]) -> str:
@@ -252,12 +282,13 @@ def _dmarc_fix(result: CheckResult, report_to: str | None) -> list[dict[str, Any
                    if sum(1 for v in values if v.startswith("v=DMARC1")) > 1]
         value = f"v=DMARC1; p=none; rua={rua}"
         if several:
-            note = (f"{several[0]} has several DMARC records and receivers ignore them all: "
-                    "keep only this one")
-            return [_fix("replace", "TXT", several[0], value, f"{note}; {rua_note}"), *extra]
+            note = Message(_("%(name)s has several DMARC records and receivers ignore them "
+                             "all: keep only this one"), name=several[0])
+            return [_fix("replace", "TXT", several[0], value, [note, rua_note]), *extra]
         return [_fix("add", "TXT", own, value,
-                     "a starter record: p=none only monitors (this check then warns) while "
-                     f"the reports show which mail passes; {rua_note}; then p=quarantine"),
+                     Message(_("a starter record: p=none only monitors (this check then "
+                               "warns) while the reports show which mail passes; %(rua)s; "
+                               "then p=quarantine"), rua=rua_note)),
                 *extra]
     tags = _tags(record)
     if found_at and found_at != own:
@@ -265,21 +296,23 @@ def _dmarc_fix(result: CheckResult, report_to: str | None) -> list[dict[str, Any
         # overrides it for this domain alone (RFC 7489 6.6.3)
         rua = dict(tags).get("rua")
         extra: list[dict[str, Any]] = []
-        rua_note = f"reports to {rua}, as {found_at} says"
+        rua_note = Message(_("reports to %(rua)s, as %(found_at)s says"), rua=rua,
+                           found_at=found_at)
         if not rua:
             rua, extra, rua_note = _rua(domain, report_to)
         return [_fix("add", "TXT", own, f"v=DMARC1; p=quarantine; rua={rua}",
-                     f"a record of its own: receivers use it before {found_at}'s; "
-                     f"{rua_note}"), *extra]
+                     Message(_("a record of its own: receivers use it before %(found_at)s's; "
+                               "%(rua)s"), found_at=found_at, rua=rua_note)), *extra]
     invalid = evidence.get("invalid_tags") or {}
     if result.status is CheckStatus.FAIL:  # no valid policy and no valid rua URI
         rua, extra, rua_note = _rua(domain, report_to)
         kept = [(k, v) for k, v in tags if k not in ("v", "p", "sp", "rua")]
         return [_fix("replace", "TXT", own,
                      _dmarc_record([("v", ""), ("p", "none"), *kept, ("rua", rua)]),
-                     f"a valid policy and a report address ({rua_note}): p=none only "
-                     "monitors (this check then warns), p=quarantine once the reports "
-                     "show that your own mail passes"), *extra]
+                     Message(_("a valid policy and a report address (%(rua)s): p=none only "
+                               "monitors (this check then warns), p=quarantine once the "
+                               "reports show that your own mail passes"), rua=rua_note)),
+                *extra]
     fixed = []
     for key, value in tags:
         if key in ("p", "sp") and (value.lower() == "none" or key in invalid):
@@ -290,8 +323,9 @@ def _dmarc_fix(result: CheckResult, report_to: str | None) -> list[dict[str, Any
     if "p" not in dict(fixed):
         fixed.append(("p", "quarantine"))
     return [_fix("replace", "TXT", own, _dmarc_record(fixed),
-                 "p=quarantine once the aggregate reports show that all your own mail "
-                 "passes SPF or DKIM aligned (mail that fails DMARC then goes to spam)")]
+                 Message(_("p=quarantine once the aggregate reports show that all your own "
+                           "mail passes SPF or DKIM aligned (mail that fails DMARC then goes "
+                           "to spam)")))]
 
 
 # --- the others --------------------------------------------------------------------------
@@ -305,18 +339,21 @@ def _forward_fix(result: CheckResult) -> list[dict[str, Any]]:
     evidence = result.evidence
     fqdn = result.subject
     target = evidence.get("canonical_name") or fqdn
-    where = (f"; {fqdn} is a CNAME to {target}: the address records belong there"
-             if target != fqdn else "")
+    where: Message | str = (Message(_("; %(fqdn)s is a CNAME to %(target)s: the address "
+                                      "records belong there"), fqdn=fqdn, target=target)
+                            if target != fqdn else "")
     missing = evidence.get("missing")
     if missing is None:  # NXDOMAIN: every accepted address
         missing = evidence.get("expected", [])
     fixes = [_fix("add", _address_type(a), target, a,
-                  f"{fqdn} must resolve to every address of the request{where}")
+                  Message(_("%(fqdn)s must resolve to every address of the request%(where)s"),
+                          fqdn=fqdn, where=where))
              for a in missing]
     if result.status is CheckStatus.WARN or missing:
         fixes += [_fix("remove", _address_type(a), target, a,
-                       f"{a} is not in the request: remove it if that host does not send "
-                       "through the relay, or add it to the request")
+                       Message(_("%(address)s is not in the request: remove it if that host "
+                                 "does not send through the relay, or add it to the request"),
+                               address=a))
                   for a in evidence.get("extra", [])]
     return fixes
 
@@ -328,11 +365,13 @@ def _reverse_fix(result: CheckResult) -> list[dict[str, Any]]:
         return []
     address = result.subject
     ptr = evidence.get("ptr") or []
-    note = (f"published in the reverse zone of {address}, by whoever holds that address "
-            "block (your hosting or network provider), not in your domain's zone; "
-            f"{fqdn} must also resolve to {address} (forward-confirmed)")
+    note = Message(_("published in the reverse zone of %(address)s, by whoever holds that "
+                     "address block (your hosting or network provider), not in your domain's "
+                     "zone; %(fqdn)s must also resolve to %(address)s (forward-confirmed)"),
+                   address=address, fqdn=fqdn)
     if ptr:
-        note = f"one PTR, instead of {', '.join(ptr)}; " + note
+        note = Message(_("one PTR, instead of %(names)s; %(rest)s"), names=", ".join(ptr),
+                       rest=note)
     return [_fix("replace" if ptr else "add", "PTR", evidence.get("ptr_name", ""), fqdn, note)]
 
 
@@ -340,28 +379,31 @@ def _dkim_fix(result: CheckResult) -> list[dict[str, Any]]:
     evidence = result.evidence
     name = evidence.get("name", "")
     revoked = bool(evidence.get("records"))
-    return [_fix(
-        "replace" if revoked else "add", "TXT", name, "v=DKIM1; k=rsa; p=<public key>",
+    note = Message(_(
         "<public key> is the base64 public key of the key your mail signer uses for this "
         "selector (Relaydesk does not sign and cannot know it: opendkim-genkey writes it "
         "to <selector>.txt, a mail provider shows it in its DKIM settings; k=ed25519 for "
         "an Ed25519 key); a 2048-bit RSA key is longer than 255 characters: publish it "
-        "as several quoted strings"
-        + ("; the key there now is revoked (empty p=)" if revoked else ""))]
+        "as several quoted strings"))
+    notes = [note, Message(_("the key there now is revoked (empty p=)"))] if revoked else note
+    return [_fix("replace" if revoked else "add", "TXT", name,
+                 "v=DKIM1; k=rsa; p=<public key>", notes)]
 
 
 def _address_policy_fix(result: CheckResult) -> list[dict[str, Any]]:
     return [_fix("none", "", result.subject, "",
-                 "no DNS record changes this: the relay allows only global host addresses; "
-                 "use the public address the server sends from (its NAT address), or ask "
-                 "the relay's administrators about a lab network")]
+                 Message(_("no DNS record changes this: the relay allows only global host "
+                           "addresses; use the public address the server sends from (its NAT "
+                           "address), or ask the relay's administrators about a lab "
+                           "network")))]
 
 
 def _domain_policy_fix(result: CheckResult) -> list[dict[str, Any]]:
     return [_fix("none", "", result.subject, "",
-                 "no DNS record changes this: mail from a domain the relay is not approved "
-                 "for goes out with its envelope sender and From rewritten; ask the relay's "
-                 "administrators to approve the domain if it must not be")]
+                 Message(_("no DNS record changes this: mail from a domain the relay is not "
+                           "approved for goes out with its envelope sender and From "
+                           "rewritten; ask the relay's administrators to approve the domain "
+                           "if it must not be")))]
 
 
 def fixes_for(result: CheckResult, config: CheckConfig, *,

@@ -21,6 +21,8 @@ from .family import Plan
 from .lookups import Run
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
+from .results import _
 from .results import result
 
 __all__ = ["FORWARD", "REVERSE"]
@@ -46,35 +48,42 @@ async def _check_forward(run: Run, plan: Plan, fqdn: str) -> CheckResult:
     evidence: dict[str, Any] = {"name": fqdn, "chain": chain, "canonical_name": chain[-1],
                                 "A": list(a.values), "AAAA": list(aaaa.values),
                                 "expected": list(addresses)}
-    note = ""
+    note: Message | str = ""
     if refused:
         evidence["not_compared"] = list(refused)
-        note = (f"; {', '.join(refused)} not compared (refused by the address policy, "
-                "not looked up)")
+        note = Message(_("; %(addresses)s not compared (refused by the address policy, "
+                         "not looked up)"), addresses=", ".join(refused))
     if a.status is DnsStatus.NXDOMAIN and aaaa.status is DnsStatus.NXDOMAIN:
-        where = f" (CNAME target {chain[-1]})" if len(chain) > 1 else ""
-        return result("forward", fqdn, CheckStatus.FAIL,
-                      f"{fqdn} does not exist (NXDOMAIN){where}{note}", **evidence)
+        if len(chain) > 1:
+            return result("forward", fqdn, CheckStatus.FAIL, Message(
+                _("%(fqdn)s does not exist (NXDOMAIN) (CNAME target %(target)s)%(note)s"),
+                fqdn=fqdn, target=chain[-1], note=note), **evidence)
+        return result("forward", fqdn, CheckStatus.FAIL, Message(
+            _("%(fqdn)s does not exist (NXDOMAIN)%(note)s"), fqdn=fqdn, note=note), **evidence)
     missing = [x for x in addresses if x not in found]
     extra = [x for x in found if x not in addresses and x not in refused]
     evidence.update(missing=missing, extra=extra)
     if not found:
         return result("forward", fqdn, CheckStatus.FAIL,
-                      f"{fqdn} has no A or AAAA record{note}", **evidence)
+                      Message(_("%(fqdn)s has no A or AAAA record%(note)s"), fqdn=fqdn,
+                              note=note), **evidence)
     if missing:
         return result("forward", fqdn, CheckStatus.FAIL,
-                      f"{fqdn} does not resolve to {', '.join(missing)}{note}", **evidence)
+                      Message(_("%(fqdn)s does not resolve to %(addresses)s%(note)s"),
+                              fqdn=fqdn, addresses=", ".join(missing), note=note), **evidence)
     if extra:
         return result("forward", fqdn, CheckStatus.WARN,
-                      f"{fqdn} also resolves to {', '.join(extra)}, not in the request{note}",
-                      **evidence)
+                      Message(_("%(fqdn)s also resolves to %(addresses)s, not in the "
+                                "request%(note)s"), fqdn=fqdn, addresses=", ".join(extra),
+                              note=note), **evidence)
     if not refused:
-        what = "resolves to exactly the requested addresses"
+        text = _("%(fqdn)s resolves to exactly the requested addresses%(note)s")
     elif addresses:
-        what = "resolves to every accepted address"
+        text = _("%(fqdn)s resolves to every accepted address%(note)s")
     else:
-        what = "exists; no accepted address to compare"
-    return result("forward", fqdn, CheckStatus.PASS, f"{fqdn} {what}{note}", **evidence)
+        text = _("%(fqdn)s exists; no accepted address to compare%(note)s")
+    return result("forward", fqdn, CheckStatus.PASS, Message(text, fqdn=fqdn, note=note),
+                  **evidence)
 
 
 def _address_key(text: str) -> tuple[int, bytes]:
@@ -93,22 +102,30 @@ async def _check_reverse(run: Run, plan: Plan, address: str) -> CheckResult:
                                 "fqdn": fqdn}
     if not names:
         return result("reverse", address, CheckStatus.FAIL,
-                      f"{address} has no PTR record ({ptr.status})", **evidence)
+                      Message(_("%(address)s has no PTR record (%(status)s)"),
+                              address=address, status=str(ptr.status)), **evidence)
     if fqdn in names:
         evidence["matched"] = fqdn
         return result("reverse", address, CheckStatus.PASS,
-                      f"PTR of {address} is {fqdn}", **evidence)
+                      Message(_("PTR of %(address)s is %(name)s"), address=address,
+                              name=fqdn), **evidence)
     a, aaaa = await _addresses(run, fqdn)  # memoised: the forward check asked already
     canonical = (a if len(a.chain) >= len(aaaa.chain) else aaaa).canonical_name
     evidence["canonical_name"] = canonical
     if canonical in names:
         evidence["matched"] = canonical
         return result("reverse", address, CheckStatus.PASS,
-                      f"PTR of {address} is {canonical}, the canonical name of {fqdn}",
+                      Message(_("PTR of %(address)s is %(name)s, the canonical name of "
+                                "%(fqdn)s"), address=address, name=canonical, fqdn=fqdn),
                       **evidence)
+    if canonical != fqdn:
+        return result("reverse", address, CheckStatus.FAIL,
+                      Message(_("PTR of %(address)s is %(names)s, not %(fqdn)s or "
+                                "%(canonical)s"), address=address, names=", ".join(names),
+                              fqdn=fqdn, canonical=canonical), **evidence)
     return result("reverse", address, CheckStatus.FAIL,
-                  f"PTR of {address} is {', '.join(names)}, not {fqdn}"
-                  + (f" or {canonical}" if canonical != fqdn else ""), **evidence)
+                  Message(_("PTR of %(address)s is %(names)s, not %(fqdn)s"), address=address,
+                          names=", ".join(names), fqdn=fqdn), **evidence)
 
 
 def _forward_first(_plan: Plan, fqdn: str) -> Iterable[tuple[str, str]]:

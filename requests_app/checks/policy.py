@@ -18,6 +18,8 @@ from .family import CheckFamily
 from .family import Plan
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
+from .results import _
 from .results import result
 
 __all__ = ["ADDRESS_POLICY", "check_address"]
@@ -37,7 +39,8 @@ def check_address(address: str, config: CheckConfig) -> CheckResult:
     policy = config._policy
     if not policy.lab and not _listed(ip):  # the common case: one binary search
         return result("address_policy", subject, CheckStatus.PASS,
-                      f"{subject} is a global host address", **evidence)
+                      Message(_("%(address)s is a global host address"), address=subject),
+                      **evidence)
     ruling = policy.rule(ip, subject)
     if ruling.network is not None:
         evidence["network"] = ruling.network

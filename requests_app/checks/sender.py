@@ -23,6 +23,8 @@ from .lookups import Run
 from .names import organisational_domain
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
+from .results import _
 from .results import result
 
 __all__ = ["DKIM", "DMARC", "DOMAIN_POLICY"]
@@ -33,6 +35,8 @@ _DMARC_POLICIES = ("none", "quarantine", "reject")
 _DMARC1 = re.compile(r"v[ \t]*=[ \t]*DMARC1[ \t]*(?:;|\Z)", re.I)
 _DMARC1_EXACT = re.compile(r"[vV][ \t]*=[ \t]*DMARC1[ \t]*(?:;|\Z)")
 # RFC 7489 6.4: dmarc-uri = URI [ "!" size ]; "," and "!" inside a URI are %-encoded
+_MONITORS = _("DMARC at %(name)s only monitors (%(tag)s=none)%(notes)s")
+_WITH_POLICY = _("DMARC at %(name)s with %(tag)s=%(policy)s%(notes)s")
 _DMARC_URI = re.compile(r"([a-z][a-z0-9+.-]*):((?:[a-z0-9\-._~$&'()*+;=:@/?#]|%[0-9a-f]{2})+)"
                         r"(?:![0-9]+[kmgt]?)?", re.I)
 _MAILTO_ADDRESS = re.compile(r"[^@?]+@(?:[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[^\]]+\])(?:\?.*)?",
@@ -99,16 +103,22 @@ async def _check_dmarc(run: Run, _plan: Plan, domain: str) -> CheckResult:
     if discarded:
         evidence["discarded"] = discarded
     if not records:
-        why = (f"; {discarded[0]!r} is not one: the version must be exactly DMARC1 "
-               "(RFC 7489 6.3)" if discarded else "")
+        why: Message | str = (Message(_("; %(record)r is not one: the version must be "
+                                        "exactly DMARC1 (RFC 7489 6.3)"),
+                                      record=discarded[0]) if discarded else "")
+        if org and org != domain:
+            return result("sender_dmarc", domain, CheckStatus.FAIL,
+                          Message(_("no DMARC record at _dmarc.%(domain)s or "
+                                    "_dmarc.%(org)s%(why)s"), domain=domain, org=org, why=why),
+                          **evidence)
         return result("sender_dmarc", domain, CheckStatus.FAIL,
-                      f"no DMARC record at _dmarc.{domain}"
-                      + (f" or _dmarc.{org}" if org and org != domain else "") + why,
-                      **evidence)
+                      Message(_("no DMARC record at _dmarc.%(domain)s%(why)s"), domain=domain,
+                              why=why), **evidence)
     if len(records) > 1:
         return result("sender_dmarc", domain, CheckStatus.FAIL,
-                      f"{name} has {len(records)} DMARC records; receivers ignore them all "
-                      "(RFC 7489 6.6.3 step 5)", **evidence)
+                      Message(_("%(name)s has %(count)s DMARC records; receivers ignore "
+                                "them all (RFC 7489 6.6.3 step 5)"), name=name,
+                              count=len(records)), **evidence)
     tags = _tags(records[0])
     evidence["found_at"], evidence["record"] = name, records[0]
     p, sp = tags.get("p"), tags.get("sp")
@@ -119,28 +129,34 @@ async def _check_dmarc(run: Run, _plan: Plan, domain: str) -> CheckResult:
                    and (value or "").lower() not in _DMARC_POLICIES}
         uris = _report_uris(tags.get("rua", ""))
         evidence.update(invalid_tags=invalid, rua_valid=uris)
-        what = " and ".join(f"{t}={v!r}" if v is not None else f"a missing {t}="
-                            for t, v in invalid.items())
+        parts: list[Message | str] = [
+            f"{t}={v!r}" if v is not None else Message(_("a missing %(tag)s="), tag=t)
+            for t, v in invalid.items()]
+        what = (parts[0] if len(parts) == 1
+                else Message(_("%(first)s and %(second)s"), first=parts[0], second=parts[1]))
         if not uris:
             return result("sender_dmarc", domain, CheckStatus.FAIL,
-                          f"{name}: {what} is not a valid policy and rua= holds no valid "
-                          "URI, so receivers apply no DMARC (RFC 7489 6.6.3 step 6)",
+                          Message(_("%(name)s: %(what)s is not a valid policy and rua= "
+                                    "holds no valid URI, so receivers apply no DMARC "
+                                    "(RFC 7489 6.6.3 step 6)"), name=name, what=what),
                           **evidence)
         evidence["policy"] = "none"
         return result("sender_dmarc", domain, CheckStatus.WARN,
-                      f"{name}: {what} is not a valid policy; receivers act as if p=none "
-                      "(only monitor) because rua= holds a valid URI (RFC 7489 6.6.3 "
-                      "step 6)", **evidence)
+                      Message(_("%(name)s: %(what)s is not a valid policy; receivers act "
+                                "as if p=none (only monitor) because rua= holds a valid URI "
+                                "(RFC 7489 6.6.3 step 6)"), name=name, what=what),
+                      **evidence)
     tag = "sp" if found_at != domain and sp is not None else "p"  # a subdomain: the org's sp=
     policy = str(sp if tag == "sp" else p).lower()  # both valid, checked above
     evidence["policy"], evidence["pct"] = policy, 100
     pct_text = tags.get("pct")
     if pct_text is None:  # the common case: the policy applies to all failing mail
         if policy == "none":
-            return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
-                               f"DMARC at {name} only monitors ({tag}=none)", evidence)
-        return CheckResult("sender_dmarc", domain, CheckStatus.PASS,
-                           f"DMARC at {name} with {tag}={policy}", evidence)
+            return result("sender_dmarc", domain, CheckStatus.WARN,
+                          Message(_MONITORS, name=name, tag=tag, notes=""), **evidence)
+        return result("sender_dmarc", domain, CheckStatus.PASS,
+                      Message(_WITH_POLICY, name=name, tag=tag, policy=policy, notes=""),
+                      **evidence)
     return _dmarc_with_pct(domain, name, tag, policy, pct_text, evidence)
 
 
@@ -152,28 +168,33 @@ def _dmarc_with_pct(domain: str, name: str, tag: str, policy: str, pct_text: str
     quarantine -> none), so ``p=quarantine; pct=0`` quarantines nothing. An invalid
     ``pct`` is named and warned about: receivers differ in what they make of it.
     """
-    notes: list[str] = []
+    notes: list[Message] = []
     status = CheckStatus.PASS
     pct = 100
     if re.fullmatch(r"[0-9]{1,3}", pct_text) and int(pct_text) <= 100:
         pct = int(pct_text)
     else:
         evidence["invalid_tags"] = {"pct": pct_text}
-        notes.append(f"pct={pct_text!r} is not an integer from 0 to 100 (RFC 7489 6.3)")
+        notes.append(Message(_("pct=%(pct)r is not an integer from 0 to 100 (RFC 7489 6.3)"),
+                             pct=pct_text))
         status = CheckStatus.WARN
     evidence["pct"] = pct
     if pct < 100 and policy in _LOWER_POLICY:
-        notes.append(f"{tag}={policy} applies to {pct}% of failing mail (pct={pct}); the "
-                     f"rest gets {_LOWER_POLICY[policy]} (RFC 7489 6.6.4)")
-    suffix = "".join(f"; {n}" for n in notes)
+        notes.append(Message(_("%(tag)s=%(policy)s applies to %(pct)s%% of failing mail "
+                               "(pct=%(pct)s); the rest gets %(lower)s (RFC 7489 6.6.4)"),
+                             tag=tag, policy=policy, pct=pct, lower=_LOWER_POLICY[policy]))
+    # "; " before the notes: not a sentence, so not in the catalog (gettext returns it)
+    suffix: Message | str = Message("; %(notes)s", notes=notes) if notes else ""
     if policy == "none":
-        return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
-                           f"DMARC at {name} only monitors ({tag}=none){suffix}", evidence)
+        return result("sender_dmarc", domain, CheckStatus.WARN,
+                      Message(_MONITORS, name=name, tag=tag, notes=suffix), **evidence)
     if pct == 0 and policy == "quarantine":
-        return CheckResult("sender_dmarc", domain, CheckStatus.WARN,
-                           f"DMARC at {name} quarantines no mail{suffix}", evidence)
-    return CheckResult("sender_dmarc", domain, status,
-                       f"DMARC at {name} with {tag}={policy}{suffix}", evidence)
+        return result("sender_dmarc", domain, CheckStatus.WARN,
+                      Message(_("DMARC at %(name)s quarantines no mail%(notes)s"), name=name,
+                              notes=suffix), **evidence)
+    return result("sender_dmarc", domain, status,
+                  Message(_WITH_POLICY, name=name, tag=tag, policy=policy, notes=suffix),
+                  **evidence)
 
 
 async def _check_dkim(run: Run, plan: Plan, domain: str) -> CheckResult:
@@ -185,14 +206,19 @@ async def _check_dkim(run: Run, plan: Plan, domain: str) -> CheckResult:
     keys = [v for v in answer.values if "p" in _tags(v)]
     if not keys:
         return result("sender_dkim", domain, CheckStatus.FAIL,
-                      f"no DKIM key at {name} ({answer.status})", **evidence)
+                      Message(_("no DKIM key at %(name)s (%(status)s)"), name=name,
+                              status=str(answer.status)), **evidence)
     live = [v for v in keys if _tags(v)["p"]]
     if not live:
         return result("sender_dkim", domain, CheckStatus.FAIL,
-                      f"the DKIM key at {name} is revoked (empty p=)", **evidence)
-    via = f" via CNAME to {answer.canonical_name}" if len(answer.chain) > 1 else ""
-    return result("sender_dkim", domain, CheckStatus.PASS, f"DKIM key at {name}{via}",
-                  **evidence)
+                      Message(_("the DKIM key at %(name)s is revoked (empty p=)"), name=name),
+                      **evidence)
+    if len(answer.chain) > 1:
+        return result("sender_dkim", domain, CheckStatus.PASS,
+                      Message(_("DKIM key at %(name)s via CNAME to %(target)s"), name=name,
+                              target=answer.canonical_name), **evidence)
+    return result("sender_dkim", domain, CheckStatus.PASS,
+                  Message(_("DKIM key at %(name)s"), name=name), **evidence)
 
 
 def _check_domain_policy(config: CheckConfig, _plan: Plan, domain: str) -> CheckResult:
@@ -200,11 +226,13 @@ def _check_domain_policy(config: CheckConfig, _plan: Plan, domain: str) -> Check
     match = next((d for d in approved if domain == d or domain.endswith("." + d)), None)
     if match:
         return result("sender_domain_policy", domain, CheckStatus.PASS,
-                      f"{domain} is an approved sender domain ({match})",
+                      Message(_("%(domain)s is an approved sender domain (%(match)s)"),
+                              domain=domain, match=match),
                       domain=domain, approved=list(approved), matched=match)
     return result("sender_domain_policy", domain, CheckStatus.WARN,
-                  f"{domain} is not an approved sender domain: From/Return-Path will be "
-                  "rewritten", domain=domain, approved=list(approved))
+                  Message(_("%(domain)s is not an approved sender domain: From/Return-Path "
+                            "will be rewritten"), domain=domain),
+                  domain=domain, approved=list(approved))
 
 
 def _dmarc_first(_plan: Plan, domain: str) -> Iterable[tuple[str, str]]:

@@ -31,6 +31,9 @@ from .lookups import Run
 from .names import dns_name
 from .results import CheckResult
 from .results import CheckStatus
+from .results import Message
+from .results import _
+from .results import message_dict
 from .results import result as _result  # here "result" is an SPF outcome
 
 __all__ = ["SENDER_SPF", "SPF_LOOKUP_LIMIT", "SPF_VOID_LIMIT"]
@@ -424,17 +427,20 @@ async def _check_spf(run: Run, _plan: Plan, domain: str) -> CheckResult:
         except _SpfError as exc:
             status = CheckStatus.ERROR if exc.result == "temperror" else CheckStatus.FAIL
             return _result("sender_spf", domain, status,
-                           f"SPF {exc.result} in the relay's include:{include}: {exc}",
+                           Message(_("SPF %(result)s in the relay's include:%(include)s: "
+                                     "%(error)s"), result=exc.result, include=include,
+                                   error=str(exc)),
                            **evidence, result=exc.result)
         source = f"include:{include}"
         if not sample:
             return _result("sender_spf", domain, CheckStatus.FAIL,
-                           f"include:{include} lists no ip4/ip6 network to evaluate SPF "
-                           "with: set RELAY_ADDRESSES", **evidence)
+                           Message(_("include:%(include)s lists no ip4/ip6 network to "
+                                     "evaluate SPF with: set RELAY_ADDRESSES"),
+                                   include=include), **evidence)
     else:
         return _result("sender_spf", domain, CheckStatus.FAIL,
-                       "neither RELAY_SPF_INCLUDE nor RELAY_ADDRESSES is set: no relay "
-                       "address to evaluate SPF for", **evidence)
+                       Message(_("neither RELAY_SPF_INCLUDE nor RELAY_ADDRESSES is set: no "
+                                 "relay address to evaluate SPF for")), **evidence)
     results: dict[str, str] = {}
     errors: dict[str, _SpfError] = {}
     records: dict[str, str] | None = None
@@ -469,11 +475,15 @@ async def _check_spf(run: Run, _plan: Plan, domain: str) -> CheckResult:
     listed = ", ".join(results)
     if all_pass and (relay or via_include):  # the common case first
         evidence["result"] = "pass"
-        how = (f"passes every relay address ({listed})" if relay
-               else f"includes {include}: pass for {listed}")
-        return CheckResult("sender_spf", domain, CheckStatus.PASS,
-                           f"SPF of {domain} {how} ({lookups} of {SPF_LOOKUP_LIMIT} look-ups)",
-                           evidence)
+        if relay:
+            text = _("SPF of %(domain)s passes every relay address (%(listed)s) "
+                     "(%(lookups)s of %(limit)s look-ups)")
+        else:
+            text = _("SPF of %(domain)s includes %(include)s: pass for %(listed)s "
+                     "(%(lookups)s of %(limit)s look-ups)")
+        return _result("sender_spf", domain, CheckStatus.PASS,
+                       Message(text, domain=domain, include=include, listed=listed,
+                               lookups=lookups, limit=SPF_LOOKUP_LIMIT), **evidence)
     failed = _spf_failure(domain, include, bool(relay), listed, results, errors, evidence)
     if failed.status is CheckStatus.FAIL:
         evidence["proposal"] = await _propose(run, domain, sample, bool(relay))
@@ -500,13 +510,15 @@ async def _propose(run: Run, domain: str, sample: list[tuple[str, _Address]],
     try:
         answer = await run.q(domain, "TXT")
     except TransientDnsError as exc:
-        return {"problem": f"{domain} TXT did not answer: {exc}"}
+        return _problem(Message(_("%(domain)s TXT did not answer: %(error)s"), domain=domain,
+                                error=str(exc)))
     published = [v for v in answer.values if v[:7].lower() in ("v=spf1", "v=spf1 ")]
     candidates = spf_candidates(published, config.spf_include, config.relay_addresses)
     if not candidates:
-        return {"problem": "the published records cannot be merged into one (each has a "
-                           "redirect= and none an all term): merge them by hand"}
-    problem = ""
+        return _problem(Message(_("the published records cannot be merged into one (each "
+                                  "has a redirect= and none an all term): merge them by "
+                                  "hand")))
+    problem: Message | None = None
     for candidate in candidates:
         override = {domain: candidate.record}
         try:
@@ -518,8 +530,8 @@ async def _propose(run: Run, domain: str, sample: list[tuple[str, _Address]],
                     passed = False
                     break
             if not passed:
-                problem = (f"even with {candidate.record!r} an earlier term decides for the "
-                           "relay's addresses")
+                problem = Message(_("even with %(record)r an earlier term decides for the "
+                                    "relay's addresses"), record=candidate.record)
                 continue
             lookups = 0
             for ip in _UNLISTED:
@@ -528,17 +540,29 @@ async def _propose(run: Run, domain: str, sample: list[tuple[str, _Address]],
                 lookups = max(lookups, spf.lookups)
         except _SpfError as exc:
             if exc.result == "temperror":
-                return {"problem": f"could not evaluate the merged record: {exc}"}
-            advice = ("fix the published record first" if "RFC 7208 4.6.4" not in str(exc)
-                      else f"a record within {SPF_LOOKUP_LIMIT} look-ups needs fewer "
-                      "include/a/mx/ptr/exists terms (list your own servers as ip4:/ip6: "
-                      "networks, drop includes of services you no longer use), then add "
-                      "the relay's")
-            return {"problem": f"the merged record {candidate.record!r} would break for "
-                               f"receivers ({exc}): {advice}"}
+                return _problem(Message(_("could not evaluate the merged record: %(error)s"),
+                                        error=str(exc)))
+            advice = (Message(_("fix the published record first"))
+                      if "RFC 7208 4.6.4" not in str(exc)
+                      else Message(_("a record within %(limit)s look-ups needs fewer "
+                                     "include/a/mx/ptr/exists terms (list your own servers as "
+                                     "ip4:/ip6: networks, drop includes of services you no "
+                                     "longer use), then add the relay's"),
+                                   limit=SPF_LOOKUP_LIMIT))
+            return _problem(Message(_("the merged record %(record)r would break for receivers "
+                                      "(%(error)s): %(advice)s"), record=candidate.record,
+                                    error=str(exc), advice=advice))
         return {"record": candidate.record, "placement": candidate.placement,
-                "notes": list(candidate.notes), "replaces": published, "lookups": lookups}
-    return {"problem": problem}
+                "notes": [str(n) for n in candidate.notes],
+                "note_messages": [message_dict(n) for n in candidate.notes],
+                "replaces": published, "lookups": lookups}
+    return _problem(problem) if problem else {"problem": ""}
+
+
+def _problem(problem: Message) -> dict[str, Any]:
+    """A proposal that could not be made: the English reason and its message (translated
+    where it is shown, like a result's ``detail``)."""
+    return {"problem": str(problem), "problem_message": problem.as_dict()}
 
 
 def _spf_failure(domain: str, include: str | None, by_address: bool, listed: str,
@@ -550,29 +574,41 @@ def _spf_failure(domain: str, include: str | None, by_address: bool, listed: str
     temperror: however the unanswered look-up would have ended, the relay is not
     authorised.
     """
-    def result(status: CheckStatus, detail: str, outcome: str) -> CheckResult:
-        evidence["result"] = outcome
-        return CheckResult("sender_spf", domain, status, detail, evidence)
+    def result(status: CheckStatus, detail: Message, outcome: str) -> CheckResult:
+        evidence["result"], evidence["message"] = outcome, detail.as_dict()
+        # the evidence itself, not a copy: the caller adds the proposal to it afterwards
+        return CheckResult("sender_spf", domain, status, str(detail), evidence)
 
     for address, exc in errors.items():
         if exc.result == "permerror":
-            return result(CheckStatus.FAIL, f"SPF permerror for {address}: {exc}", "permerror")
+            return result(CheckStatus.FAIL, Message(_("SPF permerror for %(address)s: "
+                                                      "%(error)s"), address=address,
+                                                    error=str(exc)), "permerror")
     if "none" in results.values():
-        return result(CheckStatus.FAIL, f"{domain} has no SPF record (RFC 7208 4.5)", "none")
+        return result(CheckStatus.FAIL, Message(_("%(domain)s has no SPF record (RFC 7208 "
+                                                  "4.5)"), domain=domain), "none")
     bad = {a: r for a, r in results.items() if r != "pass" and a not in errors}
     if not bad and errors:
         address, exc = next(iter(errors.items()))
-        return result(CheckStatus.ERROR, f"SPF temperror for {address}: {exc}", "temperror")
+        return result(CheckStatus.ERROR, Message(_("SPF temperror for %(address)s: "
+                                                   "%(error)s"), address=address,
+                                                 error=str(exc)), "temperror")
     if not bad:
         return result(CheckStatus.FAIL,
-                      f"SPF of {domain} passes {listed} by its own terms, not "
-                      f"include:{include}; the relay's other addresses are listed only "
-                      f"there (needs include:{include})", "pass")
-    wanted = (f"include:{include}" if include and not by_address
-              else "a pass for every relay address")
-    return result(CheckStatus.FAIL,
-                  f"SPF of {domain} does not authorise the relay (needs {wanted}); "
-                  + ", ".join(f"{a}: {r}" for a, r in bad.items()), next(iter(bad.values())))
+                      Message(_("SPF of %(domain)s passes %(listed)s by its own terms, not "
+                                "include:%(include)s; the relay's other addresses are listed "
+                                "only there (needs include:%(include)s)"), domain=domain,
+                              listed=listed, include=include), "pass")
+    outcomes = ", ".join(f"{a}: {r}" for a, r in bad.items())  # SPF results: technical terms
+    if include and not by_address:
+        text = Message(_("SPF of %(domain)s does not authorise the relay (needs "
+                         "include:%(include)s); %(outcomes)s"), domain=domain,
+                       include=include, outcomes=outcomes)
+    else:
+        text = Message(_("SPF of %(domain)s does not authorise the relay (needs a pass for "
+                         "every relay address); %(outcomes)s"), domain=domain,
+                       outcomes=outcomes)
+    return result(CheckStatus.FAIL, text, next(iter(bad.values())))
 
 
 def _spf_first(_plan: Plan, domain: str) -> Iterable[tuple[str, str]]:

@@ -33,6 +33,22 @@ def status_label(status: str) -> str:
 
 
 @register.filter
+def check_detail(result: Any) -> str:
+    """``{{ c|check_detail }}``: a check result's detail in the reader's language (a
+    stored ``CheckResult``, a report's dict, or a mail's failing check with ``message``)."""
+    if isinstance(result, dict):
+        evidence = result["evidence"] if "evidence" in result else result
+        return display.check_detail(result.get("detail", ""), evidence)
+    return display.check_detail(getattr(result, "detail", ""), getattr(result, "evidence", None))
+
+
+@register.filter
+def fix_note(fix: Any) -> str:
+    """``{{ f|fix_note }}``: a proposed record's note in the reader's language."""
+    return display.fix_note(fix)
+
+
+@register.filter
 def state_label(state: str) -> str:
     """``{{ e.to_state|state_label }}``: "Pending approval"."""
     return display.state_label(str(state or ""))
