@@ -17,7 +17,10 @@ subprocess, loopback only), same machine:
     submit to checked, the submit rate, queries per submit, and the task's own time per
     request (the worker's summed task run times) against the engine's;
 (c) the naive way, ``RELAY_CHECK_BATCH_SIZE=1`` (one request per task, the code path of
-    before the batch), on ``--naive-n`` further submissions.
+    before the batch), on ``--naive-n`` further submissions;
+(d) the task's own cost without broker or worker: ``run_request_checks.apply`` in this
+    process on requests waiting in ``checking``, batched and batch 1, per request against
+    the engine's work in the task's batch size.
 
 Honesty notes: the submitting client, PostgreSQL, Redis, the DNS server and the worker
 share the machine's cores, as they would on a small host; the submit rate bounds the
@@ -249,6 +252,35 @@ def main(argv: list[str] | None = None) -> None:
         burst(f"pipeline, batch {args.batch_size}", range(args.n), args.batch_size)
         if args.naive_n:
             burst("naive, batch 1 (one request per task)", range(args.n, total), 1)
+
+        def in_process(label: str, count: int, batch_size: int) -> None:
+            """The task's own cost without the broker: ``apply`` in this process on
+            ``count`` requests waiting in ``checking`` until none is left."""
+            settings.RELAY_CHECK_BATCH_SIZE = batch_size
+            rows = RelayRequest.objects.bulk_create([RelayRequest(
+                kind="server", state=RequestState.CHECKING, team=team, created_by=user,
+                submitted_by=user, contact_email="ops@bench.test", fqdn=spec.fqdn,
+                ipv4=[spec.addresses[0]], ipv6=[spec.addresses[1]],
+                sender_domains=list(spec.sender_domains), expected_daily_volume=10,
+                purpose="bench") for spec in specs[:count]])
+            ids = [r.pk for r in rows]
+            waiting = RelayRequest.objects.filter(pk__in=ids, state=RequestState.CHECKING)
+            started = time.perf_counter()
+            for pk in ids:  # each request's own message, in order; most find it done
+                run_request_checks.apply(args=(pk,))
+            elapsed = time.perf_counter() - started
+            assert not waiting.exists()
+            per = 1000 * elapsed / count
+            engine_ms = 1000 / engine_b
+            print(f"{label}: {count} requests in {elapsed:.2f} s = {count / elapsed:,.0f}/s, "
+                  f"{per:.2f} ms per request (own messages included) vs the engine's "
+                  f"{engine_ms:.2f} ms: own overhead {per / engine_ms - 1:.1f}x", flush=True)
+
+        from requests_app.tasks import run_request_checks
+        app.conf.task_always_eager = True  # the retries of an error would run in-line
+        in_process(f"task in-process, batch {args.batch_size}", min(args.n, 1000),
+                   args.batch_size)
+        in_process("task in-process, batch 1", min(args.naive_n or 200, 300), 1)
     finally:
         server.kill()
     print(f"reproduce: .venv/bin/python bench/scale_pipeline.py --database-url URL "
