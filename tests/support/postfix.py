@@ -286,8 +286,9 @@ class PostfixInstance:
         _write_settled(self.config_dir / "master.cf", master)
         return self.config_dir
 
-    def _postfix(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = run_tool("postfix", "-c", str(self.config_dir), *args, timeout=60)
+    def _postfix(self, *args: str, check: bool = True,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        result = run_tool("postfix", "-c", str(self.config_dir), *args, timeout=timeout)
         if check and result.returncode != 0:
             raise RuntimeError(
                 f"postfix {' '.join(args)} failed ({result.returncode}):\n"
@@ -320,6 +321,20 @@ class PostfixInstance:
         self._postfix("check")
         self.running = True
         self._postfix("start")
+        self._wait_greeting(timeout)
+
+    def reload(self, *, settle: float = 0.0, timeout: float = 20) -> None:
+        """``postfix reload``: master re-reads the config, smtpd re-opens the maps.
+
+        Returns once smtpd greets again (a probe right after a reload on a loaded
+        machine could otherwise meet a master still restarting its services).
+        """
+        self._postfix("reload")
+        if settle:
+            time.sleep(settle)
+        self._wait_greeting(timeout)
+
+    def _wait_greeting(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with (
@@ -331,12 +346,6 @@ class PostfixInstance:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"smtpd did not answer on {self.host}:{self.port}\n{self.log()}")
-
-    def reload(self, *, settle: float = 0.0) -> None:
-        """``postfix reload``: master re-reads the config, smtpd re-opens the maps."""
-        self._postfix("reload")
-        if settle:
-            time.sleep(settle)
 
     def queue_empty(self) -> bool:
         """Whether nothing is queued (``postqueue -p``): every message was delivered or
@@ -363,7 +372,10 @@ class PostfixInstance:
         if not self.running:
             return
         pid = self.master_pid()
-        self._postfix("stop", check=False)
+        # A master that hangs must not hold the run for minutes: "postfix stop" waits for
+        # it, so it gets the same bound, then abort and SIGKILL below.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._postfix("stop", check=False, timeout=timeout)
         deadline = time.monotonic() + timeout
         while pid is not None and self._alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
