@@ -32,6 +32,7 @@ from django.utils.translation import gettext
 
 from requests_app import relay
 from requests_app import services
+from requests_app.actions import ACTIONS
 from requests_app.models import CheckResult
 from requests_app.models import RelayRequest
 from requests_app.models import RequestState as S
@@ -250,18 +251,19 @@ def test_requester_journey_new_request_to_snippets(
     proof.assert_clean()
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize(("width", "lang"), JOURNEYS)
 def test_approver_journey_by_keyboard_queue_to_approval(
     live_server: Any, browser_session: BrowserSession,  # noqa: F811
     team: Team, requester: AbstractBaseUser, approver: AbstractBaseUser, proof: Proof,
-    width: str,
+    width: str, lang: str,
 ) -> None:
+    t = words(lang)
     draft = RelayRequestFactory(team=team, created_by=requester)
     off_the_event_loop(services.request_act, request_id=draft.pk, action="submit",
                        by=requester, source_ip="127.0.0.1")
     assert state_of(draft.pk) == S.PENDING_APPROVAL
 
-    page = browser_session(viewport=WIDTHS[width])
+    page = browser_session(viewport=WIDTHS[width], locale=LOCALES[lang])
     # the login form, by keyboard
     page.goto(f"{live_server.url}/accounts/login/")
     tab_to(page, "input[name=username]")
@@ -272,12 +274,13 @@ def test_approver_journey_by_keyboard_queue_to_approval(
     page.wait_for_url(f"{live_server.url}/requests/")
 
     page.goto(f"{live_server.url}/requests/queue/")
+    assert page.locator("html").get_attribute("lang") == lang
     # the first Tab reaches the skip link, which moves the focus to the content
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.textContent") == "Skip to main content"
+    assert page.evaluate("document.activeElement.textContent") == t("Skip to main content")
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "main"
-    assert page.locator("nav a[aria-current=page]").inner_text() == "Approval queue"
+    assert page.locator("nav a[aria-current=page]").inner_text() == t("Approval queue")
     proof.check(page, "01-queue")
     tab_to(page, f"main a[href='/requests/{draft.pk}/']")
     page.keyboard.press("Enter")
@@ -298,8 +301,8 @@ def test_approver_journey_by_keyboard_queue_to_approval(
     page.keyboard.press("Enter")
     dialog = page.locator("dialog.confirm-dialog")
     dialog.wait_for()
-    assert "The decision is final" in dialog.inner_text()
-    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    assert t(ACTIONS["reject"].confirm) in dialog.inner_text()
+    assert page.evaluate("document.activeElement.textContent") == t("Cancel")
     proof.check(page, "03-reject-dialog")
     page.keyboard.press("Escape")
     dialog.wait_for(state="detached")
@@ -308,12 +311,13 @@ def test_approver_journey_by_keyboard_queue_to_approval(
     tab_to(page, "button.action-approve")
     page.keyboard.press("Enter")
     page.wait_for_load_state()
-    page.locator(".msg", has_text=f"Request #{draft.pk} approved.").wait_for()
+    page.locator(".msg", has_text=ACTIONS["approve"].done_message(draft.pk, t)).wait_for()
     assert state_of(draft.pk) == S.ACTIVE
     approved = RelayRequest.objects.get(pk=draft.pk)
     assert approved.decision_note == "Checked with the payments team lead."
-    assert "Approved (Pending approval → Provisioning)" in page.locator(
-        "section.timeline").inner_text()
+    approved_line = (f"{capfirst(t(ACTIONS['approve'].past))} "
+                     f"({t('Pending approval')} → {t('Provisioning')})")
+    assert approved_line in page.locator("section.timeline").inner_text()
     proof.check(page, "04-approved")
     proof.assert_clean()
 
