@@ -40,10 +40,10 @@ urlpatterns = [
          name="relay_test_script"),
     path("<int:pk>/renew/", views.request_renew, name="renew"),
     path("<int:pk>/handover/", views.request_handover, name="handover"),
-    path("<int:pk>/claim/", views.request_assign, {"claim": True}, name="claim"),
-    path("<int:pk>/release/", views.request_assign, {"claim": False}, name="release"),
     path("<int:pk>/comments/", comment_views.comment_create, name="comment"),
     path("<int:pk>/status/", live_views.request_status, name="status"),
+    path("<int:pk>/claim/", views.request_assign, {"claim": True}, name="claim"),
+    path("<int:pk>/release/", views.request_assign, {"claim": False}, name="release"),
     *[
         path(f"<int:pk>/{action}/", FORM_VIEWS.get(action, views.request_action),
              {"action": action}, name=action)

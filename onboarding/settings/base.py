@@ -262,12 +262,12 @@ RELAY_PROVISION_MAX_ATTEMPTS = env.int("RELAY_PROVISION_MAX_ATTEMPTS", default=3
 # The form's as-you-type check runs on a web worker: at most this many per user and
 # minute (0 = no limit; counted in the default cache, per process unless CACHES is
 # shared), and its DNS work ends after this many seconds (or DNS_LIFETIME_SECONDS if
-# The dashboard's median time to decision covers the decisions of the last N days (the
-# page's ?days= overrides it): bounded, so the page's cost does not grow with history.
-RELAYDESK_DASHBOARD_DAYS = env.int("RELAYDESK_DASHBOARD_DAYS", default=90)
 # that is shorter).
 RELAYDESK_QUICK_CHECK_PER_MINUTE = env.int("RELAYDESK_QUICK_CHECK_PER_MINUTE", default=20)
 RELAYDESK_QUICK_CHECK_SECONDS = env.float("RELAYDESK_QUICK_CHECK_SECONDS", default=2.0)
+# The dashboard's median time to decision covers the decisions of the last N days (the
+# page's ?days= overrides it): bounded, so the page's cost does not grow with history.
+RELAYDESK_DASHBOARD_DAYS = env.int("RELAYDESK_DASHBOARD_DAYS", default=90)
 # redis://host:6379/1 shares the quick-check counters between web processes.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
