@@ -53,7 +53,9 @@ def claimable(request: RelayRequest) -> bool:
 
 
 def _locked(request_id: int) -> RelayRequest:
-    return (RelayRequest.objects.select_for_update()
+    # of=self: the nullable assigned_to join cannot be locked (PostgreSQL refuses FOR
+    # UPDATE on the nullable side of an outer join); the request row is what we lock.
+    return (RelayRequest.objects.select_for_update(of=("self",))
             .select_related("team", "assigned_to").get(pk=request_id))
 
 

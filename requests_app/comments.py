@@ -122,7 +122,8 @@ def comment_add(*, request_id: int, by: AbstractBaseUser, body: object,
     text. The request row is locked so the comment, its event and its mail belong to one
     state of the request (the claim read for the recipients included).
     """
-    request = (RelayRequest.objects.select_for_update()
+    # of=self: PostgreSQL cannot lock the nullable side of the outer joins
+    request = (RelayRequest.objects.select_for_update(of=("self",))
                .select_related("team", "created_by", "submitted_by", "assigned_to")
                .get(pk=request_id))
     side = comment_side(request, by)

@@ -256,7 +256,8 @@ def credential_issue_on_activation(*, request_id: int) -> AccountCredential | No
     Dispatched by name from ``activation.activate`` after its commit; idempotent (a
     request that already has a password row, or is no longer active, is left alone).
     """
-    request = RelayRequest.objects.select_for_update().filter(
+    # of=self: PostgreSQL cannot lock the nullable side of the outer join to replaces
+    request = RelayRequest.objects.select_for_update(of=("self",)).filter(
         pk=request_id, state=RequestState.ACTIVE).select_related("replaces").first()
     if request is None or request.credentials.filter(
             purpose__in=(Purpose.ISSUE, Purpose.ROTATE)).exists():

@@ -144,7 +144,12 @@ def test_median_reads_at_most_two_spans_from_the_database():
     with CaptureQueriesContext(connection) as queries:
         data = dashboard_data(NOW)
     assert data.median_decision_hours == 11.0
-    spans = [q["sql"] for q in queries.captured_queries if 'AS "span"' in q["sql"]]
+    sqls = [q["sql"] for q in queries.captured_queries]
+    if connection.vendor == "postgresql":  # one aggregate, no span read at all
+        assert sum("PERCENTILE_CONT(0.5)" in sql for sql in sqls) == 1
+        assert not [sql for sql in sqls if 'AS "span"' in sql]
+        return
+    spans = [sql for sql in sqls if 'AS "span"' in sql]
     assert len(spans) == 1 and spans[0].endswith("LIMIT 1 OFFSET 10")  # the 11th of 21
 
 
