@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db import transaction
 from django.db.models import Case
 from django.db.models import Exists
@@ -183,6 +184,18 @@ def current_version() -> RelayConfigVersion | None:
     return RelayConfigVersion.objects.order_by("-number").first()
 
 
+# pg_advisory_xact_lock key of the relay config build ("rdsk" in ASCII).
+_BUILD_LOCK_KEY = 0x7264736B
+
+
+def _serialise_builds() -> None:
+    """Wait for any other relay config build to commit (PostgreSQL; SQLite's IMMEDIATE
+    transactions already serialise writers)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_BUILD_LOCK_KEY])
+
+
 @transaction.atomic
 def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     """Build a new version if the content changed, and activate provisioning requests.
@@ -199,7 +212,12 @@ def relay_config_rebuild(*, reason: str = "") -> RelayConfigVersion | None:
     state and carries the reason in ``provision_error`` until a build renders it again.
     Owners of revoked and expired entries are told here, in the transaction of the
     version that no longer has them, never before.
+
+    On PostgreSQL builds take one transaction-scoped advisory lock first, so they run
+    one after the other: concurrent builds locking the waiting rows, the newest version
+    and the shared file blobs in turn deadlocked (seen with eight approvals at once).
     """
+    _serialise_builds()
     waiting = list(
         RelayRequest.objects.select_for_update()
         .filter(state=RequestState.PROVISIONING)
