@@ -175,6 +175,21 @@ postlog   unix-dgram n - n - 1 postlogd
 """
 
 
+def _without(main_cf: str, names: set[str]) -> str:
+    """``main_cf`` without the entries (and their continuation lines) of ``names``."""
+    kept, dropping = [], False
+    for line in main_cf.splitlines(keepends=True):
+        if line[:1] in (" ", "\t") and line.strip():
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = (not line.startswith("#")
+                    and line.split("=", 1)[0].strip() in names and "=" in line)
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
+
+
 def stock_master_cf(fragment: str) -> str:
     """The stock private services followed by a generated ``master.cf.fragment``."""
     return _STOCK_SERVICES + fragment
@@ -273,12 +288,13 @@ class PostfixInstance:
             self.master_cf_fragment = master_cf_fragment
         self.config_dir.mkdir(parents=True, exist_ok=True)
         overridden = _defined_names(main_cf_fragment + self.extra_main_cf)
-        base = "".join(
-            line
-            for line in self.base_main_cf().splitlines(keepends=True)
-            if line.split("=", 1)[0].strip() not in overridden
-        )
-        _write_settled(self.config_dir / "main.cf", base + main_cf_fragment + self.extra_main_cf)
+        base = _without(self.base_main_cf(), overridden)
+        # The extras win over the fragment the same way (a test that turns the policy
+        # service off, say). Duplicates are not only noise: after "postfix reload" every
+        # process logs its warnings at once, and a master blocked on a full postlog
+        # socket stopped answering (seen twice in CI).
+        fragment = _without(main_cf_fragment, _defined_names(self.extra_main_cf))
+        _write_settled(self.config_dir / "main.cf", base + fragment + self.extra_main_cf)
         if self.master_cf_fragment is None:
             master = _MASTER_CF.format(listen=f"{self.host}:{self.port}")
         else:
