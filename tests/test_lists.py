@@ -368,3 +368,14 @@ def test_query_count_is_the_same_at_1_and_30_rows(url, query, approver, second_a
     make(29)
     thirty = _count(client, url, query)
     assert one == thirty
+
+
+def test_a_partial_update_answers_with_assigned_to_too(requester, team):
+    # a PATCH answer is the whole request, assigned_to included (null: nobody claimed it)
+    draft = RelayRequestFactory(team=team, created_by=requester)
+    client = APIClient()
+    client.force_authenticate(requester)
+    response = client.patch(f"/api/requests/{draft.pk}/", {"chat_channel": "#mail"},
+                            format="json")
+    assert response.status_code == 200, response.content
+    assert "assigned_to" in response.json() and response.json()["assigned_to"] is None

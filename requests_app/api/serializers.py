@@ -184,8 +184,9 @@ class RelayRequestSerializer(serializers.ModelSerializer):
                   "override wait for a fresh run.",
     )
     created_by = serializers.CharField(source="created_by.get_username", read_only=True)
-    assigned_to = serializers.CharField(
-        source="assigned_to.get_username", read_only=True, allow_null=True, default=None,
+    # A method, not a dotted source with a default: DRF skips a defaulted field in a
+    # partial update's answer (PATCH), which then lacked this required property.
+    assigned_to = serializers.SerializerMethodField(
         help_text="The approver who claimed the request (claim/release), or null.")
     submit = serializers.BooleanField(write_only=True, required=False, default=False)
     quota_limits = serializers.SerializerMethodField(
@@ -236,6 +237,10 @@ class RelayRequestSerializer(serializers.ModelSerializer):
         if known is None:
             known = accounts.host_overlaps([accounts.subject_of(obj)])
         return known.get(obj.pk, [])
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_assigned_to(self, obj: RelayRequest) -> str | None:
+        return obj.assigned_to.get_username() if obj.assigned_to_id else None
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_pending(self, obj: RelayRequest) -> list[str]:
