@@ -35,6 +35,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils.translation import gettext as _
 
+from .events import comment_event
 from .models import RelayRequest
 from .models import RequestComment
 from .models import RequestEvent
@@ -134,12 +135,8 @@ def comment_add(*, request_id: int, by: AbstractBaseUser, body: object,
     text = validate_comment_body(body)
     comment = RequestComment.objects.create(
         request=request, author=by, author_name=by.get_username(), body=text)
-    RequestEvent.objects.create(
-        request=request, type=RequestEvent.Type.COMMENT, actor=by,
-        actor_name=by.get_username(), source_ip=source_ip or None,
-        from_state=request.state, to_state=request.state, comment=text,
-        parameters={"comment_id": comment.pk, "side": side},
-    )
+    comment_event(request, actor=by, source_ip=source_ip, comment_id=comment.pk,
+                  side=side, text=text)
     comment.side = side  # type: ignore[attr-defined] # as ``comment_list`` sets it
     recipients = comment_recipients(request, side, by)
     if recipients:

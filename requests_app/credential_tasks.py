@@ -14,7 +14,7 @@ from .credentials import credential_give_up
 from .credentials import credential_issue_on_activation
 from .credentials import credential_sweep as credential_sweep_run
 from .directory import DirectoryUnavailable
-from .directory_tasks import DIRECTORY_MAX_RETRIES
+from .directory_tasks import DIRECTORY_RETRY_OPTIONS
 from .models import AccountCredential
 
 __all__ = ["apply_credential", "credential_sweep", "issue_credential"]
@@ -22,15 +22,7 @@ __all__ = ["apply_credential", "credential_sweep", "issue_credential"]
 log = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="relaydesk.apply_credential",
-    bind=True,
-    acks_late=True,
-    autoretry_for=(DirectoryUnavailable,),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    max_retries=DIRECTORY_MAX_RETRIES,
-)
+@shared_task(name="relaydesk.apply_credential", **DIRECTORY_RETRY_OPTIONS)
 def apply_credential(self, change_id: int) -> str:  # type: ignore[no-untyped-def]
     """Set one recorded password in the directory, with the directory's retry rules.
 

@@ -8,6 +8,7 @@ autodiscovery) registers it and ``dispatch_on_commit("provision_directory", ...)
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 
@@ -16,7 +17,7 @@ from .directory import directory_apply
 from .directory import directory_give_up
 from .models import DirectoryChange
 
-__all__ = ["DIRECTORY_MAX_RETRIES", "provision_directory"]
+__all__ = ["DIRECTORY_MAX_RETRIES", "DIRECTORY_RETRY_OPTIONS", "provision_directory"]
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +26,19 @@ log = logging.getLogger(__name__)
 # to a person as ``failed``.
 DIRECTORY_MAX_RETRIES = 8
 
+# The task options of every task that writes to the directory (this one and
+# ``credential_tasks.apply_credential``): one outage, one retry schedule for both.
+DIRECTORY_RETRY_OPTIONS: dict[str, Any] = {
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (DirectoryUnavailable,),
+    "retry_backoff": 5,
+    "retry_backoff_max": 600,
+    "max_retries": DIRECTORY_MAX_RETRIES,
+}
 
-@shared_task(
-    name="relaydesk.provision_directory",
-    bind=True,
-    acks_late=True,
-    autoretry_for=(DirectoryUnavailable,),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    max_retries=DIRECTORY_MAX_RETRIES,
-)
+
+@shared_task(name="relaydesk.provision_directory", **DIRECTORY_RETRY_OPTIONS)
 def provision_directory(self, change_id: int) -> str:  # type: ignore[no-untyped-def]
     """Apply one :class:`~requests_app.models.DirectoryChange` by id.
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
 __all__ = [
+    "comment_event",
     "credential_event",
     "drift_event",
     "insert_many",
@@ -65,6 +66,32 @@ def _insert(
     return event
 
 
+def _insert_unchanged(
+    request: RelayRequest,
+    type_: str,
+    *,
+    actor: AbstractBaseUser | None,
+    source_ip: str | None = None,
+    comment: str = "",
+    parameters: dict[str, Any] | None = None,
+) -> RequestEvent:
+    """Insert an event that leaves the state as it was (both ends are the current state).
+
+    Most events record something beside the lifecycle (an edit, a claim, a password, a
+    comment); one place states that, so none of them can record a different ``to_state``.
+    """
+    return _insert(
+        request,
+        type_,
+        actor=actor,
+        source_ip=source_ip,
+        from_state=request.state,
+        to_state=request.state,
+        comment=comment,
+        parameters=parameters,
+    )
+
+
 def request_created_event(
     request: RelayRequest, actor: AbstractBaseUser, source_ip: str | None,
     *, save: bool = True,
@@ -97,13 +124,11 @@ def request_updated_event(
     if discarded_checks:
         parameters["discarded_checks"] = discarded_checks
         comment = "Checked content changed: the check results were discarded."
-    return _insert(
+    return _insert_unchanged(
         request,
         RequestEvent.Type.UPDATED,
         actor=actor,
         source_ip=source_ip,
-        from_state=request.state,
-        to_state=request.state,
         comment=comment,
         parameters=parameters,
     )
@@ -183,13 +208,11 @@ def request_handover_event(
     parameters: dict[str, Any] = {"from_team": from_team, "to_team": to_team}
     if detached_renewals:
         parameters["detached_renewals"] = list(detached_renewals)
-    return _insert(
+    return _insert_unchanged(
         request,
         RequestEvent.Type.HANDOVER,
         actor=actor,
         source_ip=source_ip,
-        from_state=request.state,
-        to_state=request.state,
         comment=comment,
         parameters=parameters,
     )
@@ -204,13 +227,11 @@ def request_assignment_event(
     previous: str = "",
 ) -> RequestEvent:
     """An approver claimed (``claimed``) or released a request (``assignment.py``)."""
-    return _insert(
+    return _insert_unchanged(
         request,
         RequestEvent.Type.ASSIGNMENT,
         actor=actor,
         source_ip=source_ip,
-        from_state=request.state,
-        to_state=request.state,
         parameters={"action": "claim" if claimed else "release",
                     "assigned_to": actor.get_username() if claimed else "",
                     "previous": previous},
@@ -226,13 +247,11 @@ def request_renewal_detached_event(
     to_team: str,
 ) -> RequestEvent:
     """A renewal's ``replaces`` link was cleared because its entry changed hands."""
-    return _insert(
+    return _insert_unchanged(
         renewal,
         RequestEvent.Type.UPDATED,
         actor=actor,
         source_ip=source_ip,
-        from_state=renewal.state,
-        to_state=renewal.state,
         comment=(
             f"No longer replaces #{entry_id}: that entry was handed over to team {to_team}. "
             "If approved, this request becomes a separate entry."
@@ -256,12 +275,10 @@ def request_left_out_event(
     (``None`` for an active entry); ``version`` is the version built, or ``None`` when
     the content did not change.
     """
-    return _insert(
+    return _insert_unchanged(
         request,
         RequestEvent.Type.CONFIG_BUILT,
         actor=None,
-        from_state=request.state,
-        to_state=request.state,
         comment=comment,
         parameters={"left_out": True, "reason": reason, "attempt": attempt,
                     "max_attempts": limit, "version": version},
@@ -295,15 +312,8 @@ def system_event(
     comment: str = "",
     parameters: dict[str, Any] | None = None,
 ) -> RequestEvent:
-    return _insert(
-        request,
-        type_,
-        actor=None,
-        from_state=request.state,
-        to_state=request.state,
-        comment=comment,
-        parameters=parameters,
-    )
+    return _insert_unchanged(
+        request, type_, actor=None, comment=comment, parameters=parameters)
 
 
 def credential_event(
@@ -319,13 +329,35 @@ def credential_event(
     Who, when and from where; never the secret (``credentials.py`` only passes ids,
     times and states in ``parameters``).
     """
-    return _insert(
+    return _insert_unchanged(
         request,
         RequestEvent.Type.CREDENTIAL,
         actor=actor,
         source_ip=source_ip,
-        from_state=request.state,
-        to_state=request.state,
         comment=comment,
         parameters=parameters,
+    )
+
+
+def comment_event(
+    request: RelayRequest,
+    *,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    comment_id: int,
+    side: str,
+    text: str,
+) -> RequestEvent:
+    """A comment in the request's thread (``comments.py``), so the trail holds it too.
+
+    ``side`` is recorded because team membership may change later: the thread shows
+    whom the comment was written for from this event.
+    """
+    return _insert_unchanged(
+        request,
+        RequestEvent.Type.COMMENT,
+        actor=actor,
+        source_ip=source_ip,
+        comment=text,
+        parameters={"comment_id": comment_id, "side": side},
     )

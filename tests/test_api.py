@@ -259,6 +259,22 @@ def test_list_query_count_constant(requester, team, django_assert_max_num_querie
     assert len(small.captured_queries) == len(large.captured_queries)
 
 
+def test_single_request_looks_up_its_host_overlaps_once(requester, team,
+                                                        django_assert_max_num_queries):
+    # given a server request of the caller's team (a host: warnings and overlaps apply)
+    mine = RelayRequestFactory(team=team, created_by=requester)
+    client = client_for(requester)
+    # when it is read alone: token, groups, the request, its checks, its host overlaps
+    with django_assert_max_num_queries(5) as queries:
+        response = client.get(f"/api/requests/{mine.pk}/")
+    # then warnings and overlaps come from one host look-up, not one each
+    assert response.status_code == 200
+    assert response.json()["warnings"] == response.json()["overlaps"] == []
+    lookups = [q["sql"] for q in queries.captured_queries
+               if 'LOWER("requests_app_relayrequest"."fqdn")' in q["sql"]]
+    assert len(lookups) == 1, lookups
+
+
 def test_outsider_member_of_other_team_cannot_create_for_team(team):
     outsider = member_of(RelayRequestFactory().team)
     response = client_for(outsider).post("/api/requests/", SERVER, format="json")

@@ -231,11 +231,21 @@ class RelayRequestSerializer(serializers.ModelSerializer):
             "production_use_case", "production_bounce_handling",
         )
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # one host look-up per object serialized alone, shared by warnings and overlaps
+        self._own_overlaps: dict[int | None, list[accounts.Holder]] = {}
+
     def _overlaps(self, obj: RelayRequest) -> list[accounts.Holder]:
-        # A list response precomputes every row's overlaps in one query (views.py).
+        # A list response precomputes every row's overlaps in one query (views.py). A
+        # single object's are looked up once and kept for both fields that show them
+        # (``warnings`` and ``overlaps``), keyed by the object's id.
         known = self.context.get("overlaps")
         if known is None:
-            known = accounts.host_overlaps([accounts.subject_of(obj)])
+            if obj.pk not in self._own_overlaps:
+                self._own_overlaps[obj.pk] = accounts.host_overlaps(
+                    [accounts.subject_of(obj)]).get(obj.pk, [])
+            return self._own_overlaps[obj.pk]
         return known.get(obj.pk, [])
 
     @extend_schema_field(serializers.CharField(allow_null=True))
