@@ -12,22 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from celery import Celery
 
 from requests_app.models import Notification
-from tests.conftest import require
 from tests.factories import RelayRequestFactory
-from tests.support.smtp import free_port
+from tests.support.redis import PrivateRedis
 from tests.support.worker import celery_worker
 from tests.support.worker import wait_for
 
@@ -38,59 +33,20 @@ STRONG_KEY = "k" * 20 + "-a-production-secret-for-this-test-0123456789"  # noqa:
 # --- the worker and a broker outage ------------------------------------------------------
 
 
-class _Redis:
-    """A private redis-server on a loopback port, stoppable and restartable in place."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port, self.directory = port, directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        assert wait_for(self._answers, timeout=15, interval=0.05), "redis-server did not start"
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        assert not self._answers()
-
-
-@contextmanager
-def _private_redis(directory: Path) -> Iterator[_Redis]:
-    redis = _Redis(free_port(), directory)
-    redis.start()
-    try:
-        yield redis
-    finally:
-        redis.stop()
-
-
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_worker_with_beat_outlives_a_broker_outage_and_then_runs_new_tasks(
     team, requester, tmp_path
 ):
-    require(shutil.which("redis-server") is not None, "redis-server is not installed")
-    # given a worker with embedded beat consuming from a private Redis
-    with _private_redis(tmp_path) as redis:
-        url = f"redis://127.0.0.1:{redis.port}/0"
+    # given a worker with embedded beat consuming from a private Redis (skipped without
+    # redis-server)
+    with PrivateRedis() as redis:
+        url = redis.url
         with celery_worker(extra_env={"CELERY_BROKER_URL": url},
                            extra_args=("-B", "-s", str(tmp_path / "beat-schedule"))) as worker:
             # when the broker goes away for five seconds
             redis.stop()
+            assert not redis.answers()
             time.sleep(5)
             alive_during_outage = worker.poll() is None
             # and a task is sent once it is back

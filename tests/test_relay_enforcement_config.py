@@ -41,6 +41,7 @@ from requests_app.relay_backend import MAX_DAILY_VOLUME
 from requests_app.relay_backend import enforcement_problems
 from requests_app.system_checks import relay_enforcement_configured
 from tests.support.postfix import run_tool
+from tests.support.postfix import stock_master_cf
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 LAB = ("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32")
@@ -395,39 +396,15 @@ def test_service_names_follow_port_and_listen_address():
 
 # ------------------------------------------------------------------------- real postconf
 
-# The non-smtpd services of a working master.cf (tests/support/postfix.py's list); the
-# generated fragment adds the smtpd services and the SRS path.
-_BASE_MASTER_CF = """\
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-smtp      unix  - - n -  - smtp
-relay     unix  - - n -  - smtp
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
 def _install(directory: Path, artifacts) -> Path:
     """main.cf and master.cf as the relay gets them: its own lines plus the fragments."""
     directory.mkdir(parents=True)
     (directory / "main.cf").write_text("compatibility_level = 3.6\n"
                                        + artifacts[FRAGMENT_NAME].decode())
-    (directory / "master.cf").write_text(_BASE_MASTER_CF
-                                         + artifacts[MASTER_FRAGMENT_NAME].decode())
+    # the stock services the test relays run with; the fragment adds the smtpd services
+    # and the SRS path
+    master = stock_master_cf(artifacts[MASTER_FRAGMENT_NAME].decode())
+    (directory / "master.cf").write_text(master)
     past = time.time() - 60  # Postfix tools wait for a main.cf changed in the last seconds
     for name in ("main.cf", "master.cf"):
         os.utime(directory / name, (past, past))

@@ -118,34 +118,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# Only the services a relay that discards everything needs, none chrooted (the chroot would
-# need copies of /etc files inside the temporary queue directory).
-_MASTER_CF = """\
-{listen} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n -  0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n -  - trivial-rewrite
-bounce    unix  - - n -  0 bounce
-defer     unix  - - n -  0 bounce
-trace     unix  - - n -  0 bounce
-verify    unix  - - n -  1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n -  - proxymap
-showq     unix  n - n -  - showq
-error     unix  - - n -  - error
-retry     unix  - - n -  - error
-discard   unix  - - n -  - discard
-anvil     unix  - - n -  1 anvil
-scache    unix  - - n -  1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
-
-# The stock private services of Debian's master.cf, none chrooted, for an instance whose
-# listening services come from a generated master.cf.fragment. Unlike _MASTER_CF this
-# includes the delivery agents (smtp, relay, local, virtual, lmtp) so mail really leaves.
+# The stock private services of Debian's master.cf, none chrooted (the chroot would need
+# copies of /etc files inside the temporary queue directory). An instance whose listening
+# services come from a generated master.cf.fragment gets all of them, delivery agents
+# (smtp, relay, local, virtual, lmtp) included, so mail really leaves.
 _STOCK_SERVICES = """\
 pickup    unix  n - n 60 1 pickup
 cleanup   unix  n - n -  0 cleanup
@@ -173,6 +149,20 @@ anvil     unix  - - n -  1 anvil
 scache    unix  - - n -  1 scache
 postlog   unix-dgram n - n - 1 postlogd
 """
+
+# What only a relay that sends mail needs: the small discarding master.cf leaves these out.
+_SENDING_SERVICES = frozenset({"proxywrite", "smtp", "relay", "local", "virtual", "lmtp"})
+
+
+def _discarding_master_cf(listen: str) -> str:
+    """One smtpd on ``listen`` plus the stock services a relay that discards everything needs."""
+    kept, dropping = [f"{listen} inet n - n - - smtpd\n"], False
+    for line in _STOCK_SERVICES.splitlines(keepends=True):
+        if not line[:1].isspace():
+            dropping = line.split(None, 1)[0] in _SENDING_SERVICES
+        if not dropping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def _without(main_cf: str, names: set[str]) -> str:
@@ -296,7 +286,7 @@ class PostfixInstance:
         fragment = _without(main_cf_fragment, _defined_names(self.extra_main_cf))
         _write_settled(self.config_dir / "main.cf", base + fragment + self.extra_main_cf)
         if self.master_cf_fragment is None:
-            master = _MASTER_CF.format(listen=f"{self.host}:{self.port}")
+            master = _discarding_master_cf(f"{self.host}:{self.port}")
         else:
             master = stock_master_cf(self.master_cf_fragment)
         _write_settled(self.config_dir / "master.cf", master)

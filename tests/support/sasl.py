@@ -33,7 +33,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -42,9 +41,9 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from tests.conftest import require
+from tests.support.daemon import ForegroundDaemon
 from tests.support.postfix import PostfixInstance
 
 __all__ = (
@@ -91,7 +90,7 @@ def _private_dir(prefix: str) -> Path:
     return path
 
 
-class Saslauthd:
+class Saslauthd(ForegroundDaemon):
     """A private ``saslauthd -a ldap`` that checks a password by binding as the user.
 
     ``ldap_auth_method: bind``: the daemon searches the account (as ``bind_dn``, which
@@ -104,6 +103,8 @@ class Saslauthd:
     ``cache=True`` adds ``-c`` (Debian's default in /etc/default/saslauthd); it exists
     so a test can show why the relay must not use it.
     """
+
+    name = "saslauthd"
 
     def __init__(
         self,
@@ -123,11 +124,8 @@ class Saslauthd:
         self.run_dir.mkdir(mode=0o755)
         self.mux = self.run_dir / "mux"
         self.config = self.root / "saslauthd.conf"
-        self.log_path = self.root / "saslauthd.log"
+        super().__init__(log_path=self.root / "saslauthd.log", start_timeout=start_timeout)
         self.cache = cache
-        self.start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
         # The service account's password is in this file: readable by root only.
         self.config.touch(mode=0o600)
         self.config.write_text(
@@ -148,71 +146,24 @@ class Saslauthd:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> Saslauthd:
         """Start the daemon in the foreground (``-d``) and wait for its ``mux`` socket."""
         if self.running:
             return self
-        log = self.log_path.open("ab")
-        self._log = log
         args = [self.saslauthd, "-a", "ldap", "-O", str(self.config), "-m", str(self.run_dir),
                 "-n", "2", "-d"]
         if self.cache:
             args.append("-c")
-        self._proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # saslauthd's shutdown signals its process group: keep the test run out of it.
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"saslauthd exited at start: {self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(self.mux.stat().st_mode):
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"saslauthd did not create {self.mux}: {self.log_tail()}")
-
-    def stop(self) -> None:
-        """SIGTERM our saslauthd (its pid only; it stops its own workers) and wait."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
-            self._log = None
+        # SIGTERM to our pid only: saslauthd stops its own workers. Its shutdown signals
+        # its process group, so the test run is kept out of it (a session of its own).
+        self._spawn(args, ready=lambda: stat.S_ISSOCK(self.mux.stat().st_mode),
+                    waiting_for=f"create {self.mux}", start_new_session=True)
+        return self
 
     def close(self) -> None:
-        self.stop()
+        """Stop the daemon and delete its directory (config, socket, log)."""
+        super().close()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Saslauthd:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # --- use ---------------------------------------------------------------------------
 
@@ -239,11 +190,6 @@ class Saslauthd:
             f"saslauthd_path: {self.mux}\n"
             "mech_list: PLAIN LOGIN\n"
         )
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 def self_signed_certificate(directory: Path, common_name: str) -> tuple[Path, Path]:

@@ -28,18 +28,15 @@ green run.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
 from tests.conftest import require
+from tests.support.daemon import ForegroundDaemon
 
 __all__ = (
     "BASE_DN",
@@ -200,8 +197,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-class SlapdInstance:
+class SlapdInstance(ForegroundDaemon):
     """A private slapd on ``127.0.0.1:<port>`` with a temporary config and database."""
+
+    name = "slapd"
+    tail_lines = 20
 
     base_dn = BASE_DN
     group_dn = GROUP_DN
@@ -213,7 +213,6 @@ class SlapdInstance:
 
     def __init__(self, *, start_timeout: float = 10.0) -> None:
         self.slapd, self.slapadd = require_slapd()
-        self.start_timeout = start_timeout
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
         self._tmp = tempfile.TemporaryDirectory(prefix="relaydesk-slapd-")
@@ -221,9 +220,7 @@ class SlapdInstance:
         self.config_dir = self.root / "slapd.d"
         self.data_dir = self.root / "data"
         self.run_dir = self.root / "run"
-        self.log_path = self.root / "slapd.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        super().__init__(log_path=self.root / "slapd.log", start_timeout=start_timeout)
         self._build()
 
     # --- setup -------------------------------------------------------------------------
@@ -260,67 +257,23 @@ class SlapdInstance:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def start(self) -> SlapdInstance:
-        """Start slapd (again) on the same port and wait until it accepts connections."""
+        """Start slapd (again) on the same port and wait until it accepts connections.
+
+        :meth:`stop` kills this pid and waits for it, so the port is closed afterwards.
+        """
         if self.running:
             return self
-        log = self.log_path.open("ab")
-        self._log = log
-        self._proc = subprocess.Popen(
-            [self.slapd, "-d", "0", "-F", str(self.config_dir), "-h", f"{self.url}/"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"slapd exited at start: {self.log_tail()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"slapd did not listen on {self.url}: {self.log_tail()}")
 
-    def stop(self) -> None:
-        """Kill our slapd (by its pid only) and wait for it, so the port is closed."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
-            self._log = None
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+
+        self._spawn([self.slapd, "-d", "0", "-F", str(self.config_dir), "-h", f"{self.url}/"],
+                    ready=listening, waiting_for=f"listen on {self.url}")
+        return self
 
     def close(self) -> None:
-        self.stop()
+        """Stop slapd and delete its config, database and log."""
+        super().close()
         self._tmp.cleanup()
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def __enter__(self) -> SlapdInstance:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -29,6 +29,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.support.redis import PrivateRedis
+from tests.support.redis import redis_server_available
 from tests.support.smtp import free_port
 from tests.support.worker import ROOT
 from tests.support.worker import database_url
@@ -93,10 +95,14 @@ class RelaydeskSystem:
 
     def __init__(self, *, dns_nameserver: str, smtp_host: str, smtp_port: int,
                  extra_env: dict[str, str] | None = None, sweep_every: float = 1.0) -> None:
-        if shutil.which("redis-server") is None:
+        if not redis_server_available():
             raise FileNotFoundError("redis-server")
         self.tmp = Path(tempfile.mkdtemp(prefix="relaydesk-faults-"))
-        self.redis_port = free_port()
+        # redis-server writes its log to a file here, for logs()
+        self.redis_log = self.tmp / "redis.log"
+        self.redis = PrivateRedis(extra_args=("--logfile", str(self.redis_log)),
+                                  start_timeout=60)
+        self.redis_port = self.redis.port
         self.web_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.web_port}"
         env = {
@@ -106,7 +112,7 @@ class RelaydeskSystem:
             "DJANGO_DEBUG": "False",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DATABASE_URL": database_url(),
-            "CELERY_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+            "CELERY_BROKER_URL": self.redis.url,
             "CELERY_TASK_ALWAYS_EAGER": "0",
             "DNS_NAMESERVERS": dns_nameserver,
             "DNS_LIFETIME_SECONDS": "1",
@@ -124,12 +130,6 @@ class RelaydeskSystem:
         }
         env.pop("RELAYDESK_REQUIRE_TOOLS", None)
         self.env = env
-        self.redis = _Process(
-            "redis",
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(self.tmp)],
-            env, "Ready to accept connections",
-        )
         self.web = _Process(
             "web",
             [sys.executable, "manage.py", "runserver", f"127.0.0.1:{self.web_port}",
@@ -145,18 +145,28 @@ class RelaydeskSystem:
         )
 
     def __enter__(self) -> RelaydeskSystem:
-        self.redis.start()
+        self.redis.__enter__()
         self.web.start()
         self.worker.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for part in (self.worker, self.web, self.redis):
+        for part in (self.worker, self.web):
             part.stop()
+        self.redis.__exit__(None, None, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in (self.web, self.worker, self.redis))
+        parts = [(p.name, p.tail()) for p in (self.web, self.worker)]
+        parts.append(("redis", self._redis_tail()))
+        return "\n".join(f"--- {name}\n{tail}" for name, tail in parts)
+
+    def _redis_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.redis_log.read_text(errors="replace").splitlines(keepends=True)
+        except OSError:
+            return ""
+        return "".join(lines[-n:])
 
     # --- the API, as a script or the UI uses it ------------------------------------
 
