@@ -12,15 +12,17 @@ subprocess, loopback only), same machine:
     process, one after the other; ``--mode queued``, the default, submits them all and
     then starts the worker, so its rate is the pipeline's, not the client's; ``live``
     runs the worker meanwhile), a Celery worker with ``--concurrency`` prefork processes
-    on the Redis broker, the batched check task (``RELAY_CHECK_BATCH_SIZE``, default 50).
+    on the Redis broker, the batched check task (``RELAY_CHECK_BATCH_SIZE``, default 50)
+    woken by one message per burst (``check_dispatch``).
     Printed: checked requests/s (first submit to last ``checks_ran_at``), p50/p95 from
     submit to checked, the submit rate, queries per submit, and the task's own time per
     request (the worker's summed task run times) against the engine's;
 (c) the naive way, ``RELAY_CHECK_BATCH_SIZE=1`` (one request per task, the code path of
     before the batch), on ``--naive-n`` further submissions;
-(d) the task's own cost without broker or worker: ``run_request_checks.apply`` in this
-    process on requests waiting in ``checking``, batched and batch 1, per request against
-    the engine's work in the task's batch size.
+(d) the task's own cost without broker or worker, in this process on requests waiting
+    in ``checking``: ``check_waiting_requests.apply`` (batched) and one
+    ``run_request_checks.apply`` per request (batch 1), per request against the engine's
+    work in the task's batch size.
 
 Honesty notes: the submitting client, PostgreSQL, Redis, the DNS server and the worker
 share the machine's cores, as they would on a small host; the submit rate bounds the
@@ -43,7 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SUCCEEDED = re.compile(
-    r"relaydesk\.run_request_checks\[[^\]]+\] succeeded in ([0-9.e-]+)s: '([a-z:_-]*)")
+    r"relaydesk\.(?:run_request_checks|check_waiting_requests)\[[^\]]+\] succeeded in "
+    r"([0-9.e-]+)s: '([a-z:_-]*)")
 
 
 class _Counter:
@@ -84,7 +87,7 @@ class Worker:
     def task_seconds(self) -> tuple[int, float, int, float]:
         """Task runs and their summed seconds: all, and those that skipped (their
         request was taken along by another run)."""
-        runs = [(float(m.group(1)), m.group(2).startswith("skipped"))
+        runs = [(float(m.group(1)), m.group(2).startswith(("skipped", "none")))
                 for line in self.lines if (m := SUCCEEDED.search(line))]
         skipped = [t for t, skip in runs if skip]
         return len(runs), sum(t for t, _s in runs), len(skipped), sum(skipped)
@@ -266,16 +269,21 @@ def main(argv: list[str] | None = None) -> None:
             ids = [r.pk for r in rows]
             waiting = RelayRequest.objects.filter(pk__in=ids, state=RequestState.CHECKING)
             started = time.perf_counter()
-            for pk in ids:  # each request's own message, in order; most find it done
-                run_request_checks.apply(args=(pk,))
+            if batch_size > 1:
+                # the burst's one wake-up message (eager: each full batch sends the next)
+                check_waiting_requests.apply()
+            else:
+                for pk in ids:  # each request's own message, in order
+                    run_request_checks.apply(args=(pk,))
             elapsed = time.perf_counter() - started
             assert not waiting.exists()
             per = 1000 * elapsed / count
             engine_ms = 1000 / engine_b
             print(f"{label}: {count} requests in {elapsed:.2f} s = {count / elapsed:,.0f}/s, "
-                  f"{per:.2f} ms per request (own messages included) vs the engine's "
+                  f"{per:.2f} ms per request vs the engine's "
                   f"{engine_ms:.2f} ms: own overhead {per / engine_ms - 1:.1f}x", flush=True)
 
+        from requests_app.tasks import check_waiting_requests
         from requests_app.tasks import run_request_checks
         app.conf.task_always_eager = True  # the retries of an error would run in-line
         in_process(f"task in-process, batch {args.batch_size}", min(args.n, 1000),

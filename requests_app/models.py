@@ -1389,3 +1389,21 @@ class RequestComment(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.request_id} {self.author_name}: {self.body[:40]}"
+
+
+class WakeToken(models.Model):
+    """A coalesced wake-up message: armed while one is on its way to a worker.
+
+    Why: in a burst of submissions one message per request costs a broker delivery and
+    an acknowledgement each, more than the checks themselves once a task takes the
+    waiting requests along. A submission arms the token (``check_dispatch``) and sends
+    a message only if it was not armed; the task disarms it before it looks for work,
+    so a submission committed after that look arms it again. ``armed_at`` lets a token
+    whose message was lost be armed again after a while; the sweep is the safety net.
+    """
+
+    name = models.CharField(primary_key=True, max_length=40)
+    armed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'armed' if self.armed_at else 'idle'})"

@@ -36,6 +36,9 @@ from .actions import PRODUCTION_ACTIONS
 from .actions import USER_ACTIONS
 from .actions import Action
 from .actions import Role
+from .bulk_sql import insert_values
+from .bulk_sql import update_rows
+from .check_dispatch import dispatch_checks_on_commit
 from .checks import worst_status
 from .credentials import credential_after_transition
 from .directory import directory_sync
@@ -269,7 +272,7 @@ def _require_account_free(request: RelayRequest, action: str) -> None:
 def _after_transition(request: RelayRequest, action: str, event: RequestEvent) -> None:
     """What each transition sets in motion, visibly (no signals)."""
     if request.state == RequestState.CHECKING:
-        dispatch_on_commit("run_request_checks", request.pk)
+        dispatch_checks_on_commit(request.pk)
     elif request.state == RequestState.PROVISIONING:
         dispatch_on_commit("provision_request", request.pk)
     elif request.state in (RequestState.REVOKED, RequestState.EXPIRED):
@@ -556,7 +559,7 @@ def request_record_checks(
         log.info("request %s: attempt %s already recorded (now %s); duplicate discarded",
                  request_id, attempt + 1, request.check_attempts)
         return None
-    _store_results(request, checks)
+    _store_results([(request, checks)])
     statuses = [c["status"] for c in checks]
     verdict = str(worst_status(statuses))
     summary: dict[str, Any] = {s.value: statuses.count(s.value) for s in CheckStatus}
@@ -644,7 +647,7 @@ def request_record_checks_many(
                      run.request_id, run.attempt + 1)
         else:
             accepted.append((request, run))
-    _store_results_many([(request, run.checks) for request, run in accepted])
+    _store_results([(request, run.checks) for request, run in accepted])
     now = timezone.now()
     new_events: list[RequestEvent] = []
     waiting: list[RelayRequest] = []
@@ -687,16 +690,26 @@ def request_record_checks_many(
         new_events.append(event)
         moved.append(request)
         mails.append((request, action, event, checks))
-    _update_rows(waiting, (*RECORDED_FIELDS, "updated_at"))
-    _update_rows(moved, (*RECORDED_FIELDS, "state", "updated_at"))
+    update_rows(waiting, (*RECORDED_FIELDS, "updated_at"))
+    update_rows(moved, (*RECORDED_FIELDS, "state", "updated_at"))
     events.insert_many(new_events)
     notifications.notification_enqueue_checked(mails)
     return outcome
 
 
-def _store_results_many(runs: list[tuple[RelayRequest, list[dict[str, Any]]]]) -> None:
-    """:func:`_store_results` for several requests: one read, one update, one insert,
-    one delete for all of them."""
+# The columns a new result row is written with (``insert_values``).
+RESULT_COLUMNS = ("request", "check_id", "subject", "status", "detail", "evidence")
+
+
+def _store_results(runs: list[tuple[RelayRequest, list[dict[str, Any]]]]) -> None:
+    """Upsert the results of one or more runs: one read, one update, one insert and one
+    delete for all of them, whatever their number.
+
+    A re-run keeps the rows (and ids) of the results it finds again, so links to a
+    result stay valid; results the run no longer produces are deleted. New rows are
+    inserted from plain values (``insert_values``): nobody needs their ids, and model
+    instances plus Django's bulk insert cost more than the checks themselves.
+    """
     if not runs:
         return
     existing: dict[tuple[int, str, str], int] = {
@@ -706,84 +719,28 @@ def _store_results_many(runs: list[tuple[RelayRequest, list[dict[str, Any]]]]) -
         ).values_list("pk", "request_id", "check_id", "subject")}
     now = timezone.now()
     changed: list[CheckResult] = []
-    new: list[CheckResult] = []
+    new: list[tuple[Any, ...]] = []
     for request, checks in runs:
         for check in checks:
-            row = CheckResult(request=request, check_id=check["id"], subject=check["subject"],
-                              status=check["status"], detail=check.get("detail", ""),
-                              evidence=check.get("evidence") or {}, updated_at=now)
-            pk = existing.pop((request.pk, row.check_id, row.subject), None)
+            evidence = check.get("evidence") or {}
+            pk = existing.pop((request.pk, check["id"], check["subject"]), None)
             if pk is None:
-                row.created_at = now
-                new.append(row)
+                new.append((request.pk, check["id"], check["subject"], check["status"],
+                            check.get("detail", ""), evidence))
             else:
-                row.pk = pk
-                changed.append(row)
-    _update_rows(changed, ("status", "detail", "evidence", "updated_at"))
-    if new:
-        CheckResult.objects.bulk_create(new, batch_size=1000)
+                changed.append(CheckResult(
+                    pk=pk, request=request, check_id=check["id"], subject=check["subject"],
+                    status=check["status"], detail=check.get("detail", ""),
+                    evidence=evidence, updated_at=now))
+    update_rows(changed, ("status", "detail", "evidence", "updated_at"))
+    insert_values(CheckResult, RESULT_COLUMNS, new, same={"created_at": now, "updated_at": now})
     if existing:
         CheckResult.objects.filter(pk__in=existing.values()).delete()
-
-
-def _update_rows(rows: Sequence[Any], fields: Sequence[str]) -> None:
-    """``UPDATE … WHERE id = %s`` for each row, sent as one ``executemany``.
-
-    Why not ``bulk_update``: its one statement is a ``CASE WHEN`` per column and row,
-    which Django builds as expressions in Python, the slowest part of recording a batch
-    (several times the engine's work for 50 requests); an ``executemany`` of one small
-    statement is sent in one pipeline by psycopg and costs SQLite nothing to plan. The
-    rows are locked by the caller; values are adapted by their fields as ``save`` does.
-    """
-    if not rows:
-        return
-    meta = rows[0]._meta
-    columns = [meta.get_field(name) for name in fields]
-    quote = connection.ops.quote_name
-    sql = (f"UPDATE {quote(meta.db_table)} SET "
-           + ", ".join(f"{quote(f.column)} = %s" for f in columns)
-           + f" WHERE {quote(meta.pk.column)} = %s")
-    params = [[f.get_db_prep_save(getattr(row, f.attname), connection) for f in columns]
-              + [row.pk] for row in rows]
-    with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
 
 
 # What recording a run writes on the request row (one UPDATE, not the whole row).
 RECORDED_FIELDS = ("check_verdict", "check_summary", "checked_fingerprint", "checks_ran_at",
                    "check_attempts", "check_next_attempt_at")
-
-
-def _store_results(request: RelayRequest, checks: list[dict[str, Any]]) -> None:
-    """Upsert the run's results in a constant number of queries, whatever their number.
-
-    A re-run keeps the rows (and ids) of the results it finds again, so links to a
-    result stay valid; results the run no longer produces are deleted. One read, one
-    ``bulk_update``, one ``bulk_create`` and one delete, instead of two or three
-    statements (and savepoints) per result.
-    """
-    existing = {(check_id, subject): pk for pk, check_id, subject in
-                request.checks.values_list("pk", "check_id", "subject")}
-    now = timezone.now()
-    changed: list[CheckResult] = []
-    new: list[CheckResult] = []
-    for check in checks:
-        row = CheckResult(request=request, check_id=check["id"], subject=check["subject"],
-                          status=check["status"], detail=check.get("detail", ""),
-                          evidence=check.get("evidence") or {}, updated_at=now)
-        pk = existing.pop((row.check_id, row.subject), None)
-        if pk is None:
-            row.created_at = now
-            new.append(row)
-        else:
-            row.pk = pk
-            changed.append(row)
-    if changed:
-        CheckResult.objects.bulk_update(changed, ["status", "detail", "evidence", "updated_at"])
-    if new:
-        CheckResult.objects.bulk_create(new)
-    if existing:
-        CheckResult.objects.filter(pk__in=existing.values()).delete()
 
 
 # --- ownership and renewal -------------------------------------------------------------

@@ -16,8 +16,13 @@ from django.db import connection
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from . import checking
+from .check_dispatch import CHECKS_TOKEN
+from .check_dispatch import check_batch_size
+from .check_dispatch import lease_seconds
+from .check_dispatch import wake_disarm
 from .credential_tasks import apply_credential
 from .credential_tasks import credential_sweep
 from .credential_tasks import issue_credential
@@ -38,6 +43,7 @@ from .services import request_record_checks_many
 
 __all__ = [
     "apply_credential",
+    "check_waiting_requests",
     "credential_sweep",
     "issue_credential",
     "provision_directory",
@@ -102,7 +108,7 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     batch = [request]
     if attempt is None and check_batch_size() > 1:
         # A first run: take the other submissions waiting for theirs along (a burst).
-        batch += _claim_waiting(request, check_batch_size() - 1)
+        batch += _claim_waiting(check_batch_size() - 1, own=request)
     reports = checking.run_checks_for_many(batch) if len(batch) > 1 else [None]
     if reports[0] is None:
         try:
@@ -113,30 +119,8 @@ def run_request_checks(  # type: ignore[no-untyped-def]
             RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING).update(
                 check_next_attempt_at=None)
             raise
-    runs: list[CheckRunResult] = []
-    countdowns: dict[int, float | None] = {}
-    for member, report in zip(batch, reports, strict=True):
-        if report is None:
-            _release([member])  # its names refuse the engine: it runs alone, as before
-            continue
-        # The row's counter survives a lost chain (the sweep's message starts at 0).
-        done = max(self.request.retries if member is request else 0, member.check_attempts)
-        final = done >= settings.RELAY_CHECK_MAX_RETRIES
-        countdowns[member.pk] = (
-            None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900))
-        # Fingerprint the row as loaded: the results belong to exactly this content.
-        runs.append(CheckRunResult(
-            request_id=member.pk, checks=report["checks"], final=final,
-            fingerprint=content_fingerprint(member), attempt=member.check_attempts,
-            retry_in=countdowns[member.pk]))
-    recorded = request_record_checks_many(runs)
-    for member in batch[1:]:  # a retry of one taken along: a message of its own
-        again = recorded.get(member.pk)
-        countdown = countdowns.get(member.pk)
-        if again is not None and again.state == RequestState.CHECKING and countdown:
-            run_request_checks.apply_async(
-                kwargs={"request_id": member.pk, "attempt": again.check_attempts},
-                countdown=countdown)
+    recorded, countdowns = _record_batch(batch, reports, own=request,
+                                         own_retries=self.request.retries)
     own = recorded[request.pk]
     if own is None:
         return "discarded"
@@ -147,29 +131,80 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     return str(reports[0]["verdict"])
 
 
-# How many waiting requests one check task takes along (``RELAY_CHECK_BATCH_SIZE``).
-CHECK_BATCH_SIZE = 50
+@shared_task(name="relaydesk.check_waiting_requests", acks_late=True)
+def check_waiting_requests() -> str:
+    """Check the requests waiting in ``checking`` for their first run, a batch a task.
+
+    The wake-up message of a burst (``check_dispatch``): one message, not one per
+    submission. The token is disarmed first, so a submission committed after the claim
+    below sends a new message. A full batch means more may wait: one more message goes
+    out before the engine runs, so a second worker process takes the next batch
+    meanwhile. Recording and retries are per request, as for ``run_request_checks``
+    (a retry is a message of its own for that request).
+    """
+    wake_disarm(CHECKS_TOKEN)
+    size = check_batch_size()
+    batch = _claim_waiting(size)
+    if not batch:
+        return "none"
+    if len(batch) >= size:
+        try:
+            check_waiting_requests.delay()
+        except OperationalError:
+            log.warning("broker unavailable: the next batch is left for the sweep")
+    reports = checking.run_checks_for_many(batch)
+    recorded, _countdowns = _record_batch(batch, reports)
+    return f"checked:{sum(1 for run in recorded.values() if run is not None)}"
 
 
-def check_batch_size() -> int:
-    """``RELAY_CHECK_BATCH_SIZE`` (default 50); 1 runs every request in its own task."""
-    return int(getattr(settings, "RELAY_CHECK_BATCH_SIZE", CHECK_BATCH_SIZE))
+def _record_batch(
+    batch: list[RelayRequest], reports: list[dict | None], *,
+    own: RelayRequest | None = None, own_retries: int = 0,
+) -> tuple[dict[int, RelayRequest | None], dict[int, float | None]]:
+    """Record the engine's reports of a batch in one transaction; retries per request.
+
+    A member the engine refused (``None`` report) is released to run alone. Every member
+    but ``own`` (the task's own request, which retries with ``self.retry``) whose run
+    erred with retries left gets a message of its own with its ``attempt``. Returns what
+    was recorded per request (``None``: discarded) and each member's retry countdown.
+    """
+    runs: list[CheckRunResult] = []
+    countdowns: dict[int, float | None] = {}
+    for member, report in zip(batch, reports, strict=True):
+        if report is None:
+            _release([member])  # its names refuse the engine: it runs alone, as before
+            continue
+        # The row's counter survives a lost chain (the sweep's message starts at 0).
+        done = max(own_retries if member is own else 0, member.check_attempts)
+        final = done >= settings.RELAY_CHECK_MAX_RETRIES
+        countdowns[member.pk] = (
+            None if final else min(settings.RELAY_CHECK_RETRY_BACKOFF * 2 ** done, 900))
+        # Fingerprint the row as loaded: the results belong to exactly this content.
+        runs.append(CheckRunResult(
+            request_id=member.pk, checks=report["checks"], final=final,
+            fingerprint=content_fingerprint(member), attempt=member.check_attempts,
+            retry_in=countdowns[member.pk]))
+    recorded = request_record_checks_many(runs)
+    for member in batch:  # a retry of one taken along: a message of its own
+        if member is own:
+            continue
+        again = recorded.get(member.pk)
+        countdown = countdowns.get(member.pk)
+        if again is not None and again.state == RequestState.CHECKING and countdown:
+            run_request_checks.apply_async(
+                kwargs={"request_id": member.pk, "attempt": again.check_attempts},
+                countdown=countdown)
+    return recorded, countdowns
 
 
-def _lease_seconds() -> float:
-    """How long a claimed request is held for the task that took it: its DNS deadline
-    (``DNS_LIFETIME_SECONDS`` plus the engine's margin) and time to record it."""
-    return float(settings.DNS_LIFETIME_SECONDS) + 10.0
-
-
-def _claim_waiting(request: RelayRequest, limit: int) -> list[RelayRequest]:
-    """Claim up to ``limit`` other requests waiting in ``checking`` for their first run.
+def _claim_waiting(limit: int, own: RelayRequest | None = None) -> list[RelayRequest]:
+    """Claim up to ``limit`` requests (other than ``own``) waiting for their first run.
 
     Why: in a burst, one task per request pays a transaction, a configuration read and
     an event loop for a few milliseconds of DNS work each; one task that takes the
     waiting ones along pays them once (issue 15). The claim is a lease written in
     ``check_next_attempt_at`` (a due time in the near future, see
-    :func:`_lease_seconds`), in one short transaction: their own messages, delivered
+    ``check_dispatch.lease_seconds``), in one short transaction: their own messages, delivered
     meanwhile, find a run due and skip (as they do for a scheduled retry), and no
     other task claims them. On PostgreSQL the rows are taken with ``FOR UPDATE SKIP
     LOCKED`` (two tasks never wait for each other's claim); SQLite's transactions are
@@ -179,21 +214,24 @@ def _claim_waiting(request: RelayRequest, limit: int) -> list[RelayRequest]:
     request is recorded once per attempt whoever runs it.
     """
     now = timezone.now()
-    lease = now + timedelta(seconds=_lease_seconds())
+    lease = now + timedelta(seconds=lease_seconds())
     with transaction.atomic():
         waiting = RelayRequest.objects.filter(
             state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
-        ).exclude(pk=request.pk).order_by("pk")
+        ).order_by("pk")
+        if own is not None:
+            waiting = waiting.exclude(pk=own.pk)
         if connection.features.has_select_for_update_skip_locked:
             waiting = waiting.select_for_update(skip_locked=True)
         ids = list(waiting.values_list("pk", flat=True)[:limit])
         claimed = ids and RelayRequest.objects.filter(
             pk__in=ids, state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
         ).update(check_next_attempt_at=lease)
-        # The task's own request too: a duplicate of its message skips meanwhile.
-        RelayRequest.objects.filter(pk=request.pk, state=RequestState.CHECKING,
-                                    check_next_attempt_at__isnull=True).update(
-            check_next_attempt_at=lease)
+        if own is not None:
+            # The task's own request too: a duplicate of its message skips meanwhile.
+            RelayRequest.objects.filter(pk=own.pk, state=RequestState.CHECKING,
+                                        check_next_attempt_at__isnull=True).update(
+                check_next_attempt_at=lease)
     if not claimed:
         return []
     return list(RelayRequest.objects.filter(pk__in=ids, check_next_attempt_at=lease,

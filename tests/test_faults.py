@@ -162,7 +162,7 @@ def test_worker_killed_mid_work_every_request_finishes_exactly_once(
     # when they are submitted and the worker is killed (SIGKILL) while checking them
     for req in drafts:
         assert system.call("POST", f"/api/requests/{req.pk}/submit/", token=user)[0] == 200
-    assert wait_until(lambda: any("relaydesk.run_request_checks" in ln and "received" in ln
+    assert wait_until(lambda: any("relaydesk.check_waiting_requests" in ln and "received" in ln
                                   for ln in system.worker.log), 30), system.worker.tail()
     system.worker.kill()
     unfinished = RelayRequest.objects.filter(pk__in=[r.pk for r in drafts],

@@ -68,6 +68,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", (
         "requests_app.exceptions",
         "requests_app.dispatch",
+        "requests_app.bulk_sql",  # executemany inserts and updates (recording a batch)
+        "requests_app.check_dispatch",  # one wake-up message per burst of submissions
         "requests_app.events",
         "requests_app.notifications",
         "requests_app.credential_keys",  # AES-GCM and link tokens (the outbox renders links)

@@ -36,7 +36,7 @@ def test_submit_is_checked_by_a_real_worker(team, requester):
     assert req.state == RequestState.PENDING_APPROVAL
     assert req.check_verdict == "pass"
     assert CheckResult.objects.filter(request=req, check_id="forward").get().status == "pass"
-    assert "relaydesk.run_request_checks" in log
+    assert "relaydesk.check_waiting_requests" in log
 
 
 def test_nightly_recheck_runs_its_batches_on_a_real_worker(team, requester):

@@ -1,0 +1,158 @@
+"""A burst of submissions sends one wake-up message, and no submission is left waiting."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from kombu.exceptions import OperationalError
+
+from requests_app import services
+from requests_app.check_dispatch import CHECKS_TOKEN
+from requests_app.check_dispatch import lease_seconds
+from requests_app.check_dispatch import wake_arm
+from requests_app.models import RelayRequest
+from requests_app.models import RequestEvent
+from requests_app.models import RequestState as S
+from requests_app.models import WakeToken
+from requests_app.tasks import check_waiting_requests
+from requests_app.tasks import run_request_checks
+from tests.factories import RelayRequestFactory
+
+pytestmark = pytest.mark.django_db
+
+
+class _Published:
+    """Records the messages a task would publish (the broker is what is replaced)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def __call__(self, *args, **kwargs) -> None:
+        if self.fail:
+            raise OperationalError("broker down")
+        self.calls.append(args)
+
+
+@pytest.fixture
+def published(monkeypatch) -> _Published:
+    recorder = _Published()
+    monkeypatch.setattr(check_waiting_requests, "delay", recorder)
+    return recorder
+
+
+def _submit(team, requester, callbacks_fixture, n: int) -> list[int]:
+    """Submit ``n`` drafts, each in its own transaction, running its after-commit work."""
+    ids = []
+    for _ in range(n):
+        draft = RelayRequestFactory(team=team, created_by=requester)
+        with callbacks_fixture(execute=True):
+            services.request_act(request_id=draft.pk, action="submit", by=requester)
+        ids.append(draft.pk)
+    return ids
+
+
+def _recorded(ids) -> Counter:
+    return Counter(RequestEvent.objects.filter(request_id__in=ids, type="checks_recorded")
+                   .values_list("request_id", flat=True))
+
+
+def test_a_burst_of_submissions_sends_one_message_that_checks_them_all(
+        settings, team, requester, published, django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    # when five requests are submitted one after the other, the worker still busy
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 5)
+    # then one wake-up message went out, not five
+    assert len(published.calls) == 1
+    assert WakeToken.objects.get(name=CHECKS_TOKEN).armed_at is not None
+    # when the worker runs it
+    assert check_waiting_requests.run() == "checked:5"
+    # then all five are checked, each recorded once, and the token is idle again
+    assert set(RelayRequest.objects.filter(pk__in=ids).values_list("state", flat=True)) == {
+        S.PENDING_APPROVAL}
+    assert _recorded(ids) == {pk: 1 for pk in ids}
+    assert WakeToken.objects.get(name=CHECKS_TOKEN).armed_at is None
+
+
+def test_a_submission_after_the_task_looked_sends_a_new_message(
+        settings, team, requester, published, django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    assert check_waiting_requests.run() == "checked:1"
+    # when another request is submitted once the task has disarmed the token
+    (late,) = _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    # then it sends a message of its own, which checks it
+    assert len(published.calls) == 2
+    assert check_waiting_requests.run() == "checked:1"
+    assert RelayRequest.objects.get(pk=late).state == S.PENDING_APPROVAL
+
+
+def test_a_full_batch_sends_one_more_message_for_the_rest(
+        settings, team, requester, published, django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 2
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 5)
+    assert len(published.calls) == 1
+    # when the worker runs the message: it takes two and asks for a second worker
+    assert check_waiting_requests.run() == "checked:2"
+    assert len(published.calls) == 2
+    assert check_waiting_requests.run() == "checked:2"
+    assert len(published.calls) == 3
+    # a batch that is not full is the last: no further message
+    assert check_waiting_requests.run() == "checked:1"
+    assert check_waiting_requests.run() == "none"
+    assert len(published.calls) == 3
+    assert _recorded(ids) == {pk: 1 for pk in ids}
+
+
+def test_an_armed_token_whose_message_was_lost_is_armed_again_after_the_lease(
+        settings, team, requester, published, django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    # given the message was lost (a broker that forgot it): the token stays armed
+    _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    assert len(published.calls) == 1
+    # when the lease is over, the next submission sends a message again
+    WakeToken.objects.filter(name=CHECKS_TOKEN).update(
+        armed_at=timezone.now() - timedelta(seconds=lease_seconds() + 1))
+    _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    assert len(published.calls) == 2
+    assert check_waiting_requests.run() == "checked:3"
+
+
+def test_a_broker_outage_keeps_the_submission_and_the_next_one_tries_again(
+        settings, team, requester, monkeypatch, django_capture_on_commit_callbacks, caplog):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    monkeypatch.setattr(check_waiting_requests, "delay", _Published(fail=True))
+    # when the broker refuses the message
+    (first,) = _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    # then the submission stands, the user is not failed, and the token is not left armed
+    assert RelayRequest.objects.get(pk=first).state == S.CHECKING
+    assert "left for the sweep" in caplog.text
+    assert WakeToken.objects.get(name=CHECKS_TOKEN).armed_at is None
+    # and once the broker is back, the next submission's message checks both
+    recorder = _Published()
+    monkeypatch.setattr(check_waiting_requests, "delay", recorder)
+    _submit(team, requester, django_capture_on_commit_callbacks, 1)
+    assert len(recorder.calls) == 1
+    assert check_waiting_requests.run() == "checked:2"
+
+
+def test_the_token_row_is_created_on_first_use_and_only_once():
+    assert not WakeToken.objects.exists()
+    assert wake_arm(CHECKS_TOKEN) is True  # created armed: the caller sends the message
+    assert wake_arm(CHECKS_TOKEN) is False  # armed: nobody else sends one
+    assert WakeToken.objects.count() == 1
+
+
+def test_batch_size_one_keeps_one_message_per_request(
+        settings, team, requester, published, monkeypatch,
+        django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 1
+    own = _Published()
+    monkeypatch.setattr(run_request_checks, "delay", own)
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 3)
+    assert published.calls == []
+    assert own.calls == [(pk,) for pk in ids]
