@@ -32,6 +32,7 @@ checked rate from above (printed beside it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
@@ -39,7 +40,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,6 +101,96 @@ class Worker:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+@contextlib.contextmanager
+def _timed_stages(into: dict[str, float]) -> Iterator[None]:
+    """Time the check task's stages (the functions it calls), summed over its runs."""
+    from requests_app import checking
+    from requests_app import events
+    from requests_app import notifications
+    from requests_app import services
+    from requests_app import tasks
+
+    targets = [
+        (tasks, "_claim_waiting", "claim"),
+        (checking, "run_checks_for_many", "engine (with its configuration)"),
+        (services, "_store_results", "results"),
+        (services, "update_rows", "request rows"),
+        (events, "insert_many", "events"),
+        (notifications, "notification_enqueue_checked", "mails"),
+    ]
+    originals = [(module, name, getattr(module, name)) for module, name, _label in targets]
+    for (module, name, label), (_m, _n, original) in zip(targets, originals, strict=True):
+        def timed(*args, _original=original, _label=label, **kwargs):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                into[_label] = into.get(_label, 0.0) + time.perf_counter() - started
+
+        setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        for module, name, original in originals:
+            setattr(module, name, original)
+
+
+def _compare_result_inserts(team: Any, user: Any, count: int, batch_size: int) -> None:
+    """The result rows of ``count`` requests written three ways, in batches as the task
+    writes them, each in a transaction rolled back: Django's ``bulk_create``, one
+    ``executemany`` of a one-row ``INSERT``, and ``insert_values`` (COPY on PostgreSQL)."""
+    from django.db import connection
+    from django.db import transaction
+    from django.utils import timezone
+
+    from requests_app.bulk_sql import insert_values
+    from requests_app.models import CheckResult
+    from requests_app.models import RelayRequest
+    from requests_app.services import RESULT_COLUMNS
+
+    one = CheckResult.objects.filter(request__team=team).values_list(
+        "request_id", flat=True).first()
+    checks = list(CheckResult.objects.filter(request_id=one).values_list(
+        "check_id", "subject", "status", "detail", "evidence"))
+    ids = list(RelayRequest.objects.filter(team=team).values_list("pk", flat=True)[:count])
+    batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    now = timezone.now()
+
+    def bulk_create(batch: list[int]) -> None:
+        CheckResult.objects.bulk_create([
+            CheckResult(request_id=pk, check_id=f"b-{c[0]}", subject=c[1], status=c[2],
+                        detail=c[3], evidence=c[4], created_at=now, updated_at=now)
+            for pk in batch for c in checks])
+
+    def executemany(batch: list[int]) -> None:
+        field = CheckResult._meta.get_field("evidence")
+        table = CheckResult._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {table} (request_id, check_id, subject, status, detail, "
+                "evidence, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [(pk, f"m-{c[0]}", c[1], c[2], c[3], field.get_db_prep_save(c[4], connection),
+                  now, now) for pk in batch for c in checks])
+
+    def values(batch: list[int]) -> None:
+        insert_values(CheckResult, RESULT_COLUMNS,
+                      [(pk, f"v-{c[0]}", c[1], c[2], c[3], c[4]) for pk in batch for c in checks],
+                      same={"created_at": now, "updated_at": now})
+
+    figures = []
+    for label, write in (("bulk_create", bulk_create), ("executemany", executemany),
+                         ("insert_values", values)):
+        with transaction.atomic():
+            started = time.perf_counter()
+            for batch in batches:
+                write(batch)
+            figures.append((label, 1000 * (time.perf_counter() - started) / len(ids)))
+            transaction.set_rollback(True)
+    print(f"result rows ({len(checks)} per request, batches of {batch_size}, "
+          f"{connection.vendor}): " + ", ".join(f"{label} {ms:.3f} ms" for label, ms in figures)
+          + " per request", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,10 +361,12 @@ def main(argv: list[str] | None = None) -> None:
                 purpose="bench") for spec in specs[:count]])
             ids = [r.pk for r in rows]
             waiting = RelayRequest.objects.filter(pk__in=ids, state=RequestState.CHECKING)
+            stages: dict[str, float] = {}
             started = time.perf_counter()
             if batch_size > 1:
                 # the burst's one wake-up message (eager: each full batch sends the next)
-                check_waiting_requests.apply()
+                with _timed_stages(stages):
+                    check_waiting_requests.apply()
             else:
                 for pk in ids:  # each request's own message, in order
                     run_request_checks.apply(args=(pk,))
@@ -282,6 +377,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{label}: {count} requests in {elapsed:.2f} s = {count / elapsed:,.0f}/s, "
                   f"{per:.2f} ms per request vs the engine's "
                   f"{engine_ms:.2f} ms: own overhead {per / engine_ms - 1:.1f}x", flush=True)
+            if stages:
+                engine_in_task = stages["engine (with its configuration)"]
+                print(f"  per request: {per:.2f} ms, of which "
+                      + ", ".join(f"{name} {1000 * t / count:.3f}"
+                                  for name, t in stages.items())
+                      + f" ms; own overhead {(elapsed - engine_in_task) / engine_in_task:.1f}x"
+                        " the engine's work in the same task", flush=True)
 
         from requests_app.tasks import check_waiting_requests
         from requests_app.tasks import run_request_checks
@@ -289,6 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         in_process(f"task in-process, batch {args.batch_size}", min(args.n, 1000),
                    args.batch_size)
         in_process("task in-process, batch 1", min(args.naive_n or 200, 300), 1)
+        _compare_result_inserts(team, user, min(args.n, 1000), args.batch_size)
     finally:
         server.kill()
     print(f"reproduce: .venv/bin/python bench/scale_pipeline.py --database-url URL "

@@ -12,6 +12,7 @@ fields whose Python value is already what the driver takes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Sequence
@@ -19,24 +20,31 @@ from typing import Any
 
 from django.db import connection
 from django.db import models
+from django.utils.functional import Promise
 
 __all__ = ["insert_values", "update_rows"]
 
 # Fields whose Python value the database drivers take as it is (no adaptation needed).
-_AS_IS = (models.CharField, models.TextField, models.IntegerField, models.BooleanField,
-          models.BigAutoField, models.AutoField)
+# Exact classes: a subclass may adapt its values in ``get_prep_value``.
+_AS_IS = frozenset({models.CharField, models.TextField, models.IntegerField,
+                    models.PositiveIntegerField, models.BigAutoField, models.AutoField})
 
 
-def _preparer(field: models.Field) -> Callable[[Any], Any] | None:
-    """How a value of ``field`` is adapted for the driver; ``None`` when it needs nothing."""
+def _preparer(field: models.Field) -> Callable[[Any], Any]:
+    """How a value of ``field`` is adapted for the driver (cheaply where it can be)."""
     target = field.target_field if isinstance(field, models.ForeignKey) else field
-    if isinstance(target, _AS_IS):  # a choices member is a str or int subclass: as is
-        return None
+    if type(target) in _AS_IS:
+        return _plain
 
     def prepare(value: Any) -> Any:
         return field.get_db_prep_save(value, connection)
 
     return prepare
+
+
+def _plain(value: Any) -> Any:
+    """A plain value as it is; a lazy translation string as the text it stands for."""
+    return str(value) if isinstance(value, Promise) else value
 
 
 def insert_values(model: type[models.Model], fields: Sequence[str],
@@ -48,10 +56,10 @@ def insert_values(model: type[models.Model], fields: Sequence[str],
     instances, no ``RETURNING``. Each row gives its values in the order of ``fields``
     (field names; the id for a foreign key); ``same`` names columns that have one value
     in every row (a timestamp), adapted once. On PostgreSQL the rows go in one
-    ``COPY … FROM STDIN`` (measured against one multi-row ``INSERT`` and an
-    ``executemany`` in ``bench/scale_pipeline.py``: psycopg quotes a client-side
-    statement's parameters in Python, COPY's in C, and the server plans nothing per
-    row); elsewhere as one ``executemany``.
+    ``COPY … FROM STDIN``: psycopg quotes a client-side statement's parameters in
+    Python, COPY's in C, and the server plans nothing per row
+    (``bench/scale_pipeline.py`` prints it beside ``bulk_create`` and an
+    ``executemany`` in the same run); elsewhere as one ``executemany``.
     """
     meta = model._meta
     constants = same or {}
@@ -59,22 +67,38 @@ def insert_values(model: type[models.Model], fields: Sequence[str],
     preparers = [_preparer(field) for field in columns[:len(fields)]]
     tail = [field.get_db_prep_save(value, connection)
             for field, value in zip(columns[len(fields):], constants.values(), strict=True)]
-    params = [[value if prep is None else prep(value)
-               for prep, value in zip(preparers, row, strict=True)] + tail for row in rows]
+    params = [[prep(value) for prep, value in zip(preparers, row, strict=True)] + tail
+              for row in rows]
     if not params:
         return
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     names = ", ".join(quote(f.column) for f in columns)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # COPY: rows streamed in one statement, adapted by psycopg's C dumpers
-            with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                for row in params:
-                    copy.write_row(row)
+        if connection.vendor == "postgresql" and hasattr(cursor.cursor, "copy"):
+            _copy(cursor, f"COPY {table} ({names}) FROM STDIN", params)
         else:
             cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ("
                                + ", ".join(["%s"] * len(columns)) + ")", params)
+
+
+def _copy(cursor: Any, sql: str, rows: list[list[Any]]) -> None:
+    """``COPY … FROM STDIN`` through psycopg 3, as Django's cursor would run a statement.
+
+    Django's wrapper has no ``copy``: the raw cursor is used inside the connection's
+    error translation (an ``IntegrityError`` is Django's, as for any query), after the
+    broken-transaction check, and the statement is logged where queries are (debug,
+    ``CaptureQueriesContext``), so query counts stay true.
+    """
+    db = cursor.db
+    db.validate_no_broken_transaction()
+    started = time.monotonic()
+    with db.wrap_database_errors, cursor.cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+    if db.queries_logged:
+        db.queries_log.append({"sql": f"{sql} -- {len(rows)} rows",
+                               "time": f"{time.monotonic() - started:.3f}"})
 
 
 def update_rows(rows: Sequence[models.Model], fields: Sequence[str]) -> None:

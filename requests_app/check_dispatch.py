@@ -23,12 +23,10 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError
 from django.db import IntegrityError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
-from kombu.exceptions import OperationalError
 
 from .dispatch import dispatch_on_commit
 from .dispatch import registered_task
@@ -72,12 +70,19 @@ def lease_seconds() -> float:
 def wake_arm(name: str) -> bool:
     """Arm the token; True if it was idle (or stale), so the caller sends the message.
 
-    One ``UPDATE`` decides between concurrent submissions: the row is updated by one of
-    them. The row is created on first use (a flushed test database has none); a
-    concurrent creation makes the loser's insert fail, and the loser sends nothing.
+    In a burst the token is armed nearly every time: a read says so without a write
+    (on SQLite a write, even one that matches nothing, waits for the database's one
+    write lock, behind a worker recording a batch). Otherwise one conditional
+    ``UPDATE`` decides between concurrent submissions: one of them updates the row. The
+    row is created on first use (migration 0012 creates it; a flushed test database
+    has none); a concurrent creation makes the loser's insert fail, and the loser sends
+    nothing.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=lease_seconds())
+    armed = WakeToken.objects.filter(name=name).values_list("armed_at", flat=True).first()
+    if armed is not None and armed >= stale:
+        return False
     if WakeToken.objects.filter(Q(armed_at__isnull=True) | Q(armed_at__lt=stale),
                                 name=name).update(armed_at=now):
         return True
@@ -112,14 +117,19 @@ def dispatch_checks_on_commit(request_id: int) -> None:
         try:
             if not wake_arm(CHECKS_TOKEN):
                 return
-        except DatabaseError:
-            log.warning("wake token unavailable: request %s left for the sweep", request_id)
+        except Exception:  # the database right after commit: never fail the user for it
+            log.warning("wake token unavailable: request %s left for the sweep", request_id,
+                        exc_info=True)
             return
         try:
             task.delay()
-        except OperationalError:  # kombu's wrapper for every transport's connection error
-            wake_disarm(CHECKS_TOKEN)
+        except Exception:  # kombu's OperationalError, or a refusal it does not wrap
             log.warning("broker unavailable: checks of request %s left for the sweep",
-                        request_id)
+                        request_id, exc_info=True)
+            try:
+                wake_disarm(CHECKS_TOKEN)  # the next submission tries again
+            except Exception:
+                log.warning("wake token left armed; it goes stale in %.0f s",
+                            lease_seconds(), exc_info=True)
 
-    transaction.on_commit(send)
+    transaction.on_commit(send, robust=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from dataclasses import dataclass
+from datetime import datetime
 from datetime import timedelta
 
 from celery import shared_task
@@ -108,7 +110,7 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     batch = [request]
     if attempt is None and check_batch_size() > 1:
         # A first run: take the other submissions waiting for theirs along (a burst).
-        batch += _claim_waiting(check_batch_size() - 1, own=request)
+        batch += _claim_waiting(check_batch_size() - 1, own=request).rows
     reports = checking.run_checks_for_many(batch) if len(batch) > 1 else [None]
     if reports[0] is None:
         try:
@@ -131,30 +133,48 @@ def run_request_checks(  # type: ignore[no-untyped-def]
     return str(reports[0]["verdict"])
 
 
-@shared_task(name="relaydesk.check_waiting_requests", acks_late=True)
-def check_waiting_requests() -> str:
+@shared_task(name="relaydesk.check_waiting_requests", bind=True, acks_late=True)
+def check_waiting_requests(self) -> str:  # type: ignore[no-untyped-def]
     """Check the requests waiting in ``checking`` for their first run, a batch a task.
 
     The wake-up message of a burst (``check_dispatch``): one message, not one per
     submission. The token is disarmed first, so a submission committed after the claim
-    below sends a new message. A full batch means more may wait: one more message goes
+    below sends a new message. A full claim means more may wait: one more message goes
     out before the engine runs, so a second worker process takes the next batch
-    meanwhile. Recording and retries are per request, as for ``run_request_checks``
-    (a retry is a message of its own for that request).
+    meanwhile (in eager mode, tests and benchmarks, the same task loops instead of
+    nesting a task per batch). A claim that is not full but left waiting rows behind
+    (rows another transaction held locked, which ``SKIP LOCKED`` passed over) sends a
+    message a second later, as those rows have none of their own. Recording and retries
+    are per request, as for ``run_request_checks`` (a retry is a message of its own).
+    Should the engine or the recording fail, the claim is given back at once (not held
+    until its lease runs out) and the error raised.
     """
     wake_disarm(CHECKS_TOKEN)
     size = check_batch_size()
-    batch = _claim_waiting(size)
-    if not batch:
-        return "none"
-    if len(batch) >= size:
-        try:
-            check_waiting_requests.delay()
-        except OperationalError:
-            log.warning("broker unavailable: the next batch is left for the sweep")
-    reports = checking.run_checks_for_many(batch)
-    recorded, _countdowns = _record_batch(batch, reports)
-    return f"checked:{sum(1 for run in recorded.values() if run is not None)}"
+    checked = 0
+    while True:
+        claim = _claim_waiting(size)
+        if claim.more and not self.request.is_eager:
+            _wake_next(countdown=0 if claim.full else 1)
+        if claim.rows:
+            try:
+                reports = checking.run_checks_for_many(claim.rows)
+                recorded, _countdowns = _record_batch(claim.rows, reports)
+            except Exception:
+                claim.give_back()
+                raise
+            checked += sum(1 for run in recorded.values() if run is not None)
+        if not (claim.full and self.request.is_eager):
+            break
+    return f"checked:{checked}" if checked else "none"
+
+
+def _wake_next(countdown: float) -> None:
+    """One more wake-up message for the rest of a burst; the sweep if the broker is out."""
+    try:
+        check_waiting_requests.apply_async(countdown=countdown or None)
+    except OperationalError:
+        log.warning("broker unavailable: the rest of the burst is left for the sweep")
 
 
 def _record_batch(
@@ -197,31 +217,54 @@ def _record_batch(
     return recorded, countdowns
 
 
-def _claim_waiting(limit: int, own: RelayRequest | None = None) -> list[RelayRequest]:
+@dataclass
+class Claim:
+    """What :func:`_claim_waiting` took: the rows, whether more may wait, its lease."""
+
+    rows: list[RelayRequest]
+    ids: list[int]
+    lease: datetime
+    full: bool  # as many as asked for: more may wait behind them
+    left_behind: bool = False  # rows still waiting that the claim passed over (locked)
+
+    @property
+    def more(self) -> bool:
+        return self.full or self.left_behind
+
+    def give_back(self) -> None:
+        """Clear this claim's lease, so the next wake-up or the sweep takes the rows."""
+        RelayRequest.objects.filter(pk__in=self.ids, check_next_attempt_at=self.lease,
+                                    state=RequestState.CHECKING).update(
+            check_next_attempt_at=None)
+
+
+def _claim_waiting(limit: int, own: RelayRequest | None = None) -> Claim:
     """Claim up to ``limit`` requests (other than ``own``) waiting for their first run.
 
     Why: in a burst, one task per request pays a transaction, a configuration read and
     an event loop for a few milliseconds of DNS work each; one task that takes the
-    waiting ones along pays them once (issue 15). The claim is a lease written in
+    waiting ones pays them once (issue 15). The claim is a lease written in
     ``check_next_attempt_at`` (a due time in the near future, see
-    ``check_dispatch.lease_seconds``), in one short transaction: their own messages, delivered
-    meanwhile, find a run due and skip (as they do for a scheduled retry), and no
-    other task claims them. On PostgreSQL the rows are taken with ``FOR UPDATE SKIP
-    LOCKED`` (two tasks never wait for each other's claim); SQLite's transactions are
-    IMMEDIATE (settings), so two claims run one after the other. Should the worker die
-    with a claim, the lease runs out and the sweep dispatches each request again
-    (at-least-once); recording compares ``check_attempts`` under the row lock, so a
-    request is recorded once per attempt whoever runs it.
+    ``check_dispatch.lease_seconds``), in one short transaction: messages of their own,
+    delivered meanwhile, find a run due and skip (as they do for a scheduled retry),
+    and no other task claims them. On PostgreSQL the rows are taken with ``FOR UPDATE
+    SKIP LOCKED`` (two tasks never wait for each other's claim; a row some other
+    transaction holds is passed over, and ``left_behind`` says so); SQLite's
+    transactions are IMMEDIATE (settings), so two claims run one after the other.
+    Should the worker die with a claim, the lease runs out and the sweep dispatches
+    each request again (at-least-once); recording compares ``check_attempts`` under
+    the row lock, so a request is recorded once per attempt whoever runs it.
     """
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds())
+    skip_locked = connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
         waiting = RelayRequest.objects.filter(
             state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
         ).order_by("pk")
         if own is not None:
             waiting = waiting.exclude(pk=own.pk)
-        if connection.features.has_select_for_update_skip_locked:
+        if skip_locked:
             waiting = waiting.select_for_update(skip_locked=True)
         ids = list(waiting.values_list("pk", flat=True)[:limit])
         claimed = ids and RelayRequest.objects.filter(
@@ -232,10 +275,17 @@ def _claim_waiting(limit: int, own: RelayRequest | None = None) -> list[RelayReq
             RelayRequest.objects.filter(pk=own.pk, state=RequestState.CHECKING,
                                         check_next_attempt_at__isnull=True).update(
                 check_next_attempt_at=lease)
-    if not claimed:
-        return []
-    return list(RelayRequest.objects.filter(pk__in=ids, check_next_attempt_at=lease,
-                                            state=RequestState.CHECKING).order_by("pk"))
+    claim = Claim(rows=[], ids=ids, lease=lease, full=len(ids) >= limit)
+    if skip_locked and not claim.full and own is None:
+        # rows a lock hid from this claim have no message of their own: look again soon
+        claim.left_behind = RelayRequest.objects.filter(
+            state=RequestState.CHECKING, check_next_attempt_at__isnull=True,
+        ).exclude(pk__in=ids).exists()
+    if claimed:
+        claim.rows = list(RelayRequest.objects.filter(
+            pk__in=ids, check_next_attempt_at=lease, state=RequestState.CHECKING,
+        ).order_by("pk"))
+    return claim
 
 
 def _release(requests: list[RelayRequest]) -> None:
@@ -317,11 +367,18 @@ def sweep_pending_work() -> dict[str, int]:
     stale = now - timedelta(seconds=settings.RELAYDESK_SWEEP_AFTER_SECONDS)
     counts = {"checks": 0, "provisioning": 0, "rebuild": 0, "notifications": 0,
               "directory": 0}
-    for pk in RelayRequest.objects.filter(
-        # a request whose own retry is still coming is left to it (one retry chain)
-        Q(check_next_attempt_at__isnull=True) | Q(check_next_attempt_at__lt=stale),
-        state=RequestState.CHECKING, updated_at__lt=stale,
-    ).values_list("pk", flat=True)[:500]:
+    stuck = RelayRequest.objects.filter(state=RequestState.CHECKING, updated_at__lt=stale)
+    # A retry (or a claim's lease) overdue by the sweep interval: a message per request.
+    # A retry still coming is left to it (one retry chain).
+    per_request = Q(check_next_attempt_at__lt=stale)
+    if check_batch_size() > 1:
+        # Waiting for a first run: one wake-up message takes them all, a batch a task.
+        counts["checks"] = stuck.filter(check_next_attempt_at__isnull=True).count()
+        if counts["checks"]:
+            check_waiting_requests.delay()
+    else:
+        per_request |= Q(check_next_attempt_at__isnull=True)
+    for pk in stuck.filter(per_request).values_list("pk", flat=True)[:500]:
         run_request_checks.delay(pk)
         counts["checks"] += 1
     # One build takes every waiting request: one task, not one per request (each build

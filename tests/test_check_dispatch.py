@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.db import connections
+from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from requests_app import checking
 from requests_app import services
 from requests_app.check_dispatch import CHECKS_TOKEN
 from requests_app.check_dispatch import lease_seconds
@@ -19,6 +24,7 @@ from requests_app.models import RequestState as S
 from requests_app.models import WakeToken
 from requests_app.tasks import check_waiting_requests
 from requests_app.tasks import run_request_checks
+from requests_app.tasks import sweep_pending_work
 from tests.factories import RelayRequestFactory
 
 pytestmark = pytest.mark.django_db
@@ -41,6 +47,7 @@ class _Published:
 def published(monkeypatch) -> _Published:
     recorder = _Published()
     monkeypatch.setattr(check_waiting_requests, "delay", recorder)
+    monkeypatch.setattr(check_waiting_requests, "apply_async", recorder)
     return recorder
 
 
@@ -141,7 +148,7 @@ def test_a_broker_outage_keeps_the_submission_and_the_next_one_tries_again(
 
 
 def test_the_token_row_is_created_on_first_use_and_only_once():
-    assert not WakeToken.objects.exists()
+    WakeToken.objects.all().delete()  # as in a database flushed between tests
     assert wake_arm(CHECKS_TOKEN) is True  # created armed: the caller sends the message
     assert wake_arm(CHECKS_TOKEN) is False  # armed: nobody else sends one
     assert WakeToken.objects.count() == 1
@@ -156,3 +163,88 @@ def test_batch_size_one_keeps_one_message_per_request(
     ids = _submit(team, requester, django_capture_on_commit_callbacks, 3)
     assert published.calls == []
     assert own.calls == [(pk,) for pk in ids]
+
+
+def test_the_sweep_sends_one_wake_up_for_a_burst_whose_message_was_lost(
+        settings, team, requester, published, django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    settings.RELAYDESK_SWEEP_AFTER_SECONDS = 60
+    # given three submissions whose one wake-up message the broker lost
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 3)
+    assert len(published.calls) == 1
+    RelayRequest.objects.filter(pk__in=ids).update(
+        updated_at=timezone.now() - timedelta(minutes=5))
+    # when the sweep runs
+    assert sweep_pending_work()["checks"] == 3
+    # then it sent one wake-up message for the three, not three messages
+    assert len(published.calls) == 2
+    assert check_waiting_requests.run() == "checked:3"
+    assert _recorded(ids) == {pk: 1 for pk in ids}
+
+
+def test_a_failing_batch_gives_its_claim_back_at_once(
+        settings, team, requester, published, monkeypatch,
+        django_capture_on_commit_callbacks):
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 3)
+
+    def broken(requests):
+        raise RuntimeError("engine crashed")
+
+    monkeypatch.setattr(checking, "run_checks_for_many", broken)
+    # when the engine fails in the middle of a batch
+    with pytest.raises(RuntimeError):
+        check_waiting_requests.run()
+    # then no request is left leased: the next wake-up takes them, not the sweep later
+    assert set(RelayRequest.objects.filter(pk__in=ids).values_list(
+        "state", "check_next_attempt_at")) == {(S.CHECKING, None)}
+    monkeypatch.undo()
+    assert check_waiting_requests.run() == "checked:3"
+
+
+def test_an_eager_run_loops_over_the_batches_instead_of_nesting_tasks(
+        settings, team, requester):
+    # given more waiting requests than one batch holds
+    settings.RELAY_CHECK_BATCH_SIZE = 2
+    ids = [RelayRequestFactory(team=team, created_by=requester, state=S.CHECKING).pk
+           for _ in range(9)]
+    # when one wake-up runs in eager mode (tests, benchmarks): the same task loops over
+    # the batches (a nested task per batch would return after its first two, and a long
+    # burst would exceed the recursion limit)
+    assert check_waiting_requests.apply().result == "checked:9"
+    assert _recorded(ids) == {pk: 1 for pk in ids}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_locked_during_the_claim_gets_a_wake_up_a_second_later(
+        settings, team, requester, published):
+    if connection.vendor != "postgresql":
+        pytest.skip("SKIP LOCKED needs PostgreSQL; CI runs this file with DATABASE_URL set")
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    free, held = (RelayRequestFactory(team=team, created_by=requester, state=S.CHECKING)
+                  for _ in range(2))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another transaction holds one row (an approver's refused action)
+        try:
+            with transaction.atomic():
+                list(RelayRequest.objects.select_for_update().filter(pk=held.pk))
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        # when the wake-up runs while the row is locked: it checks the free one
+        assert check_waiting_requests.run() == "checked:1"
+    finally:
+        release.set()
+        holder.join(30)
+    # then the locked one, which has no message of its own, gets one a second later
+    assert published.calls == [()]
+    assert RelayRequest.objects.get(pk=held.pk).state == S.CHECKING
+    assert check_waiting_requests.run() == "checked:1"
+    assert RelayRequest.objects.get(pk=free.pk).state == S.PENDING_APPROVAL

@@ -3,6 +3,11 @@
 from django.db import migrations, models
 
 
+def create_checks_token(apps, schema_editor):
+    """The check pipeline's token, idle: a submission then arms it with one UPDATE."""
+    apps.get_model("requests_app", "WakeToken").objects.get_or_create(name="checks")
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -17,4 +22,5 @@ class Migration(migrations.Migration):
                 ('armed_at', models.DateTimeField(blank=True, null=True)),
             ],
         ),
+        migrations.RunPython(create_checks_token, migrations.RunPython.noop),
     ]
