@@ -102,20 +102,34 @@ def _copy(cursor: Any, sql: str, rows: list[list[Any]]) -> None:
 
 
 def update_rows(rows: Sequence[models.Model], fields: Sequence[str]) -> None:
-    """``UPDATE … WHERE id = %s`` for each row, sent as one ``executemany``.
+    """Write ``fields`` of each row (by primary key) in one statement.
 
-    The rows are locked by the caller; values are adapted by their fields as ``save``
-    does.
+    On PostgreSQL one ``UPDATE … FROM (VALUES …)`` (the server plans one statement,
+    not one per row; each column cast to its type, so a ``NULL`` or a text literal
+    reads as the column's type); elsewhere an ``executemany`` of ``UPDATE … WHERE id =
+    %s``. The rows are locked by the caller; values are adapted by their fields as
+    ``save`` does.
     """
     if not rows:
         return
     meta = rows[0]._meta
     columns = [meta.get_field(name) for name in fields]
     quote = connection.ops.quote_name
-    sql = (f"UPDATE {quote(meta.db_table)} SET "
-           + ", ".join(f"{quote(f.column)} = %s" for f in columns)
-           + f" WHERE {quote(meta.pk.column)} = %s")
+    table, pk = quote(meta.db_table), quote(meta.pk.column)
     params = [[f.get_db_prep_save(getattr(row, f.attname), connection) for f in columns]
               + [row.pk] for row in rows]
     with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+        if connection.vendor == "postgresql":
+            names = [quote(f.column) for f in columns]
+            one = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
+            cursor.execute(
+                f"UPDATE {table} AS t SET "
+                + ", ".join(f"{name} = v.{name}::{field.db_type(connection)}"
+                            for name, field in zip(names, columns, strict=True))
+                + f" FROM (VALUES {', '.join([one] * len(params))}) AS v("
+                + ", ".join(names) + f", {pk}) WHERE t.{pk} = v.{pk}",
+                [value for row in params for value in row])
+        else:
+            cursor.executemany(
+                f"UPDATE {table} SET " + ", ".join(f"{quote(f.column)} = %s" for f in columns)
+                + f" WHERE {pk} = %s", params)
