@@ -23,6 +23,7 @@ from django_fsm import ConcurrentTransitionMixin
 from django_fsm import FSMField
 from django_fsm import transition
 
+from . import relay_chunks
 from .actions import ACTIONS
 from .actions import Role
 from .checks import CheckStatus
@@ -32,6 +33,7 @@ from .validators import validate_sender_domains
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from collections.abc import Iterable
     from collections.abc import Mapping
 
     from django.contrib.auth.models import AbstractBaseUser
@@ -53,6 +55,8 @@ __all__ = [
     "Membership",
     "Notification",
     "RelayConfigBlob",
+    "RelayConfigBlobChunk",
+    "RelayConfigChunk",
     "RelayConfigChange",
     "RelayConfigFile",
     "RelayConfigVersion",
@@ -1116,22 +1120,68 @@ class Notification(TimeStampedModel):
         return f"{self.kind} for #{self.request_id} ({self.status})"
 
 
+class RelayConfigChunk(models.Model):
+    """A piece of file bodies, stored once by content hash and shared by every blob that has it.
+
+    Bodies are cut into content-defined chunks at line ends (``relay_chunks``), so a
+    one-line change to a 6 MiB map stores about one chunk (a few KiB compressed), not
+    the whole file again. ``body`` is the zlib-compressed bytes; ``size`` the
+    uncompressed length.
+    """
+
+    sha256 = models.CharField(_("sha256 of the bytes"), max_length=64, unique=True)
+    size = models.PositiveIntegerField(_("bytes"))
+    body = models.BinaryField(_("zlib-compressed bytes"))
+
+    #: zlib level of ``body`` (6: the maps compress about 5-10x at a few ms per MiB)
+    LEVEL = 6
+    #: Chunks compressed and inserted per statement while storing (bounds memory).
+    BATCH = 64
+
+    class Meta:
+        verbose_name = _("relay config chunk")
+        verbose_name_plural = _("relay config chunks")
+
+    def __str__(self) -> str:
+        return self.sha256[:12]
+
+    @classmethod
+    def ids_for(cls, pieces: Mapping[str, bytes | memoryview]) -> dict[str, int]:
+        """sha256 -> pk of these pieces, creating the chunks nobody stored yet.
+
+        Get-or-create by hash: a concurrent build storing the same chunk is harmless
+        (``ignore_conflicts``, then the rows are looked up by hash). Only missing pieces
+        are compressed, ``BATCH`` at a time.
+        """
+        known: dict[str, int] = {}
+        hashes = list(pieces)
+        for i in range(0, len(hashes), 500):
+            known.update(cls.objects.filter(sha256__in=hashes[i:i + 500])
+                         .values_list("sha256", "pk"))
+        missing = [sha for sha in hashes if sha not in known]
+        for i in range(0, len(missing), cls.BATCH):
+            batch = missing[i:i + cls.BATCH]
+            cls.objects.bulk_create(
+                [cls(sha256=sha, size=len(pieces[sha]),
+                     body=zlib.compress(pieces[sha], cls.LEVEL)) for sha in batch],
+                ignore_conflicts=True)
+            known.update(cls.objects.filter(sha256__in=batch).values_list("sha256", "pk"))
+        return known
+
+
 class RelayConfigBlob(models.Model):
     """One file body, stored once by content hash and shared by every version that has it.
 
     At 100k entries a version is megabytes of text, and most builds change one line of one
-    file: the unchanged files of consecutive versions are the same blob. ``body`` is the
-    zlib-compressed bytes; ``sha256``, ``size`` and ``lines`` describe the uncompressed
-    bytes, so ETags, 304s, the manifest's sizes and the version pages never read ``body``.
+    file: the unchanged files of consecutive versions are the same blob. The bytes are
+    the blob's chunks in ``position`` order (``RelayConfigBlobChunk``; none for the empty
+    file); ``sha256``, ``size`` and ``lines`` describe the whole uncompressed body, so
+    ETags, 304s, the manifest's sizes and the version pages never read a chunk.
     """
 
     sha256 = models.CharField(_("sha256 of the bytes"), max_length=64, unique=True)
     size = models.PositiveBigIntegerField(_("bytes"))
     lines = models.PositiveIntegerField(_("lines"))
-    body = models.BinaryField(_("zlib-compressed bytes"))
-
-    #: zlib level of ``body`` (6: the maps compress about 5-10x at a few ms per MiB)
-    LEVEL = 6
 
     class Meta:
         verbose_name = _("relay config file body")
@@ -1139,6 +1189,78 @@ class RelayConfigBlob(models.Model):
 
     def __str__(self) -> str:
         return self.sha256[:12]
+
+    @classmethod
+    def ids_for(cls, bodies: Mapping[str, bytes]) -> dict[str, int]:
+        """sha256 -> pk of these bodies (keyed by their sha256), creating missing blobs.
+
+        A new blob is cut into chunks (``relay_chunks.cut_points``); chunks already
+        stored (the unchanged parts of the previous version) are only named again. A
+        concurrent build storing the same blob is harmless: both insert the same rows
+        (same bytes, same cuts) and the unique keys ignore the second.
+        """
+        known = dict(cls.objects.filter(sha256__in=list(bodies)).values_list("sha256", "pk"))
+        missing = [sha for sha in bodies if sha not in known]
+        if not missing:
+            return known
+        layout: dict[str, list[str]] = {}
+        pieces: dict[str, memoryview] = {}
+        for sha in missing:
+            view, start, hashes = memoryview(bodies[sha]), 0, []
+            for end in relay_chunks.cut_points(bodies[sha]):
+                piece = view[start:end]
+                digest = hashlib.sha256(piece).hexdigest()
+                pieces.setdefault(digest, piece)
+                hashes.append(digest)
+                start = end
+            layout[sha] = hashes
+        chunk_ids = RelayConfigChunk.ids_for(pieces)
+        cls.objects.bulk_create(
+            [cls(sha256=sha, size=len(bodies[sha]), lines=bodies[sha].count(b"\n"))
+             for sha in missing], ignore_conflicts=True)
+        known.update(cls.objects.filter(sha256__in=missing).values_list("sha256", "pk"))
+        RelayConfigBlobChunk.objects.bulk_create(
+            [RelayConfigBlobChunk(blob_id=known[sha], position=position,
+                                  chunk_id=chunk_ids[digest])
+             for sha in missing for position, digest in enumerate(layout[sha])],
+            ignore_conflicts=True, batch_size=2000)
+        return known
+
+    @staticmethod
+    def bodies(blob_ids: Iterable[int]) -> dict[int, bytes]:
+        """pk -> whole uncompressed body of these blobs (for small files and tools; a
+        large body is streamed by ``relay_store.stream_body``)."""
+        ids = list(blob_ids)
+        parts: dict[int, list[bytes]] = {pk: [] for pk in ids}
+        for blob_id, body in (RelayConfigBlobChunk.objects.filter(blob_id__in=ids)
+                              .order_by("blob_id", "position")
+                              .values_list("blob_id", "chunk__body").iterator()):
+            parts[blob_id].append(zlib.decompress(bytes(body)))
+        return {pk: b"".join(chunks) for pk, chunks in parts.items()}
+
+
+class RelayConfigBlobChunk(models.Model):
+    """The ``position``-th chunk of a blob's body (an ordered join, metadata only)."""
+
+    # DO_NOTHING in Python, real foreign keys in the database: retention deletes these
+    # rows, then unnamed blobs, then unused chunks, each in one DELETE (no collector that
+    # would load rows first), and a row still naming a blob or chunk keeps it.
+    blob = models.ForeignKey(RelayConfigBlob, on_delete=models.DO_NOTHING,
+                             related_name="chunk_rows", verbose_name=_("body"),
+                             db_index=False)  # the unique (blob, position) index serves
+    position = models.PositiveIntegerField(_("position"))
+    chunk = models.ForeignKey(RelayConfigChunk, on_delete=models.DO_NOTHING,
+                              related_name="uses", verbose_name=_("chunk"))
+
+    class Meta:
+        ordering = ("blob", "position")
+        constraints = [models.UniqueConstraint(fields=("blob", "position"),
+                                               name="relayconfigblobchunk_blob_position")]
+        verbose_name = _("relay config body chunk")
+        verbose_name_plural = _("relay config body chunks")
+
+    def __str__(self) -> str:
+        return f"{self.blob_id}/{self.position}"
 
 
 class RelayConfigFile(models.Model):
@@ -1209,27 +1331,14 @@ class RelayConfigVersion(models.Model):
             self._pending_files = None
 
     def attach_files(self, files: Mapping[str, bytes]) -> None:
-        """Name these files as this version's, creating only the blobs nobody stored yet.
+        """Name these files as this version's, creating only the blobs (and chunks)
+        nobody stored yet (``RelayConfigBlob.ids_for``).
 
-        A concurrent build storing the same body is harmless (``ignore_conflicts``, then
-        the blobs are looked up by hash); the version number's uniqueness decides which
-        build commits.
+        A concurrent build storing the same body is harmless; the version number's
+        uniqueness decides which build commits.
         """
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-        known = dict(RelayConfigBlob.objects.filter(sha256__in=set(digests.values()))
-                     .values_list("sha256", "pk"))
-        missing: dict[str, bytes] = {}
-        for name, data in files.items():
-            if digests[name] not in known:
-                missing.setdefault(digests[name], data)
-        if missing:
-            RelayConfigBlob.objects.bulk_create(
-                [RelayConfigBlob(sha256=sha, size=len(data), lines=data.count(b"\n"),
-                                 body=zlib.compress(data, RelayConfigBlob.LEVEL))
-                 for sha, data in missing.items()],
-                ignore_conflicts=True)
-            known.update(RelayConfigBlob.objects.filter(sha256__in=list(missing))
-                         .values_list("sha256", "pk"))
+        known = RelayConfigBlob.ids_for({digests[name]: data for name, data in files.items()})
         RelayConfigFile.objects.bulk_create(
             [RelayConfigFile(version=self, name=name, blob_id=known[digests[name]])
              for name in sorted(files)])
@@ -1240,8 +1349,10 @@ class RelayConfigVersion(models.Model):
         ``relay_store`` reads metadata or single files)."""
         if getattr(self, "_pending_files", None) is not None:
             return dict(self._pending_files)
-        return {name: zlib.decompress(bytes(body)).decode() for name, body in
-                RelayConfigFile.objects.filter(version=self).values_list("name", "blob__body")}
+        names = dict(RelayConfigFile.objects.filter(version=self).values_list("name",
+                                                                              "blob_id"))
+        bodies = RelayConfigBlob.bodies(set(names.values()))
+        return {name: bodies[blob_id].decode() for name, blob_id in names.items()}
 
     @files.setter
     def files(self, value: dict[str, str]) -> None:

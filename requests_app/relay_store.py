@@ -3,16 +3,20 @@
 Why: at 100k entries a version is megabytes of text and was kept whole in one JSON
 column, so every poll, 304 and manifest decoded all of it, and every version stored all
 of it again. Here a version is a handful of ``RelayConfigFile`` rows (name -> blob); a
-blob (``RelayConfigBlob``) holds one body zlib-compressed, with its SHA-256, size and
-line count beside it. So:
+blob (``RelayConfigBlob``) describes one body (SHA-256, size, line count) and names its
+content-defined chunks in order (``RelayConfigBlobChunk`` -> ``RelayConfigChunk``, each
+zlib-compressed, cut at line ends by ``relay_chunks``). So:
 
 * an unchanged file is shared between versions (one build usually changes one line of
-  one or two files: the others cost one row each);
+  one or two files: the others cost one row each), and a changed file shares every
+  chunk but the one or two around the change (a new blob costs its chunk rows and
+  about one new chunk, not a copy of the file);
 * ETags, 304s, the manifest's sizes and the version pages read metadata only;
-* a body is read in slices (:func:`stream_body`), so the pull endpoint's memory does not
-  grow with the file;
-* retention (:func:`prune`) drops the files of old versions and any blob no version
-  names any more; the version rows and their line history stay.
+* a body is read a few chunks per query (:func:`stream_body`), so the pull endpoint's
+  memory does not grow with the file;
+* retention (:func:`prune`) drops the files of old versions, any blob no version names
+  any more and any chunk no blob names any more; the version rows and their line
+  history stay.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from datetime import timedelta
 
-from django.db.models import BinaryField
 from django.db.models import Exists
 from django.db.models import OuterRef
 from django.db.models import Q
-from django.db.models.functions import Substr
 
 from .models import RelayConfigBlob
+from .models import RelayConfigBlobChunk
+from .models import RelayConfigChunk
 from .models import RelayConfigFile
 from .models import RelayConfigVersion
 
@@ -46,10 +50,11 @@ __all__ = [
     "version_texts",
 ]
 
-#: Compressed bytes read per query when a body is streamed.
-SLICE_BYTES = 256 * 1024
-#: Uncompressed bytes handed to the response per chunk.
-CHUNK_BYTES = 64 * 1024
+#: Chunks read per query when a body is streamed (each at most 512 KiB uncompressed,
+#: typically about 48 KiB and a few KiB compressed).
+CHUNKS_PER_QUERY = 4
+#: Uncompressed bytes handed to the response per piece.
+PIECE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,8 +89,7 @@ def file_meta(version: RelayConfigVersion | int,
 
 
 def _bodies(blob_ids: Iterable[int]) -> dict[int, bytes]:
-    return {pk: zlib.decompress(bytes(body)) for pk, body in
-            RelayConfigBlob.objects.filter(pk__in=list(blob_ids)).values_list("pk", "body")}
+    return RelayConfigBlob.bodies(blob_ids)
 
 
 def read_body(blob_id: int) -> bytes:
@@ -108,37 +112,33 @@ def version_texts(version: RelayConfigVersion,
 
 
 def stream_body(blob_id: int) -> Iterator[bytes]:
-    """A body's bytes in chunks, reading ``SLICE_BYTES`` of the compressed form per query.
+    """A body's bytes in pieces, reading ``CHUNKS_PER_QUERY`` chunks per query in order.
 
-    Memory stays at one slice plus one chunk whatever the file's size (the whole
-    compressed body is never in memory). Blobs never change (content-addressed), so the
-    slices are consistent; a blob deleted mid-stream ends the stream short, which the
-    client sees against the Content-Length.
+    Memory stays at a few compressed chunks plus one uncompressed chunk whatever the
+    file's size (a chunk is at most 512 KiB: ``relay_chunks``). Blobs never change
+    (content-addressed), so the reads are consistent; a blob deleted mid-stream ends
+    the stream short, which the client sees against the Content-Length.
     """
-    inflate = zlib.decompressobj()
-    position = 1  # SUBSTRING counts from 1
+    position = 0
     while True:
-        piece = (RelayConfigBlob.objects.filter(pk=blob_id)
-                 .annotate(piece=Substr("body", position, SLICE_BYTES,
-                                        output_field=BinaryField()))
-                 .values_list("piece", flat=True).first())
-        if not piece:
-            break
-        piece = bytes(piece)
-        position += len(piece)
-        data = inflate.decompress(piece, CHUNK_BYTES)
-        while data:
-            yield data
-            data = inflate.decompress(inflate.unconsumed_tail, CHUNK_BYTES)
-        if len(piece) < SLICE_BYTES:
-            break
-    rest = inflate.flush()
-    if rest:
-        yield rest
+        rows = list(RelayConfigBlobChunk.objects
+                    .filter(blob_id=blob_id, position__gte=position)
+                    .order_by("position")
+                    .values_list("position", "chunk__body")[:CHUNKS_PER_QUERY])
+        for _position, body in rows:
+            inflate = zlib.decompressobj()
+            data = inflate.decompress(body, PIECE_BYTES)
+            while data:
+                yield data
+                data = inflate.decompress(inflate.unconsumed_tail, PIECE_BYTES)
+        if len(rows) < CHUNKS_PER_QUERY:
+            return
+        position = rows[-1][0] + 1
 
 
 def prune(*, keep_versions: int, keep_days: float, now: datetime) -> tuple[int, int]:
-    """Drop the files of versions outside the retention; delete blobs nobody names.
+    """Drop the files of versions outside the retention; delete blobs and chunks nobody
+    names.
 
     Kept: the ``keep_versions`` newest versions, every version of the last
     ``keep_days`` days, and always the newest (the one the relay pulls). A pruned
@@ -158,7 +158,15 @@ def prune(*, keep_versions: int, keep_days: float, now: datetime) -> tuple[int, 
     if ids:
         RelayConfigFile.objects.filter(version_id__in=ids).delete()
         RelayConfigVersion.objects.filter(pk__in=ids).update(files_pruned_at=now)
+    # One DELETE each (every key is DO_NOTHING in Python): no row is loaded. The chunk
+    # rows of unnamed blobs go first (their key refuses the blob's deletion otherwise).
+    # Runs in the build's transaction, under its lock: no build names a blob or chunk
+    # between these statements.
+    unnamed = ~Q(Exists(RelayConfigFile.objects.filter(blob_id=OuterRef("blob_id"))))
+    RelayConfigBlobChunk.objects.filter(unnamed).delete()
     orphans = RelayConfigBlob.objects.filter(
         ~Q(Exists(RelayConfigFile.objects.filter(blob_id=OuterRef("pk")))))
-    # One DELETE (the file -> blob key is DO_NOTHING in Python): no body is loaded.
-    return len(ids), orphans.delete()[0]
+    deleted = orphans.delete()[0]
+    RelayConfigChunk.objects.filter(
+        ~Q(Exists(RelayConfigBlobChunk.objects.filter(chunk_id=OuterRef("pk"))))).delete()
+    return len(ids), deleted

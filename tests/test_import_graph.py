@@ -56,6 +56,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "requests_app.sender_policy",  # the sender rule the relay enforces and pages show
         "requests_app.policyd",  # the relay's policy service (runs without Django)
         "requests_app.relay_probe",  # the test-mail tool's checks (stdlib; the script)
+        "requests_app.relay_chunks",  # content-defined cuts of relay config bodies
     )),
     ("models", (
         "requests_app.kinds",

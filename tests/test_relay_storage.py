@@ -16,9 +16,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from requests_app import relay
+from requests_app import relay_chunks
 from requests_app import relay_store
 from requests_app import relay_views
 from requests_app.models import RelayConfigBlob
+from requests_app.models import RelayConfigBlobChunk
+from requests_app.models import RelayConfigChunk
 from requests_app.models import RelayConfigChange
 from requests_app.models import RelayConfigFile
 from requests_app.models import RelayConfigVersion
@@ -32,7 +35,7 @@ from tests.factories import RelayRequestFactory
 pytestmark = pytest.mark.django_db
 
 TOKEN = "s3cret-token"
-BODY_COLUMN = 'relayconfigblob"."body"'  # how any query reading a body names the column
+BODY_COLUMN = 'relayconfigchunk"."body"'  # how any query reading a body names the column
 
 
 def logged_in(user) -> Client:
@@ -43,6 +46,13 @@ def logged_in(user) -> Client:
 
 def bodies_read(ctx: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in ctx.captured_queries if BODY_COLUMN in q["sql"]]
+
+
+def small_chunks(monkeypatch) -> None:
+    """Chunks of tens of bytes, so the few entries of a test span many chunks."""
+    monkeypatch.setattr(relay_chunks, "MIN_BYTES", 16)
+    monkeypatch.setattr(relay_chunks, "TARGET_BYTES", 32)
+    monkeypatch.setattr(relay_chunks, "MAX_BYTES", 64)
 
 
 @pytest.fixture
@@ -111,13 +121,17 @@ def test_304_and_head_read_no_body_and_get_reads_only_its_file(build, settings):
     assert str(manifest_blob) in read
 
 
-def test_a_large_body_is_streamed_in_slices_byte_for_byte(build, settings, monkeypatch):
+def test_a_large_body_is_streamed_a_few_chunks_per_query_byte_for_byte(
+        build, settings, monkeypatch):
     settings.RELAY_CONFIG_TOKEN = TOKEN
+    small_chunks(monkeypatch)
     for _ in range(3):
         version = build()
     monkeypatch.setattr(relay_views, "STREAM_ABOVE", 0)
-    monkeypatch.setattr(relay_store, "SLICE_BYTES", 16)
-    monkeypatch.setattr(relay_store, "CHUNK_BYTES", 32)
+    monkeypatch.setattr(relay_store, "CHUNKS_PER_QUERY", 2)
+    monkeypatch.setattr(relay_store, "PIECE_BYTES", 32)
+    blob_id = relay_store.file_meta(version, ["relay_policy"])["relay_policy"].blob_id
+    assert RelayConfigBlobChunk.objects.filter(blob_id=blob_id).count() > 4
     client = Client(HTTP_AUTHORIZATION=f"Token {TOKEN}")
     with CaptureQueriesContext(connection) as ctx:
         response = client.get("/relay-config/relay_policy")
@@ -125,9 +139,9 @@ def test_a_large_body_is_streamed_in_slices_byte_for_byte(build, settings, monke
     assert response.streaming
     assert body == version.files["relay_policy"].encode()
     assert response["Content-Length"] == str(len(body))
-    # read in slices: several queries, none reading the whole compressed body
+    # read in order, two chunks per query: several queries, none reading the whole body
     assert len(bodies_read(ctx)) > 2
-    assert all("SUBSTR" in sql.upper() for sql in bodies_read(ctx))
+    assert all("LIMIT 2" in sql.upper() for sql in bodies_read(ctx))
     download = logged_in_download(version, "relay_policy")
     assert b"".join(download.streaming_content) == body
 
