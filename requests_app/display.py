@@ -141,6 +141,9 @@ def event_summary(event: RequestEvent) -> str:
     if event.type == RequestEvent.Type.CHECKS_RECORDED:
         return gettext("Checks recorded: %(verdict)s") % {
             "verdict": status_label(str(parameters.get("verdict", "")))}
+    if event.type == RequestEvent.Type.ASSIGNMENT and parameters.get("action") == "take_over":
+        return gettext("Took over the claim from %(previous)s") % {
+            "previous": str(parameters.get("previous", ""))}
     return capfirst(str(event.get_type_display())) + _states(event)
 
 

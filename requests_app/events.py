@@ -29,6 +29,7 @@ __all__ = [
     "request_override_event",
     "request_renewal_detached_event",
     "request_assignment_event",
+    "request_take_over_event",
     "request_transition_event",
     "request_updated_event",
     "system_event",
@@ -234,6 +235,31 @@ def request_assignment_event(
         source_ip=source_ip,
         parameters={"action": "claim" if claimed else "release",
                     "assigned_to": actor.get_username() if claimed else "",
+                    "previous": previous},
+    )
+
+
+def request_take_over_event(
+    request: RelayRequest,
+    *,
+    actor: AbstractBaseUser,
+    source_ip: str | None,
+    previous: str,
+    reason: str,
+) -> RequestEvent:
+    """An approver took over the claim ``previous`` held (``assignment.take_over``).
+
+    The same type and parameter names as a claim, so "who had it, and since when" reads
+    one list; the action says it was taken, and the reason is the event's comment, where
+    the timeline and the audit CSV show every reason.
+    """
+    return _insert_unchanged(
+        request,
+        RequestEvent.Type.ASSIGNMENT,
+        actor=actor,
+        source_ip=source_ip,
+        comment=reason,
+        parameters={"action": "take_over", "assigned_to": actor.get_username(),
                     "previous": previous},
     )
 

@@ -44,6 +44,7 @@ urlpatterns = [
     path("<int:pk>/status/", live_views.request_status, name="status"),
     path("<int:pk>/claim/", views.request_assign, {"claim": True}, name="claim"),
     path("<int:pk>/release/", views.request_assign, {"claim": False}, name="release"),
+    path("<int:pk>/take-over/", views.request_take_over, name="take_over"),
     *[
         path(f"<int:pk>/{action}/", FORM_VIEWS.get(action, views.request_action),
              {"action": action}, name=action)

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 from django.http import HttpResponse
+from django.http import HttpResponseRedirect
 from django.http import JsonResponse
 from django.http import StreamingHttpResponse
 from django.shortcuts import redirect
@@ -82,6 +83,7 @@ __all__ = [
     "request_renew",
     "request_events_csv",
     "request_assign",
+    "request_take_over",
     "request_list_csv",
     "request_queue_csv",
     "bad_request",
@@ -244,6 +246,32 @@ def request_assign(request: HttpRequest, pk: int, claim: bool) -> HttpResponse:
     return redirect(obj)
 
 
+@login_required
+@require_POST
+def request_take_over(request: HttpRequest, pk: int) -> HttpResponse:
+    """Take over the claim another approver holds (``assignment.take_over``).
+
+    The form sends the reason and the holder the page showed: a missing or bad reason is
+    a 400 with the request page again, the field named and the text kept; a holder that
+    changed meanwhile (another take-over, a release) is the 409 page naming who holds it
+    now; a user who could not decide the request gets 403.
+    """
+    obj = selectors.request_get_for_user(request.user, pk)
+    try:
+        assignment.take_over(request_id=obj.pk, by=request.user,
+                             reason=request.POST.get("reason", ""),
+                             holder=request.POST.get("holder") or None,
+                             source_ip=client_ip(request))
+    except ValidationError as exc:
+        return _refused_input(request, obj.pk, exc)
+    except ActionConflict as exc:
+        return render(request, "requests_app/assignment_conflict.html",
+                      {"message": _error_text(exc), "obj": obj}, status=409)
+    messages.success(request, _("You took over the claim on request #%(id)s; its previous "
+                                "holder is told by mail.") % {"id": obj.pk})
+    return HttpResponseRedirect(obj.get_absolute_url() + "#claim")
+
+
 PRODUCTION_QUEUE_ROWS = 100
 
 
@@ -389,6 +417,9 @@ def request_detail(request: HttpRequest, pk: int,
         "credential": credential_status(obj, request.user),
         # The conversation (comments.py): the thread, and whether this user may write.
         "thread": comments.comment_thread(obj, request.user),
+        # Who has claimed it, and the viewer's claim, release or take-over button.
+        "claim": assignment.claim_panel(obj, request.user),
+        "take_over_limit": assignment.TAKE_OVER_REASON_LIMIT,
     }
     return render(request, "requests_app/relayrequest_detail.html", context)
 

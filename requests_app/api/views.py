@@ -6,7 +6,9 @@ import math
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db.models import Prefetch
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiParameter
 from drf_spectacular.utils import OpenApiResponse
 from drf_spectacular.utils import extend_schema
@@ -389,6 +391,41 @@ for _handler, _path in ((_claim, "claim"), (_release, "release")):
     setattr(RelayRequestViewSet, _path, extend_schema(
         request=None, responses=RelayRequestSerializer,
     )(action(detail=True, methods=["post"], url_path=_path, url_name=_path)(_handler)))
+
+
+TakeOverSerializer = inline_serializer("TakeOverInput", fields={
+    "reason": serializers.CharField(
+        max_length=assignment.TAKE_OVER_REASON_LIMIT,
+        help_text="Required: why you take the claim over (the previous holder is mailed "
+                  "it, the audit trail keeps it); empty or blank is a 400 naming `reason`."),
+    "holder": serializers.CharField(
+        required=False,
+        help_text="The username you saw holding the claim (`assigned_to`). The claim moves "
+                  "only if they still hold it, else 409 naming who does; without it, the "
+                  "holder at the start of the call."),
+})
+
+
+def _take_over(self: RelayRequestViewSet, request: Request, pk: str | None = None) -> Response:
+    """Take over the claim another approver holds (they are away), with a reason: an
+    audited `assignment` event and one mail to the previous holder. 403 for anyone who
+    could not decide the request, 400 naming `reason` (or `holder`) for bad input, 409
+    when it does not wait for approvers, nobody holds it (claim it), or the holder
+    changed (named). Taking over one's own claim changes nothing."""
+    obj = self.get_object()
+    body = request.data if hasattr(request.data, "get") else {}
+    holder = body.get("holder")
+    if holder is not None and not isinstance(holder, str):
+        raise ValidationError({"holder": [_("The holder must be a username (text).")]})
+    assignment.take_over(request_id=obj.pk, by=request.user, reason=body.get("reason"),
+                         holder=holder, source_ip=client_ip(request))
+    return Response(self.get_serializer(self.get_queryset().get(pk=obj.pk)).data)
+
+
+_take_over.__name__ = "take_over"
+RelayRequestViewSet.take_over = extend_schema(  # type: ignore[attr-defined]
+    request=TakeOverSerializer, responses=RelayRequestSerializer,
+)(action(detail=True, methods=["post"], url_path="take-over", url_name="take-over")(_take_over))
 
 
 class QuickCheckThrottle(SimpleRateThrottle):
