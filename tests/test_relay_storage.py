@@ -4,6 +4,7 @@ from metadata, streamed bodies, retention, and diffs from the stored line histor
 from __future__ import annotations
 
 import hashlib
+import zlib
 from datetime import timedelta
 
 import pytest
@@ -21,8 +22,8 @@ from requests_app import relay_store
 from requests_app import relay_views
 from requests_app.models import RelayConfigBlob
 from requests_app.models import RelayConfigBlobChunk
-from requests_app.models import RelayConfigChunk
 from requests_app.models import RelayConfigChange
+from requests_app.models import RelayConfigChunk
 from requests_app.models import RelayConfigFile
 from requests_app.models import RelayConfigVersion
 from requests_app.models import RelayRequest
@@ -321,3 +322,182 @@ def test_without_history_and_with_pruned_files_the_page_says_so(build, approver,
     html = response.content.decode()
     assert "stored without its line history" in html
     assert "lines changed." not in html
+
+
+# --- content-defined chunks ----------------------------------------------------------------
+
+def big_map(lines: int = 40_000) -> list[bytes]:
+    """A cidr-like access map: one distinct line per entry, about 60 bytes each."""
+    return [f"{hashlib.sha256(str(i).encode()).hexdigest()[:24]}.example.org "
+            f"10.{i // 65536}.{i // 256 % 256}.{i % 256}/32 OK\n".encode()
+            for i in range(lines)]
+
+
+def stored(number: int, files: dict[str, bytes]) -> RelayConfigVersion:
+    version = RelayConfigVersion.objects.create(number=number, digest=str(number))
+    version.attach_files(files)
+    return version
+
+
+def chunk_ids_of(version: RelayConfigVersion) -> set[int]:
+    return set(RelayConfigBlobChunk.objects.filter(blob__uses__version=version)
+               .values_list("chunk_id", flat=True))
+
+
+def compressed_bytes(chunk_ids: set[int]) -> int:
+    return sum(len(bytes(body)) for body in RelayConfigChunk.objects.filter(
+        pk__in=chunk_ids).values_list("body", flat=True))
+
+
+@pytest.mark.parametrize("edit", ["change", "insert", "remove"])
+def test_a_one_line_change_to_a_large_file_stores_about_one_new_chunk(edit):
+    lines = big_map(100_000)  # 5.7 MiB, about 2 MiB compressed
+    before = b"".join(lines)
+    middle = len(lines) // 2
+    if edit == "change":
+        lines[middle] = b"changed.example.org 192.0.2.1/32 REJECT\n"
+    elif edit == "insert":
+        lines.insert(middle, b"inserted.example.org 192.0.2.1/32 OK\n")
+    else:
+        del lines[middle]
+    after = b"".join(lines)
+    v1 = stored(1, {"client_access.cidr": before})
+    v2 = stored(2, {"client_access.cidr": after})
+    old, new = chunk_ids_of(v1), chunk_ids_of(v2)
+    assert len(old) > 20  # the file is many chunks
+    added = new - old
+    assert 1 <= len(added) <= 2
+    whole = len(zlib.compress(after, RelayConfigChunk.LEVEL))
+    assert compressed_bytes(added) < 0.05 * whole
+    # the stored chunks are about the same size as the file compressed whole
+    assert compressed_bytes(old) < 1.05 * len(zlib.compress(before, RelayConfigChunk.LEVEL))
+    assert relay_store.version_bytes(v2) == {"client_access.cidr": after}
+    assert relay_store.version_bytes(v1) == {"client_access.cidr": before}
+
+
+BODIES = {
+    "trailing newline": b"".join(big_map(5_000)),
+    "no trailing newline": b"".join(big_map(5_000))[:-1],
+    "empty": b"",
+    "one giant line": b"x" * (3 * relay_chunks.MAX_BYTES + 12_345),
+    "one short line": b"/etc/postfix/relay_policy OK",
+    "crlf and blank lines": b"a OK\r\n\r\n\n\nb REJECT\r\n" * 20_000,
+    "identical lines": b"same line OK\n" * 50_000,
+}
+
+
+@pytest.mark.parametrize("label", list(BODIES))
+def test_every_reader_returns_the_stored_bytes_exactly(label, monkeypatch):
+    data = BODIES[label]
+    version = stored(1, {"f": data, "MANIFEST.json": b"{}\n"})
+    meta = relay_store.file_meta(version)["f"]
+    assert (meta.sha256, meta.size, meta.lines) == (
+        hashlib.sha256(data).hexdigest(), len(data), data.count(b"\n"))
+    assert relay_store.read_body(meta.blob_id) == data
+    assert relay_store.version_bytes(version, ["f"]) == {"f": data}
+    assert relay_store.version_texts(version, ["f"]) == {"f": data.decode()}
+    monkeypatch.setattr(relay_store, "CHUNKS_PER_QUERY", 1)
+    monkeypatch.setattr(relay_store, "PIECE_BYTES", 1000)
+    pieces = list(relay_store.stream_body(meta.blob_id))
+    assert b"".join(pieces) == data
+    assert all(0 < len(p) <= 1000 for p in pieces)
+    sizes = list(RelayConfigChunk.objects.filter(uses__blob_id=meta.blob_id)
+                 .order_by("uses__position").values_list("size", flat=True))
+    assert sum(sizes) == len(data) and all(s <= 2 * relay_chunks.MAX_BYTES for s in sizes)
+    if data:
+        assert len(sizes) > 1 or len(data) < relay_chunks.MIN_BYTES + relay_chunks.MAX_BYTES
+
+
+def test_chunks_end_at_line_ends_and_an_insert_shifts_the_later_cuts_only():
+    data = b"".join(big_map(20_000))
+    cuts = relay_chunks.cut_points(data)
+    assert cuts[-1] == len(data) and cuts == sorted(set(cuts))
+    assert all(data[end - 1:end] == b"\n" for end in cuts)
+    sizes = [b - a for a, b in zip([0, *cuts], cuts, strict=False)]
+    assert 32 * 1024 <= sum(sizes) / len(sizes) <= 64 * 1024  # the target average
+    line = b"inserted.example.org 192.0.2.1/32 OK\n"
+    at = data.index(b"\n", len(data) // 2) + 1
+    moved = relay_chunks.cut_points(data[:at] + line + data[at:])
+    assert [c for c in cuts if c < at - relay_chunks.MAX_BYTES] == \
+        [c for c in moved if c < at - relay_chunks.MAX_BYTES]
+    later = [c + len(line) for c in cuts if c > at + 2 * relay_chunks.MAX_BYTES]
+    assert later == [c for c in moved if c > at + len(line) + 2 * relay_chunks.MAX_BYTES]
+
+
+def test_a_chunk_stored_by_a_racing_build_is_named_not_duplicated(monkeypatch):
+    """Two builds storing the same chunk: the second insert is ignored, its row used."""
+    data = b"".join(big_map(3_000))
+    real = RelayConfigChunk.objects.bulk_create
+
+    def racing(objs, **kwargs):
+        first = objs[0]  # another build commits this very chunk first
+        RelayConfigChunk.objects.create(sha256=first.sha256, size=first.size,
+                                        body=first.body)
+        return real(objs, **kwargs)
+
+    monkeypatch.setattr(RelayConfigChunk.objects, "bulk_create", racing)
+    version = stored(1, {"f": data})
+    monkeypatch.undo()
+    assert relay_store.version_bytes(version) == {"f": data}
+    sha = RelayConfigChunk.objects.values_list("sha256", flat=True)
+    assert len(sha) == len(set(sha))
+    # the same file again (another version): the blob and its chunks are only named
+    chunks = RelayConfigChunk.objects.count()
+    stored(2, {"g": data})
+    assert RelayConfigChunk.objects.count() == chunks
+    assert RelayConfigBlob.objects.count() == 1
+
+
+def test_prune_deletes_the_chunks_no_blob_names_and_keeps_shared_ones():
+    lines = big_map()
+    v1 = stored(1, {"map": b"".join(lines), "only_v1": b"gone soon\n"})
+    lines[10] = b"changed.example.org 192.0.2.1/32 REJECT\n"
+    v2 = stored(2, {"map": b"".join(lines)})
+    only_v1, shared = chunk_ids_of(v1) - chunk_ids_of(v2), chunk_ids_of(v1) & chunk_ids_of(v2)
+    assert only_v1 and shared
+    RelayConfigVersion.objects.filter(number=1).update(
+        created_at=timezone.now() - timedelta(days=10))
+    with CaptureQueriesContext(connection) as ctx:
+        assert relay_store.prune(keep_versions=1, keep_days=1, now=timezone.now()) == (1, 2)
+    deletes = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("DELETE")]
+    assert len([d for d in deletes if "relayconfigchunk" in d.split("WHERE")[0]]) == 1
+    assert bodies_read(ctx) == []
+    assert not RelayConfigChunk.objects.filter(pk__in=only_v1).exists()
+    remaining = set(RelayConfigChunk.objects.values_list("pk", flat=True))
+    assert remaining == chunk_ids_of(v2) and shared <= remaining
+    assert relay_store.version_bytes(v2) == {"map": b"".join(lines)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_cuts_old_blobs_into_shared_chunks_and_back():
+    executor = MigrationExecutor(connection)
+    before = [("requests_app", "0012_wake_token")]
+    executor.migrate(before)
+    blob_model = executor.loader.project_state(before).apps.get_model(
+        "requests_app", "RelayConfigBlob")
+    lines = big_map(10_000)
+    old = {"v1": b"".join(lines), "empty": b"", "tail": b"no newline at the end"}
+    lines[5000] = b"changed.example.org 192.0.2.1/32 REJECT\n"
+    old["v2"] = b"".join(lines)
+    ids = {label: blob_model.objects.create(
+        sha256=hashlib.sha256(data).hexdigest(), size=len(data), lines=data.count(b"\n"),
+        body=zlib.compress(data, 6)).pk for label, data in old.items()}
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    # the old bodies read as before, through every reader, and the maps share chunks
+    for label, data in old.items():
+        assert relay_store.read_body(ids[label]) == data, label
+        assert b"".join(relay_store.stream_body(ids[label])) == data, label
+    v1, v2 = ({c for c in RelayConfigBlobChunk.objects.filter(blob_id=ids[k])
+               .values_list("chunk_id", flat=True)} for k in ("v1", "v2"))
+    assert len(v2 - v1) <= 2 < len(v1 & v2)
+    assert not RelayConfigBlobChunk.objects.filter(blob_id=ids["empty"]).exists()
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    blob_model = executor.loader.project_state(before).apps.get_model(
+        "requests_app", "RelayConfigBlob")
+    for label, data in old.items():
+        body = blob_model.objects.filter(pk=ids[label]).values_list("body", flat=True).get()
+        assert zlib.decompress(bytes(body)) == data, label
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())

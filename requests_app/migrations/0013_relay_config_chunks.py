@@ -2,7 +2,7 @@
 
 A blob's body moves from its own ``body`` column into ``RelayConfigChunk`` rows (each
 zlib-compressed, stored once by hash) named in order by ``RelayConfigBlobChunk``; then
-the column is dropped. Converting the stored blobs also shares their common chunks (the
+the column is dropped (made nullable first, so that the way back can add it again). Converting the stored blobs also shares their common chunks (the
 unchanged parts of consecutive versions of a map), so the table shrinks. One blob is in
 memory at a time, its ids read in batches. Reversible: going back rebuilds each blob's
 ``body`` from its chunks, one blob at a time.
@@ -111,6 +111,11 @@ class Migration(migrations.Migration):
                     fields=("blob", "position"), name="relayconfigblobchunk_blob_position")],
             },
         ),
+        # nullable first, so that going back can add the column to existing rows (then
+        # ``backwards`` fills it and this step makes it required again)
+        migrations.AlterField(
+            model_name="relayconfigblob", name="body",
+            field=models.BinaryField(null=True, verbose_name="zlib-compressed bytes")),
         migrations.RunPython(forwards, backwards),
         migrations.RemoveField(model_name="relayconfigblob", name="body"),
     ]
