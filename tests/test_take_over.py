@@ -113,6 +113,17 @@ def test_the_previous_holder_is_mailed_once(held, approver, second_approver,
     assert len(take_overs(held)) == 1
 
 
+def test_the_mail_comes_in_the_mail_language(settings, held, second_approver,
+                                            django_capture_on_commit_callbacks):
+    settings.RELAYDESK_MAIL_LANGUAGE = "de"
+    with django_capture_on_commit_callbacks(execute=True):
+        assignment.take_over(request_id=held.pk, by=second_approver, reason=REASON)
+    [message] = mail.outbox
+    assert message.subject == (f"[Relaydesk] #{held.pk} {held.subject}: carol hat Ihre "
+                               "Übernahme an sich gezogen")
+    assert "Entschieden wurde nichts" in message.body and REASON in message.body
+
+
 def test_a_holder_without_an_address_gets_no_mail_and_the_take_over_still_happens(
         held, approver, second_approver, django_capture_on_commit_callbacks):
     type(approver).objects.filter(pk=approver.pk).update(email="")
