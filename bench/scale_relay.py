@@ -11,7 +11,9 @@ one entry and builds version 2 (a one-line change), then measures in the same ru
   over ``--polls``) and peak Python memory (tracemalloc) of one poll;
 * the diff page v1 -> v2 (changes by request from the stored line history, unified
   diff only for files small enough) and ``history_changes`` alone;
-* storage added by version 2 (the blobs it did not share with v1, and its file rows).
+* storage added by version 2: the chunks it did not share with v1 (content-defined,
+  cut at line ends) beside what the whole-file blobs stored before (each changed file
+  compressed whole), plus its chunk and file rows.
 
 The naive way, same database, same run: the old layout, each version's files in one
 JSON column (``bench_snapshot``: ``jsonb`` on PostgreSQL, text on SQLite), read as the
@@ -215,28 +217,56 @@ def main(argv: list[str] | None = None) -> None:
           f"{_fmt(_timed(old_diff, runs))}, peak {_peak(old_diff):.1f} MiB")
 
     # --- storage per version ---------------------------------------------------------------
+    import zlib
+
+    from requests_app import relay_store
+    from requests_app.models import RelayConfigBlob
+    from requests_app.models import RelayConfigChunk
+
     size_fn = "pg_column_size" if vendor == "postgresql" else "length"
+    chunks_of = ("SELECT bc.chunk_id FROM requests_app_relayconfigblobchunk bc "
+                 "JOIN requests_app_relayconfigfile f ON f.blob_id = bc.blob_id "
+                 "WHERE f.version_id = %s")
     with connection.cursor() as cur:
         cur.execute(f"SELECT number, {size_fn}(files) FROM bench_snapshot ORDER BY number")
         old_sizes = dict(cur.fetchall())
-        cur.execute(
-            f"SELECT coalesce(sum({size_fn}(b.body)), 0), count(*) "
-            "FROM requests_app_relayconfigblob b WHERE b.id IN ("
-            " SELECT blob_id FROM requests_app_relayconfigfile WHERE version_id = %s)"
-            " AND b.id NOT IN ("
-            " SELECT blob_id FROM requests_app_relayconfigfile WHERE version_id = %s)",
-            [v2.pk, v1.pk])
-        added_bytes, added_blobs = cur.fetchone()
-        cur.execute(f"SELECT coalesce(sum({size_fn}(b.body)), 0) FROM "
-                    "requests_app_relayconfigblob b JOIN requests_app_relayconfigfile f "
-                    "ON f.blob_id = b.id WHERE f.version_id = %s", [v1.pk])
-        first_bytes = cur.fetchone()[0]
+        cur.execute(f"SELECT coalesce(sum({size_fn}(c.body)), 0), count(*) FROM "
+                    f"requests_app_relayconfigchunk c WHERE c.id IN ({chunks_of})", [v1.pk])
+        first_bytes, first_chunks = cur.fetchone()
+        cur.execute(f"SELECT coalesce(sum({size_fn}(c.body)), 0), count(*) FROM "
+                    f"requests_app_relayconfigchunk c WHERE c.id IN ({chunks_of}) "
+                    f"AND c.id NOT IN ({chunks_of})", [v2.pk, v1.pk])
+        added_bytes, added_chunks = cur.fetchone()
+    v1_blobs = set(v1.file_rows.values_list("blob_id", flat=True))
+    new_blobs = {name: m for name, m in relay_store.file_meta(v2).items()
+                 if m.blob_id not in v1_blobs}
+    # the whole-file layout (each new blob's body compressed whole, as before chunks)
+    whole = {name: len(zlib.compress(relay_store.read_body(m.blob_id),
+                                     RelayConfigChunk.LEVEL))
+             for name, m in new_blobs.items()}
+    join_rows = (RelayConfigBlob.objects.filter(pk__in=[m.blob_id for m in new_blobs.values()])
+                 .values_list("chunk_rows", flat=True).count())
     rows_v2 = RelayConfigVersion.objects.get(pk=v2.pk).file_rows.count()
     print(f"\nstorage per version ({size_fn}, as stored: TOAST-compressed on PostgreSQL)")
     print(f"  whole snapshot: v1 {old_sizes[v1.number] / MIB:.2f} MiB, "
           f"v2 {old_sizes[v2.number] / MIB:.2f} MiB")
-    print(f"  content-addressed: v1 {first_bytes / MIB:.2f} MiB of blobs; v2 adds "
-          f"{added_blobs} blobs, {added_bytes / MIB:.2f} MiB, and {rows_v2} file rows")
+    print(f"  v1: {first_chunks} chunks, {first_bytes / MIB:.2f} MiB")
+    print(f"  v2 (one line) changes {len(new_blobs)} of {rows_v2} files "
+          f"({', '.join(sorted(new_blobs))}):")
+    print(f"    whole-file blobs (each changed file compressed whole): "
+          f"{sum(whole.values()) / MIB:.2f} MiB "
+          f"({', '.join(f'{n} {b / 1024:.0f} KiB' for n, b in sorted(whole.items()))})")
+    print(f"    chunked: {added_chunks} new chunks, {added_bytes / 1024:.1f} KiB, plus "
+          f"{join_rows} chunk rows and {rows_v2} file rows "
+          f"({added_bytes / max(1, sum(whole.values())):.1%} of whole-file)")
+    if vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_total_relation_size('requests_app_relayconfigblobchunk'), "
+                        "(SELECT count(*) FROM requests_app_relayconfigblobchunk)")
+            table_bytes, all_rows = cur.fetchone()
+        print(f"    chunk rows with their indexes: {table_bytes / max(1, all_rows):.0f} bytes a "
+              f"row on average here (pages not yet full), so about "
+              f"{join_rows * table_bytes / max(1, all_rows) / 1024:.0f} KiB for v2's")
     with connection.cursor() as cur:
         cur.execute("DROP TABLE bench_snapshot")
     print(f"\nreproduce: python bench/scale_relay.py --n {args.n} --polls {args.polls}"
