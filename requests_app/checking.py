@@ -15,6 +15,12 @@ from .checks import CheckSpec
 from .checks import run_checks_sync
 from .checks import run_many_sync
 from .checks.engine import make_plan
+from .checks.labels import CHECKS_RUN
+from .checks.results import CheckStatus
+from .checks.results import Message
+from .checks.results import Report
+from .checks.results import _
+from .checks.results import result
 from .dns import make_resolver
 from .kinds import KINDS
 from .models import ApprovedSenderDomain
@@ -120,11 +126,32 @@ def run_checks_for_many(requests: list[CheckedFields]) -> list[dict[str, Any] | 
     reports: list[dict[str, Any] | None] = [None] * len(specs)
     if runnable:
         resolver = make_resolver(list(settings.DNS_NAMESERVERS), config.lifetime)
-        done = run_many_sync([specs[i] for i in runnable], config, resolver,
-                             concurrency=max(1, len(runnable)))
+        try:
+            done = [report.as_dict() for report in run_many_sync(
+                [specs[i] for i in runnable], config, resolver,
+                concurrency=max(1, len(runnable)))]
+        except Exception:
+            # One request must not stop the batch (and every batch after it, since the
+            # same request would be claimed again): each runs alone, and one that still
+            # crashes gets an ``error`` report, retried and then shown to approvers.
+            log.exception("a batch of %d checks failed; running them one by one",
+                          len(runnable))
+            done = [_alone(specs[i], config, resolver) for i in runnable]
         for index, report in zip(runnable, done, strict=True):
-            reports[index] = report.as_dict()
+            reports[index] = report
     return reports
+
+
+def _alone(spec: CheckSpec, config: CheckConfig, resolver: Any) -> dict[str, Any]:
+    """One request's checks outside its failed batch; a crash becomes an ``error`` report."""
+    try:
+        return run_many_sync([spec], config, resolver, concurrency=1)[0].as_dict()
+    except Exception as exc:
+        log.exception("the checks of %s crashed", spec.fqdn or spec.sender_domains)
+        crashed = result(CHECKS_RUN, spec.fqdn or ", ".join(spec.sender_domains),
+                         CheckStatus.ERROR, Message(_("internal error: %(error)s"),
+                                                    error=f"{type(exc).__name__}: {exc}"))
+        return Report(verdict=CheckStatus.ERROR, checks=(crashed,)).as_dict()
 
 
 def quick_check_report(*, fqdn: str, addresses: list[str]) -> dict[str, Any]:

@@ -248,3 +248,38 @@ def test_a_row_locked_during_the_claim_gets_a_wake_up_a_second_later(
     assert RelayRequest.objects.get(pk=held.pk).state == S.CHECKING
     assert check_waiting_requests.run() == "checked:1"
     assert RelayRequest.objects.get(pk=free.pk).state == S.PENDING_APPROVAL
+
+
+def test_a_request_whose_checks_crash_does_not_stop_the_batch(
+        settings, team, requester, published, monkeypatch,
+        django_capture_on_commit_callbacks):
+    # given three waiting requests, the checks of one of which crash the engine
+    settings.RELAY_CHECK_BATCH_SIZE = 50
+    settings.RELAY_CHECK_MAX_RETRIES = 3
+    ids = _submit(team, requester, django_capture_on_commit_callbacks, 3)
+    RelayRequest.objects.filter(pk=ids[1]).update(fqdn="crash.example.org")
+    poison = RelayRequest.objects.get(pk=ids[1])
+    real = checking.run_many_sync
+    retries = _Published()
+    monkeypatch.setattr(run_request_checks, "apply_async", retries)
+
+    def engine(specs, *args, **kwargs):
+        if any(spec.fqdn == poison.fqdn for spec in specs):
+            raise RuntimeError("a bug outside any one check")
+        return real(specs, *args, **kwargs)
+
+    monkeypatch.setattr(checking, "run_many_sync", engine)
+    # when the wake-up runs the batch
+    assert check_waiting_requests.run() == "checked:3"
+    # then the other two went on, and the crashed one has an error result to retry
+    states = dict(RelayRequest.objects.filter(pk__in=ids).values_list("pk", "state"))
+    assert states == {ids[0]: S.PENDING_APPROVAL, ids[1]: S.CHECKING,
+                      ids[2]: S.PENDING_APPROVAL}
+    poison.refresh_from_db()
+    assert poison.check_verdict == "error" and poison.check_next_attempt_at is not None
+    (crashed,) = poison.checks.all()
+    assert (crashed.check_id, crashed.status) == ("checks_run", "error")
+    assert "internal error: RuntimeError" in crashed.detail
+    assert len(retries.calls) == 1  # its own retry chain, with backoff
+    # and the next wake-up does not claim it before its retry is due
+    assert check_waiting_requests.run() == "none"

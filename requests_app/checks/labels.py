@@ -12,7 +12,10 @@ No Django here (engine layer): the strings are marked with the no-op :func:`_`, 
 
 from __future__ import annotations
 
-__all__ = ["CHECK_LABELS", "STATUS_LABELS", "check_label", "status_label"]
+__all__ = ["CHECKS_RUN", "CHECK_LABELS", "STATUS_LABELS", "check_label", "status_label"]
+
+#: The id of the one result a request gets when its checks crashed (``checking``).
+CHECKS_RUN = "checks_run"
 
 
 def _(text: str) -> str:
@@ -29,6 +32,7 @@ CHECK_LABELS: dict[str, str] = {
     "sender_dmarc": _("DMARC policy published"),
     "sender_dkim": _("DKIM key published"),
     "sender_domain_policy": _("Sender domain approved"),
+    CHECKS_RUN: _("Checks ran to the end"),
 }
 
 #: The outcome of one check (and the verdict of a request: the worst of them).
