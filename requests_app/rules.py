@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import idna
 
+from requests_app.wording import Message
+
 __all__ = [
     "RuleError",
     "ACCOUNT_RE",
@@ -273,29 +275,29 @@ def _nets(*pairs: tuple[str, str]) -> dict[int, tuple[tuple[Any, str], ...]]:
 
 # Refused whatever the settings say (order matters: wrappers before the reserved ::/8).
 REFUSED_NETWORKS = _nets(
-    ("::ffff:0:0/96", "an IPv4-mapped IPv6 address"),
-    ("::/96", "an IPv4-compatible IPv6 address"),
-    ("64:ff9b::/96", "a NAT64 (IPv4-embedding) address"),
-    ("64:ff9b:1::/48", "a local-use NAT64 address"),
-    ("2002::/16", "a 6to4 address"),
-    ("2001::/32", "a Teredo address"),
-    ("192.0.2.0/24", "a documentation address (TEST-NET-1)"),
-    ("198.51.100.0/24", "a documentation address (TEST-NET-2)"),
-    ("203.0.113.0/24", "a documentation address (TEST-NET-3)"),
-    ("2001:db8::/32", "a documentation address"),
-    ("3fff::/20", "a documentation address"),
-    ("100.64.0.0/10", "a shared (carrier-grade NAT) address"),
-    ("0.0.0.0/8", "in 'this network' (0/8)"),
-    ("192.0.0.0/24", "an IETF protocol assignment"),
-    ("198.18.0.0/15", "a benchmarking address"),
-    ("fec0::/10", "a deprecated site-local address"),
-    ("100::/64", "a discard-only address"),
+    ("::ffff:0:0/96", _("an IPv4-mapped IPv6 address")),
+    ("::/96", _("an IPv4-compatible IPv6 address")),
+    ("64:ff9b::/96", _("a NAT64 (IPv4-embedding) address")),
+    ("64:ff9b:1::/48", _("a local-use NAT64 address")),
+    ("2002::/16", _("a 6to4 address")),
+    ("2001::/32", _("a Teredo address")),
+    ("192.0.2.0/24", _("a documentation address (TEST-NET-1)")),
+    ("198.51.100.0/24", _("a documentation address (TEST-NET-2)")),
+    ("203.0.113.0/24", _("a documentation address (TEST-NET-3)")),
+    ("2001:db8::/32", _("a documentation address")),
+    ("3fff::/20", _("a documentation address")),
+    ("100.64.0.0/10", _("a shared (carrier-grade NAT) address")),
+    ("0.0.0.0/8", _("in 'this network' (0/8)")),
+    ("192.0.0.0/24", _("an IETF protocol assignment")),
+    ("198.18.0.0/15", _("a benchmarking address")),
+    ("fec0::/10", _("a deprecated site-local address")),
+    ("100::/64", _("a discard-only address")),
 )
 PRIVATE_NETWORKS = _nets(
-    ("10.0.0.0/8", "private (RFC 1918)"),
-    ("172.16.0.0/12", "private (RFC 1918)"),
-    ("192.168.0.0/16", "private (RFC 1918)"),
-    ("fc00::/7", "a unique local address (ULA)"),
+    ("10.0.0.0/8", _("private (RFC 1918)")),
+    ("172.16.0.0/12", _("private (RFC 1918)")),
+    ("192.168.0.0/16", _("private (RFC 1918)")),
+    ("fc00::/7", _("a unique local address (ULA)")),
 )
 
 Ranges = dict[int, tuple[list[int], list[int]]]
@@ -362,11 +364,25 @@ def listed(ip: IPAddress) -> bool:
 
 
 class AddressRuling(NamedTuple):
-    """What the address policy says about one address, in words fit for a person."""
+    """What the address policy says about one address, in words fit for a person.
+
+    ``detail`` is the English sentence (the renderer's left-out lines, logs, the stored
+    check detail); ``message`` is the same sentence as a template and values, so a page,
+    a mail or a form error can say it in the reader's language (docs/i18n.md).
+    """
 
     allowed: bool
     detail: str
     network: str | None = None  # the lab, refused or private network that decided
+    message: Message | None = None
+
+
+def _ruling(allowed: bool, message: Message, network: str | None = None) -> AddressRuling:
+    return AddressRuling(allowed, str(message), network, message)
+
+
+def _global(subject: str) -> AddressRuling:
+    return _ruling(True, Message(_("%(address)s is a global host address"), address=subject))
 
 
 def judge_address(ip: IPAddress, allow_private: bool, subject: str | None = None
@@ -382,35 +398,37 @@ def judge_address(ip: IPAddress, allow_private: bool, subject: str | None = None
     why = None
     network = None
     if ip.is_unspecified:
-        why = "the unspecified address"
+        why = _("the unspecified address")
     elif ip.is_loopback:
-        why = "a loopback address"
+        why = _("a loopback address")
     elif ip.is_multicast:
-        why = "a multicast address"
+        why = _("a multicast address")
     elif ip.is_link_local:
-        why = "a link-local address"
+        why = _("a link-local address")
     matched = (next(((net, w) for net, w in REFUSED_NETWORKS[ip.version] if ip in net), None)
                if why is None else None)
     if matched:
         why, network = matched[1], str(matched[0])
     if why is None and ip.is_reserved:
-        why = "a reserved address"
+        why = _("a reserved address")
     if why:
-        return AddressRuling(
-            False, f"{subject} is {why}; only a global host address can be allowed", network)
+        return _ruling(False, Message(
+            _("%(address)s is %(why)s; only a global host address can be allowed"),
+            address=subject, why=Message(why)), network)
     private = next(((net, w) for net, w in PRIVATE_NETWORKS[ip.version] if ip in net), None)
     if private:
         if allow_private:
-            return AddressRuling(
-                True, f"{subject} is {private[1]}, allowed by RELAY_ALLOW_PRIVATE",
-                str(private[0]))
-        return AddressRuling(
-            False, f"{subject} is {private[1]}; private addresses are not allowed",
-            str(private[0]))
+            return _ruling(True, Message(
+                _("%(address)s is %(why)s, allowed by RELAY_ALLOW_PRIVATE"),
+                address=subject, why=Message(private[1])), str(private[0]))
+        return _ruling(False, Message(
+            _("%(address)s is %(why)s; private addresses are not allowed"),
+            address=subject, why=Message(private[1])), str(private[0]))
     if not ip.is_global:
-        return AddressRuling(
-            False, f"{subject} is a special-purpose address, not globally routable")
-    return AddressRuling(True, f"{subject} is a global host address")
+        return _ruling(False, Message(
+            _("%(address)s is a special-purpose address, not globally routable"),
+            address=subject))
+    return _global(subject)
 
 
 class AddressPolicy:
@@ -478,10 +496,11 @@ class AddressPolicy:
         subject = str(ip) if subject is None else subject
         net = self.lab_network(ip) if self.lab else None
         if net is not None:
-            return AddressRuling(True, f"inside lab network {net} (RELAY_LAB_NETWORKS)",
-                                 str(net))
+            return _ruling(True, Message(
+                _("inside lab network %(network)s (RELAY_LAB_NETWORKS)"), network=str(net)),
+                str(net))
         if not listed(ip):
-            return AddressRuling(True, f"{subject} is a global host address")
+            return _global(subject)
         return judge_address(ip, self.allow_private, subject)
 
     def refusal(self, version: int, value: int) -> str | None:

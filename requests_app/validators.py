@@ -20,10 +20,12 @@ from django.utils.translation import gettext as _
 from . import rules
 from .kinds import KINDS
 from .rules import normalise_fqdn
+from .wording import Message
 
 __all__ = [
     "FREE_TEXT_LIMITS",
     "MAX_LIST_ITEMS",
+    "message_text",
     "normalise_list",
     "rule_message",
     "settings_address_policy",
@@ -66,6 +68,25 @@ def rule_message(exc: BaseException) -> str:
         for key, value in exc.params.items()
     }
     return _(exc.template) % params
+
+
+def message_text(message: Message | str) -> str:
+    """A ``wording.Message`` (an address ruling's, ``rules.AddressRuling.message``) in the
+    reader's language: the template is looked up in the catalog, and each value that is
+    itself a message in turn (a list of them joined with "; "). Text reads as it is.
+    """
+    if not isinstance(message, Message):
+        return str(message)
+    return _(message.template) % {key: _said_value(value)
+                                  for key, value in message.args.items()}
+
+
+def _said_value(value: Any) -> Any:
+    if isinstance(value, Message):
+        return message_text(value)
+    if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
+        return "; ".join(message_text(v) for v in value)
+    return value
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
     """Accept a list, or text with one item per line / comma / semicolon / space separated.
@@ -182,7 +203,7 @@ def _host_address(raw: str, version: int, policy: rules.AddressPolicy) -> str:
         raise ValidationError(
             _("Address policy: %(reason)s."),
             code="address_policy",
-            params={"value": raw, "reason": ruling.detail},
+            params={"value": raw, "reason": message_text(ruling.message or ruling.detail)},
         )
     return str(parsed)
 

@@ -458,3 +458,107 @@ def test_the_checks_failed_mail_says_the_detail_and_fix_in_the_mail_language(
     body = render_notification(row).body
     assert "er ikke et godkjent avsenderdomene" in body
     assert "ingen DNS-post endrer dette" in body
+
+
+# The address policy's rulings (``rules.judge_address``): stored English as before, said
+# in the reader's language. The English is today's exact text, byte for byte.
+ADDRESS_RULINGS = {
+    "127.0.0.1": (
+        "127.0.0.1 is a loopback address; only a global host address can be allowed",
+        "127.0.0.1 er en loopback-adresse; bare en global vertsadresse kan tillates",
+        "127.0.0.1 ist eine Loopback-Adresse; nur eine globale Host-Adresse kann "
+        "zugelassen werden"),
+    "192.0.2.1": (
+        "192.0.2.1 is a documentation address (TEST-NET-1); only a global host address "
+        "can be allowed",
+        "192.0.2.1 er en dokumentasjonsadresse (TEST-NET-1); bare en global vertsadresse "
+        "kan tillates",
+        "192.0.2.1 ist eine Dokumentationsadresse (TEST-NET-1); nur eine globale "
+        "Host-Adresse kann zugelassen werden"),
+    "10.0.0.1": (
+        "10.0.0.1 is private (RFC 1918); private addresses are not allowed",
+        "10.0.0.1 er privat (RFC 1918); private adresser er ikke tillatt",
+        "10.0.0.1 ist privat (RFC 1918); private Adressen sind nicht zugelassen"),
+}
+
+
+@pytest.mark.parametrize("address", sorted(ADDRESS_RULINGS))
+def test_an_address_policy_result_reads_in_bokmal_and_german_and_stores_todays_english(
+        address: str) -> None:
+    from requests_app import display
+    from requests_app.checks import CheckConfig
+    from requests_app.checks.policy import check_address
+
+    english, bokmal, german = ADDRESS_RULINGS[address]
+    result = check_address(address, CheckConfig())
+    assert (result.status, result.detail) == ("fail", english)
+    assert result.evidence["message"]["args"]["address"] == address
+    for lang, expected in (("nb", bokmal), ("de", german), ("en", english)):
+        with translation.override(lang):
+            assert display.check_detail(result.detail, result.evidence) == expected, lang
+
+
+def test_the_other_address_rulings_are_translated_and_keep_their_english() -> None:
+    from requests_app import display
+    from requests_app.checks import CheckConfig
+    from requests_app.checks.policy import check_address
+
+    cases = [  # (address, config, English as before, German)
+        ("10.0.0.1", CheckConfig(allow_private=True),
+         "10.0.0.1 is private (RFC 1918), allowed by RELAY_ALLOW_PRIVATE",
+         "10.0.0.1 ist privat (RFC 1918), zugelassen durch RELAY_ALLOW_PRIVATE"),
+        ("192.0.2.9", CheckConfig(lab_networks=("192.0.2.0/28",)),
+         "inside lab network 192.0.2.0/28 (RELAY_LAB_NETWORKS)",
+         "innerhalb des Labornetzes 192.0.2.0/28 (RELAY_LAB_NETWORKS)"),
+        ("0.0.0.1", CheckConfig(),
+         "0.0.0.1 is in 'this network' (0/8); only a global host address can be allowed",
+         "0.0.0.1 ist in „diesem Netz“ (0/8); nur eine globale Host-Adresse kann "
+         "zugelassen werden"),
+        ("2001:db8::1", CheckConfig(),
+         "2001:db8::1 is a documentation address; only a global host address can be "
+         "allowed",
+         "2001:db8::1 ist eine Dokumentationsadresse; nur eine globale Host-Adresse kann "
+         "zugelassen werden"),
+        ("10.0.0.0/8", CheckConfig(),
+         "'10.0.0.0/8' is a prefix; give single host addresses",
+         "'10.0.0.0/8' ist ein Präfix; geben Sie einzelne Host-Adressen an"),
+    ]
+    for address, config, english, german in cases:
+        result = check_address(address, config)
+        assert result.detail == english
+        with translation.override("de"):
+            assert display.check_detail(result.detail, result.evidence) == german, address
+
+
+@pytest.mark.django_db
+def test_the_request_page_says_an_address_refusal_in_german_and_english_as_before(
+        server_request, requester) -> None:
+    from requests_app.checks import CheckConfig
+    from requests_app.checks.policy import check_address
+    from requests_app.models import CheckResult
+
+    result = check_address("127.0.0.1", CheckConfig())
+    CheckResult.objects.create(request=server_request, check_id=result.id,
+                               subject=result.subject, status=result.status,
+                               detail=result.detail, evidence=result.evidence)
+    client = Client()
+    client.force_login(requester)
+    url = reverse("requests:detail", args=[server_request.pk])
+    german = client.get(url, HTTP_ACCEPT_LANGUAGE="de").text
+    assert ADDRESS_RULINGS["127.0.0.1"][2] in german
+    assert ADDRESS_RULINGS["127.0.0.1"][0] not in german  # (the evidence JSON keeps the template)
+    assert ADDRESS_RULINGS["127.0.0.1"][0] in client.get(url, HTTP_ACCEPT_LANGUAGE="en").text
+
+
+@pytest.mark.django_db
+def test_a_refused_address_on_the_form_is_explained_in_bokmal(team, requester) -> None:
+    client = Client()
+    client.force_login(requester)
+    form = {"team": team.pk, "contact_email": "ops@example.org", "fqdn": "mail.example.org",
+            "ipv4": "127.0.0.1", "purpose": "Ordrebekreftelser",
+            "sender_domains": "example.org", "expected_daily_volume": "10"}
+    url = reverse("requests:create", args=["server"])
+    norwegian = client.post(url, form, HTTP_ACCEPT_LANGUAGE="nb").text
+    assert f"Adressepolicy: {ADDRESS_RULINGS['127.0.0.1'][1]}." in norwegian
+    english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
+    assert f"Address policy: {ADDRESS_RULINGS['127.0.0.1'][0]}." in english

@@ -46,6 +46,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Django-free engines: rules, DNS, the check engine, the relay renderer
     ("engines", (
         "requests_app",  # the package itself (empty)
+        "requests_app.wording",  # Message: an English template and values, said later
         "requests_app.rules",
         "requests_app.actions",  # one declaration per transition (no imports from the app)
         "requests_app.dns",

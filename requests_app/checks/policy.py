@@ -19,6 +19,7 @@ from .family import Plan
 from .results import CheckResult
 from .results import CheckStatus
 from .results import Message
+from .results import Text
 from .results import _
 from .results import result
 
@@ -33,7 +34,8 @@ def check_address(address: str, config: CheckConfig) -> CheckResult:
     try:
         ip = _parse_address(address)
     except ValueError as exc:
-        return result("address_policy", address, CheckStatus.FAIL, str(exc), address=address)
+        return result("address_policy", address, CheckStatus.FAIL, _refusal_text(exc),
+                      address=address)
     subject = str(ip)
     evidence: dict[str, Any] = {"address": subject, "version": ip.version}
     policy = config._policy
@@ -45,8 +47,17 @@ def check_address(address: str, config: CheckConfig) -> CheckResult:
     if ruling.network is not None:
         evidence["network"] = ruling.network
     return result("address_policy", subject,
-                  CheckStatus.PASS if ruling.allowed else CheckStatus.FAIL, ruling.detail,
-                  **evidence)
+                  CheckStatus.PASS if ruling.allowed else CheckStatus.FAIL,
+                  ruling.message or ruling.detail, **evidence)
+
+
+def _refusal_text(exc: ValueError) -> Text:
+    """A malformed address's refusal as a message (its English is ``str(exc)``), so the
+    page says it in the reader's language too; any other error as its text."""
+    if isinstance(exc, rules.RuleError) and not any(
+            isinstance(v, BaseException) for v in exc.params.values()):
+        return Message(exc.template, **exc.params)
+    return str(exc)
 
 
 def _judge(config: CheckConfig, _plan: Plan, address: str) -> CheckResult:

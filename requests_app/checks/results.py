@@ -13,59 +13,14 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+# Re-exported: the engine's modules and callers import them from here.
+from requests_app.wording import Message
+from requests_app.wording import Text
+from requests_app.wording import _
+from requests_app.wording import message_dict
+
 __all__ = ["VERDICT_ORDER", "CheckResult", "CheckStatus", "Message", "Report", "Text", "_",
            "message_dict", "result", "worst_status"]
-
-
-def _(text: str) -> str:
-    """Mark a message template for makemessages (gettext_noop): the engine has no Django,
-    the display layer translates (``display.check_detail``, docs/i18n.md)."""
-    return text
-
-
-@dataclass(frozen=True)
-class Message:
-    """A sentence as an English template and its values, as ``rules.RuleError`` keeps one.
-
-    ``str()`` is the English sentence the engine has always stored (``detail``, a fix's
-    ``note``); :meth:`as_dict` is what is stored beside it so a page or a mail can say it
-    in the reader's language. A value may itself be a :class:`Message` (a clause that is
-    words, not data) or a list of them (joined with "; "), translated in turn.
-    """
-
-    template: str
-    args: dict[str, Any] = field(default_factory=dict)
-
-    def __init__(self, template: str, **args: Any) -> None:
-        object.__setattr__(self, "template", template)
-        object.__setattr__(self, "args", args)
-
-    def __str__(self) -> str:
-        return self.template % {k: _english(v) for k, v in self.args.items()}
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"text": self.template, "args": {k: message_dict(v) for k, v in self.args.items()}}
-
-
-Text = str | Message
-
-
-def _english(value: Any) -> Any:
-    if isinstance(value, Message):
-        return str(value)
-    if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
-        return "; ".join(str(v) for v in value)
-    return value
-
-
-def message_dict(value: Any) -> Any:
-    """``value`` as stored in evidence: a :class:`Message` as its dict, a list of them as a
-    list of dicts, anything else as it is."""
-    if isinstance(value, Message):
-        return value.as_dict()
-    if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
-        return [message_dict(v) for v in value]
-    return value
 
 
 class CheckStatus(enum.StrEnum):
