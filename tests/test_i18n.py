@@ -562,3 +562,20 @@ def test_a_refused_address_on_the_form_is_explained_in_bokmal(team, requester) -
     assert f"Adressepolicy: {ADDRESS_RULINGS['127.0.0.1'][1]}." in norwegian
     english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
     assert f"Address policy: {ADDRESS_RULINGS['127.0.0.1'][0]}." in english
+
+
+@pytest.mark.django_db
+def test_the_api_refuses_an_address_in_the_language_of_accept_language(team, requester) -> None:
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(requester)
+    payload = {"kind": "server", "team": team.slug, "fqdn": "app.example.org",
+               "ipv4": ["192.0.2.1"], "purpose": "Order confirmations",
+               "contact_email": "ops@example.org", "sender_domains": ["example.org"],
+               "expected_daily_volume": 500}
+    german = client.post("/api/requests/", payload, format="json", HTTP_ACCEPT_LANGUAGE="de")
+    assert german.status_code == 400, german.content
+    assert f"Adressrichtlinie: {ADDRESS_RULINGS['192.0.2.1'][2]}." in str(german.json())
+    english = client.post("/api/requests/", payload, format="json", HTTP_ACCEPT_LANGUAGE="en")
+    assert f"Address policy: {ADDRESS_RULINGS['192.0.2.1'][0]}." in str(english.json())
