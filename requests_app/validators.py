@@ -77,16 +77,8 @@ def message_text(message: Message | str) -> str:
     """
     if not isinstance(message, Message):
         return str(message)
-    return _(message.template) % {key: _said_value(value)
-                                  for key, value in message.args.items()}
+    return message.say(_)
 
-
-def _said_value(value: Any) -> Any:
-    if isinstance(value, Message):
-        return message_text(value)
-    if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
-        return "; ".join(message_text(v) for v in value)
-    return value
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
     """Accept a list, or text with one item per line / comma / semicolon / space separated.

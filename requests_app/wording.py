@@ -11,6 +11,7 @@ it without importing the check engine (which imports ``rules.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -42,7 +43,13 @@ class Message:
         object.__setattr__(self, "args", args)
 
     def __str__(self) -> str:
-        return self.template % {k: _english(v) for k, v in self.args.items()}
+        return self.say(_)
+
+    def say(self, translate: Callable[[str], str]) -> str:
+        """The sentence with each template (this one's, a nested message's) passed through
+        ``translate``: ``str()`` keeps the English, a Django layer passes ``gettext``. A
+        list of messages reads as their sentences joined with "; "."""
+        return translate(self.template) % {k: _said(v, translate) for k, v in self.args.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {"text": self.template, "args": {k: message_dict(v) for k, v in self.args.items()}}
@@ -51,11 +58,11 @@ class Message:
 Text = str | Message
 
 
-def _english(value: Any) -> Any:
+def _said(value: Any, translate: Callable[[str], str]) -> Any:
     if isinstance(value, Message):
-        return str(value)
+        return value.say(translate)
     if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
-        return "; ".join(str(v) for v in value)
+        return "; ".join(_said(v, translate) for v in value)
     return value
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.db import connection
-from django.db import connections
 from django_fsm import ConcurrentTransition
 
 from requests_app import services
-from requests_app.exceptions import ActionConflict
 from requests_app.models import RelayRequest
 from requests_app.models import RequestEvent
 from requests_app.models import RequestState as S
 from tests.factories import RelayRequestFactory
+from tests.support.race import race
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,27 +23,12 @@ def test_two_approvers_race_one_wins_the_other_is_told(team, requester, approver
     # given a pending request
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL,
                               check_verdict="pass")
-    barrier = threading.Barrier(2)
-    outcomes: dict[str, str] = {}
-
-    def act(user, action: str) -> None:
-        # each thread has its own database connection
-        try:
-            barrier.wait()
-            services.request_act(request_id=req.pk, action=action, by=user, comment="mine")
-            outcomes[user.username] = "won"
-        except ActionConflict as exc:
-            outcomes[user.username] = f"conflict: {exc}"
-        finally:
-            connections.close_all()
+    actions = {approver.username: "approve", second_approver.username: "reject"}
 
     # when both act at the same moment (approve vs reject)
-    threads = [threading.Thread(target=act, args=(approver, "approve")),
-               threading.Thread(target=act, args=(second_approver, "reject"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    outcomes = race(lambda user: services.request_act(
+        request_id=req.pk, action=actions[user.username], by=user, comment="mine"),
+        [approver, second_approver])
     # then exactly one transition happened and the loser was told it was already decided
     assert sorted(o.split(":")[0] for o in outcomes.values()) == ["conflict", "won"], outcomes
     loser = next(o for o in outcomes.values() if o.startswith("conflict"))

@@ -4,14 +4,11 @@ form and the API's codes. The race of two take-overs at once runs on PostgreSQL.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from django.core import mail
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db import connections
 from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -27,6 +24,7 @@ from requests_app.notifications import notification_send
 from tests.factories import ApproverFactory
 from tests.factories import AuditorFactory
 from tests.factories import RelayRequestFactory
+from tests.support.race import race
 
 pytestmark = pytest.mark.django_db
 
@@ -209,26 +207,10 @@ def test_two_take_overs_at_once_one_wins_the_other_is_told_the_new_holder(
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL)
     assignment.claim(request_id=req.pk, by=approver)
     dave = ApproverFactory(username="dave")
-    barrier = threading.Barrier(2)
-    outcomes: dict[str, str] = {}
-
-    def take(user) -> None:
-        try:
-            barrier.wait()
-            # both saw bob holding it (the form's hidden field)
-            assignment.take_over(request_id=req.pk, by=user, reason="Bob is away.",
-                                 holder="bob")
-            outcomes[user.username] = "won"
-        except ActionConflict as exc:
-            outcomes[user.username] = f"conflict: {exc}"
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=take, args=(u,)) for u in (second_approver, dave)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    # both saw bob holding it (the form's hidden field)
+    outcomes = race(lambda user: assignment.take_over(
+        request_id=req.pk, by=user, reason="Bob is away.", holder="bob"),
+        [second_approver, dave])
     assert sorted(o.split(":")[0] for o in outcomes.values()) == ["conflict", "won"], outcomes
     winner = next(name for name, o in outcomes.items() if o == "won")
     loser = next(o for o in outcomes.values() if o.startswith("conflict"))
@@ -248,24 +230,8 @@ def test_two_claims_at_once_one_wins_the_other_is_told_the_holder(
     if connection.vendor != "postgresql":
         pytest.skip("row locks need PostgreSQL; CI runs this file with DATABASE_URL set")
     req = RelayRequestFactory(team=team, created_by=requester, state=S.PENDING_APPROVAL)
-    barrier = threading.Barrier(2)
-    outcomes: dict[str, str] = {}
-
-    def grab(user) -> None:
-        try:
-            barrier.wait()
-            assignment.claim(request_id=req.pk, by=user)
-            outcomes[user.username] = "won"
-        except ActionConflict as exc:
-            outcomes[user.username] = f"conflict: {exc}"
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=grab, args=(u,)) for u in (approver, second_approver)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    outcomes = race(lambda user: assignment.claim(request_id=req.pk, by=user),
+                    [approver, second_approver])
     assert sorted(o.split(":")[0] for o in outcomes.values()) == ["conflict", "won"], outcomes
     winner = next(name for name, o in outcomes.items() if o == "won")
     assert f"claimed by {winner}" in next(o for o in outcomes.values() if o != "won")
