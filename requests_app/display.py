@@ -18,6 +18,8 @@ are thin wrappers of these functions.
 from __future__ import annotations
 
 import json
+from datetime import UTC
+from datetime import datetime
 from typing import Any
 
 import idna
@@ -33,6 +35,7 @@ __all__ = [
     "action_done",
     "check_detail",
     "check_label",
+    "check_progress",
     "compact_json",
     "event_summary",
     "fix_note",
@@ -190,3 +193,33 @@ def words(name: str) -> str:
     """An internal name without a declared label (a mail kind, a parameter key) as
     words: ``checks_failed`` reads "Checks failed", never "checksfailed"."""
     return str(name or "").replace("_", " ").strip().capitalize()
+
+
+#: After this long in ``checking`` with no worker on it, the page says it waits for one.
+WAIT_NOTICE_SECONDS = 30
+
+
+def check_progress(request: Any, now: datetime) -> str:
+    """What a request in ``checking`` is doing, in the reader's language.
+
+    Why: "the checks are running" is untrue while no worker has the request (a worker
+    or its broker down, a long queue), and the requester should see why it waits and
+    that nothing is lost. A claim (a lease) or a retry due later is written in
+    ``check_next_attempt_at``; without one, or with one that is overdue, the request
+    waits for a worker, since its last change or check run.
+    """
+    due = request.check_next_attempt_at
+    busy = due is not None and due > now
+    since = max(filter(None, (request.updated_at, request.checks_ran_at)), default=now)
+    if not busy and (now - since).total_seconds() >= WAIT_NOTICE_SECONDS:
+        return gettext(
+            "Waiting for a check worker since %(since)s UTC. Nothing is lost: the request is "
+            "saved, and its checks start as soon as a worker is free; were their message "
+            "lost, the periodic sweep sends them again.") % {
+                "since": since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")}
+    if request.check_attempts:
+        return gettext(
+            "DNS checks are running (attempt %(n)s: DNS did not answer last time, retrying "
+            "with backoff). This page shows the results when they are in."
+        ) % {"n": request.check_attempts + 1}
+    return gettext("DNS checks are running. This page shows the results when they are in.")

@@ -13,9 +13,11 @@ from __future__ import annotations
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest
 from django.http import JsonResponse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from . import display
 from . import selectors
 from .models import RequestState
 
@@ -44,6 +46,8 @@ def request_status(request: HttpRequest, pk: int) -> JsonResponse:
         "check_verdict": obj.check_verdict,
         "check_attempts": obj.check_attempts,
         "checks_ran_at": obj.checks_ran_at.isoformat() if obj.checks_ran_at else None,
+        # what the page says meanwhile: running, or waiting for a worker (and why)
+        "message": display.check_progress(obj, timezone.now()) if checking else "",
         # the page stops asking once the state is no longer ``checking``
         "poll_seconds": POLL_SECONDS if checking else None,
     })

@@ -118,6 +118,8 @@
 // server every few seconds and reload the page once its state or check attempt changes,
 // so the results appear without a manual reload. Text typed but not yet sent is never
 // thrown away: then the page says the results are in and offers the reload instead.
+// Meanwhile it shows the server's sentence of what the checks are doing (running, or
+// waiting for a worker since when, and that nothing is lost).
 // Without JavaScript the page's <noscript> refresh does the same.
 (function () {
   "use strict";
@@ -150,6 +152,7 @@
       .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
       .then(function (s) {
         if (s.state !== shownState || String(s.check_attempts) !== shownAttempts) { resultsAreIn(); return; }
+        if (s.message && s.message !== box.textContent) box.textContent = s.message;  // e.g. waiting for a worker
         delay = (s.poll_seconds || 3) * 1000;
         setTimeout(tick, delay);
       })

@@ -11,11 +11,14 @@ shows them without anyone reloading it, with JavaScript and without.
 from __future__ import annotations
 
 import re
+from datetime import UTC
+from datetime import timedelta
 from typing import TYPE_CHECKING
 from typing import Any
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from requests_app.models import RelayRequest
 from requests_app.models import RequestState
@@ -63,6 +66,7 @@ def test_status_answers_state_verdict_and_attempt_to_who_may_see_the_request(
             "id": req.pk, "state": "checking", "state_label": "Checking", "checking": True,
             "check_verdict": "", "check_attempts": 0, "checks_ran_at": None,
             "poll_seconds": 3,
+            "message": "DNS checks are running. This page shows the results when they are in.",
         }
         # never cached: a cached "checking" would keep the page waiting forever
         assert "no-cache" in response["Cache-Control"]
@@ -162,3 +166,32 @@ def test_text_being_typed_is_not_thrown_away_when_the_results_come_in(
     # and the button shows them
     ready.get_by_role("button", name="Show them").click()
     wait_for_results(page, req.pk)
+
+
+@pytest.mark.django_db
+def test_a_request_no_worker_has_taken_says_it_waits_and_that_nothing_is_lost(
+        team, requester):
+    # given a request submitted five minutes ago that no worker has claimed (a worker or
+    # its broker down): no lease, no retry due
+    req = checking(team, requester)
+    since = timezone.now() - timedelta(minutes=5)
+    RelayRequest.objects.filter(pk=req.pk).update(updated_at=since)
+    client = browser(requester)
+    # then the page and the live status say it waits for a worker since then
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    page = client.get(f"/requests/{req.pk}/").content.decode()
+    assert f"Waiting for a check worker since {stamp} UTC" in page
+    assert "Nothing is lost" in page
+    assert "DNS checks are running" not in page
+    status = client.get(f"/requests/{req.pk}/status/").json()
+    assert status["message"].startswith(f"Waiting for a check worker since {stamp} UTC")
+    # and in Bokmål too
+    norwegian = client.get(f"/requests/{req.pk}/", HTTP_ACCEPT_LANGUAGE="nb").content.decode()
+    assert f"Venter på en kontrollarbeider siden {stamp} UTC" in norwegian
+    # when a worker claims it (a lease) the page says the checks are running
+    RelayRequest.objects.filter(pk=req.pk).update(
+        check_next_attempt_at=timezone.now() + timedelta(seconds=15))
+    assert "DNS checks are running." in client.get(f"/requests/{req.pk}/").content.decode()
+    # and a retry due later names its attempt
+    RelayRequest.objects.filter(pk=req.pk).update(check_attempts=2)
+    assert "attempt 3" in client.get(f"/requests/{req.pk}/status/").json()["message"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.utils import timezone
 from django.utils.html import json_script
 from django.utils.safestring import SafeString
 
@@ -40,6 +41,12 @@ def check_detail(result: Any) -> str:
         evidence = result["evidence"] if "evidence" in result else result
         return display.check_detail(result.get("detail", ""), evidence)
     return display.check_detail(getattr(result, "detail", ""), getattr(result, "evidence", None))
+
+
+@register.filter
+def check_progress(request: Any) -> str:
+    """What a request in ``checking`` is doing now (running, or waiting for a worker)."""
+    return display.check_progress(request, timezone.now())
 
 
 @register.filter
