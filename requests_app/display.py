@@ -206,11 +206,12 @@ def check_progress(request: Any, now: datetime) -> str:
     or its broker down, a long queue), and the requester should see why it waits and
     that nothing is lost. A claim (a lease) or a retry due later is written in
     ``check_next_attempt_at``; without one, or with one that is overdue, the request
-    waits for a worker, since its last change or check run.
+    waits for a worker, since its last change, check run or the retry's due time
+    (whichever is latest: a retry just due is being run, not forgotten).
     """
     due = request.check_next_attempt_at
     busy = due is not None and due > now
-    since = max(filter(None, (request.updated_at, request.checks_ran_at)), default=now)
+    since = max(filter(None, (request.updated_at, request.checks_ran_at, due)), default=now)
     if not busy and (now - since).total_seconds() >= WAIT_NOTICE_SECONDS:
         return gettext(
             "Waiting for a check worker since %(since)s UTC. Nothing is lost: the request is "

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext
@@ -1195,10 +1196,17 @@ class RelayConfigBlob(models.Model):
         """sha256 -> pk of these bodies (keyed by their sha256), creating missing blobs.
 
         A new blob is cut into chunks (``relay_chunks.cut_points``); chunks already
-        stored (the unchanged parts of the previous version) are only named again. A
-        concurrent build storing the same blob is harmless: both insert the same rows
-        (same bytes, same cuts) and the unique keys ignore the second.
+        stored (the unchanged parts of the previous version) are only named again. One
+        transaction: a blob row is never seen (or left, by a crash) without its chunk
+        list. A blob another writer stored meanwhile keeps that writer's chunk list: only
+        blobs without one get this call's (cut points from other constants would
+        otherwise mix two lists into one wrong body).
         """
+        with transaction.atomic():
+            return cls._ids_for(bodies)
+
+    @classmethod
+    def _ids_for(cls, bodies: Mapping[str, bytes]) -> dict[str, int]:
         known = dict(cls.objects.filter(sha256__in=list(bodies)).values_list("sha256", "pk"))
         missing = [sha for sha in bodies if sha not in known]
         if not missing:
@@ -1219,10 +1227,13 @@ class RelayConfigBlob(models.Model):
             [cls(sha256=sha, size=len(bodies[sha]), lines=bodies[sha].count(b"\n"))
              for sha in missing], ignore_conflicts=True)
         known.update(cls.objects.filter(sha256__in=missing).values_list("sha256", "pk"))
+        listed = set(RelayConfigBlobChunk.objects.filter(
+            blob_id__in=[known[sha] for sha in missing]).values_list("blob_id", flat=True))
         RelayConfigBlobChunk.objects.bulk_create(
             [RelayConfigBlobChunk(blob_id=known[sha], position=position,
                                   chunk_id=chunk_ids[digest])
-             for sha in missing for position, digest in enumerate(layout[sha])],
+             for sha in missing if known[sha] not in listed
+             for position, digest in enumerate(layout[sha])],
             ignore_conflicts=True, batch_size=2000)
         return known
 
@@ -1236,7 +1247,15 @@ class RelayConfigBlob(models.Model):
                               .order_by("blob_id", "position")
                               .values_list("blob_id", "chunk__body").iterator()):
             parts[blob_id].append(zlib.decompress(bytes(body)))
-        return {pk: b"".join(chunks) for pk, chunks in parts.items()}
+        bodies = {pk: b"".join(chunks) for pk, chunks in parts.items()}
+        sizes = dict(RelayConfigBlob.objects.filter(pk__in=ids).values_list("pk", "size"))
+        for pk, body in bodies.items():
+            # a blob pruned (or never stored) meanwhile must not read as an empty file
+            if sizes.get(pk) != len(body):
+                raise RelayConfigBlob.DoesNotExist(
+                    f"relay config body {pk}: {len(body)} bytes read, "
+                    f"{sizes.get(pk, 'no blob')} stored")
+        return bodies
 
 
 class RelayConfigBlobChunk(models.Model):

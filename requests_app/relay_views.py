@@ -21,6 +21,7 @@ from django.views.decorators.http import require_safe
 from . import params
 from . import relay_store
 from . import selectors
+from .models import RelayConfigBlob
 from .models import RelayConfigVersion
 from .relay import config_changes
 from .relay import config_diff
@@ -82,7 +83,10 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponseBase:
     if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
         response = HttpResponse(status=304)
     elif request.method == "HEAD" or meta.size <= STREAM_ABOVE:
-        body = b"" if request.method == "HEAD" else relay_store.read_body(meta.blob_id)
+        try:
+            body = b"" if request.method == "HEAD" else relay_store.read_body(meta.blob_id)
+        except RelayConfigBlob.DoesNotExist:
+            return _replaced_while_read()
         response = HttpResponse(body, content_type=f"{content_type}; charset=us-ascii")
     else:
         response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
@@ -92,6 +96,18 @@ def relay_config_file(request: HttpRequest, name: str) -> HttpResponseBase:
         response["Content-Length"] = str(meta.size)
     response["ETag"] = etag
     response["X-Relay-Config-Version"] = str(version.number)
+    response["Cache-Control"] = "no-cache"
+    return response
+
+
+def _replaced_while_read() -> HttpResponse:
+    """503 for a body pruned between its metadata and its read (a build with a tight
+    retention committed meanwhile): the puller asks again and gets the newer version,
+    instead of an empty file under the old ETag."""
+    response = HttpResponse("A newer relay config version replaced this one while it was "
+                            "read; pull again.\n", status=503,
+                            content_type="text/plain; charset=us-ascii")
+    response["Retry-After"] = "1"
     response["Cache-Control"] = "no-cache"
     return response
 
@@ -161,8 +177,11 @@ def version_file(request: HttpRequest, number: int, name: str) -> HttpResponseBa
         content_type = "application/json" if name.endswith(".json") else "text/plain"
         response: HttpResponse | StreamingHttpResponse
         if meta.size <= STREAM_ABOVE:
-            response = HttpResponse(relay_store.read_body(meta.blob_id),
-                                    content_type=f"{content_type}; charset=utf-8")
+            try:
+                body = relay_store.read_body(meta.blob_id)
+            except RelayConfigBlob.DoesNotExist:
+                return _replaced_while_read()
+            response = HttpResponse(body, content_type=f"{content_type}; charset=utf-8")
         else:
             response = StreamingHttpResponse(relay_store.stream_body(meta.blob_id),
                                              content_type=f"{content_type}; charset=utf-8")

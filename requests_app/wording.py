@@ -62,7 +62,7 @@ def _said(value: Any, translate: Callable[[str], str]) -> Any:
     if isinstance(value, Message):
         return value.say(translate)
     if isinstance(value, list | tuple) and any(isinstance(v, Message) for v in value):
-        return "; ".join(_said(v, translate) for v in value)
+        return "; ".join(str(_said(v, translate)) for v in value)
     return value
 
 

@@ -25,6 +25,7 @@ from django.urls import reverse
 from django.utils import translation
 
 import dev
+from requests_app import validators
 from requests_app.models import Notification
 from requests_app.models import RequestState
 from requests_app.notifications import render_notification
@@ -579,3 +580,12 @@ def test_the_api_refuses_an_address_in_the_language_of_accept_language(team, req
     assert f"Adressrichtlinie: {ADDRESS_RULINGS['192.0.2.1'][2]}." in str(german.json())
     english = client.post("/api/requests/", payload, format="json", HTTP_ACCEPT_LANGUAGE="en")
     assert f"Address policy: {ADDRESS_RULINGS['192.0.2.1'][0]}." in str(english.json())
+
+
+def test_a_message_with_a_list_of_clauses_and_values_reads_in_both_languages():
+    from requests_app.wording import Message
+
+    listed = Message("%(items)s", items=[Message("a loopback address"), 3, None])
+    assert str(listed) == "a loopback address; 3; None"
+    with translation.override("de"):
+        assert validators.message_text(listed).endswith("; 3; None")

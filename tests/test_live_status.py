@@ -195,3 +195,15 @@ def test_a_request_no_worker_has_taken_says_it_waits_and_that_nothing_is_lost(
     # and a retry due later names its attempt
     RelayRequest.objects.filter(pk=req.pk).update(check_attempts=2)
     assert "attempt 3" in client.get(f"/requests/{req.pk}/status/").json()["message"]
+    # a retry that fell due a moment ago (its task is running; retries take no lease)
+    # is not called forgotten, however long ago the last run was
+    RelayRequest.objects.filter(pk=req.pk).update(
+        check_next_attempt_at=timezone.now() - timedelta(seconds=2),
+        checks_ran_at=timezone.now() - timedelta(minutes=5))
+    assert "attempt 3" in client.get(f"/requests/{req.pk}/status/").json()["message"]
+    # but one overdue for minutes waits for a worker, since it fell due
+    due = timezone.now() - timedelta(minutes=3)
+    RelayRequest.objects.filter(pk=req.pk).update(check_next_attempt_at=due)
+    assert client.get(f"/requests/{req.pk}/status/").json()["message"].startswith(
+        "Waiting for a check worker since "
+        f"{due.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')} UTC")

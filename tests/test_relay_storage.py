@@ -501,3 +501,61 @@ def test_migration_cuts_old_blobs_into_shared_chunks_and_back():
         assert zlib.decompress(bytes(body)) == data, label
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+def test_a_body_pruned_while_read_is_an_error_not_an_empty_file(settings, monkeypatch):
+    # given the newest version's small file, whose blob a build with a tight retention
+    # deletes between the pull's metadata read and its body read
+    settings.RELAY_CONFIG_TOKEN = TOKEN
+    version = stored(1, {"MANIFEST.json": b'{"files": []}\n'})
+    blob_id = relay_store.file_meta(version)["MANIFEST.json"].blob_id
+    real_read = relay_store.read_body
+
+    def pruned_meanwhile(pk):
+        RelayConfigBlobChunk.objects.filter(blob_id=pk).delete()
+        return real_read(pk)
+
+    monkeypatch.setattr(relay_store, "read_body", pruned_meanwhile)
+    # then the puller is asked to pull again (never an empty body under the old ETag)
+    response = Client(HTTP_AUTHORIZATION=f"Token {TOKEN}").get("/relay-config/MANIFEST.json")
+    assert response.status_code == 503 and response["Retry-After"] == "1"
+    assert b"pull again" in response.content
+    # and any other reader is told, rather than handed b""
+    with pytest.raises(RelayConfigBlob.DoesNotExist):
+        real_read(blob_id)
+
+
+def test_a_blob_stored_by_another_writer_keeps_its_own_chunk_list(monkeypatch):
+    """Cut points from other constants (a rolling deploy after tuning) must not mix two
+    chunk lists into one body: the list of whoever stored the blob first stays."""
+    data = b"".join(big_map(20_000))
+    first = stored(1, {"f": data})
+    blob_id = relay_store.file_meta(first)["f"].blob_id
+    lists = RelayConfigBlobChunk.objects.filter(blob_id=blob_id).count()
+    # when a writer with other cut points stores the same body (as if it raced: the blob
+    # row is there, so only a missing chunk list would be written)
+    monkeypatch.setattr(RelayConfigBlob.objects, "filter",
+                        _hide_once(RelayConfigBlob.objects.filter))
+    monkeypatch.setattr(relay_chunks, "MIN_BYTES", 4 * 1024)
+    monkeypatch.setattr(relay_chunks, "TARGET_BYTES", 8 * 1024)
+    second = stored(2, {"f": data})
+    monkeypatch.undo()
+    # then the body reads the same bytes, from the first list only
+    assert RelayConfigBlobChunk.objects.filter(blob_id=blob_id).count() == lists
+    assert relay_store.version_bytes(second) == {"f": data}
+    assert relay_store.read_body(blob_id) == data
+
+
+def _hide_once(real_filter):
+    """``RelayConfigBlob.objects.filter`` whose first look-up by sha256 finds nothing (a
+    concurrent writer's blob, committed after this writer looked)."""
+    calls = {"n": 0}
+
+    def filter_(*args, **kwargs):
+        query = real_filter(*args, **kwargs)
+        if "sha256__in" in kwargs and calls["n"] == 0:
+            calls["n"] += 1
+            return query.none()
+        return query
+
+    return filter_

@@ -418,7 +418,8 @@ def _take_over(self: RelayRequestViewSet, request: Request, pk: str | None = Non
     if holder is not None and not isinstance(holder, str):
         raise ValidationError({"holder": [_("The holder must be a username (text).")]})
     assignment.take_over(request_id=obj.pk, by=request.user, reason=body.get("reason"),
-                         holder=holder, source_ip=client_ip(request))
+                         holder=holder or None,  # "" as the form sends it: not given
+                         source_ip=client_ip(request))
     return Response(self.get_serializer(self.get_queryset().get(pk=obj.pk)).data)
 
 
