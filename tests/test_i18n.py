@@ -400,19 +400,26 @@ def _engine_warning(domain: str = "mail.example.com"):
     return with_fixes([result], config)[0]
 
 
+def _page_with_result(request, user, result):
+    """Store the engine's ``result`` on ``request``; a client logged in as ``user`` and
+    the request page's URL, to read it in a language."""
+    from requests_app.models import CheckResult
+
+    CheckResult.objects.create(request=request, check_id=result.id, subject=result.subject,
+                               status=result.status, detail=result.detail,
+                               evidence=result.evidence)
+    client = Client()
+    client.force_login(user)
+    return client, reverse("requests:detail", args=[request.pk])
+
+
 @pytest.mark.django_db
 def test_a_check_detail_and_its_fix_note_read_in_bokmal_and_stay_english_by_default(
         server_request, requester) -> None:
-    from requests_app.models import CheckResult
 
     result = _engine_warning()
     assert result.detail.startswith("mail.example.com is not an approved sender domain")
-    CheckResult.objects.create(request=server_request, check_id=result.id,
-                               subject=result.subject, status=result.status,
-                               detail=result.detail, evidence=result.evidence)
-    client = Client()
-    client.force_login(requester)
-    url = reverse("requests:detail", args=[server_request.pk])
+    client, url = _page_with_result(server_request, requester, result)
     norwegian = client.get(url, HTTP_ACCEPT_LANGUAGE="nb").text
     assert ("mail.example.com er ikke et godkjent avsenderdomene: From/Return-Path blir "
             "skrevet om") in norwegian
@@ -536,15 +543,9 @@ def test_the_request_page_says_an_address_refusal_in_german_and_english_as_befor
         server_request, requester) -> None:
     from requests_app.checks import CheckConfig
     from requests_app.checks.policy import check_address
-    from requests_app.models import CheckResult
 
     result = check_address("127.0.0.1", CheckConfig())
-    CheckResult.objects.create(request=server_request, check_id=result.id,
-                               subject=result.subject, status=result.status,
-                               detail=result.detail, evidence=result.evidence)
-    client = Client()
-    client.force_login(requester)
-    url = reverse("requests:detail", args=[server_request.pk])
+    client, url = _page_with_result(server_request, requester, result)
     german = client.get(url, HTTP_ACCEPT_LANGUAGE="de").text
     assert ADDRESS_RULINGS["127.0.0.1"][2] in german
     assert ADDRESS_RULINGS["127.0.0.1"][0] not in german  # (the evidence JSON keeps the template)

@@ -15,7 +15,7 @@ from django.db import connections
 
 from requests_app.exceptions import ActionConflict
 
-__all__ = ["race"]
+__all__ = ["one_wins", "race"]
 
 
 def race(act: Callable[[Any], object], users: list[Any], timeout: float = 30.0
@@ -49,3 +49,13 @@ def race(act: Callable[[Any], object], users: list[Any], timeout: float = 30.0
     if errors:
         raise errors[0]
     return outcomes
+
+
+def one_wins(outcomes: dict[str, str]) -> tuple[str, str]:
+    """Assert that exactly one user won and every other was told; (winner, what the first
+    loser was told)."""
+    assert sorted(o.split(":")[0] for o in outcomes.values()) == (
+        ["conflict"] * (len(outcomes) - 1) + ["won"]), outcomes
+    winner = next(name for name, outcome in outcomes.items() if outcome == "won")
+    told = next(o for o in outcomes.values() if o.startswith("conflict"))
+    return winner, told.removeprefix("conflict: ")
