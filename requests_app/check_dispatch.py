@@ -80,14 +80,13 @@ def wake_arm(name: str) -> bool:
     """
     now = timezone.now()
     stale = now - timedelta(seconds=lease_seconds())
-    armed = WakeToken.objects.filter(name=name).values_list("armed_at", flat=True).first()
-    if armed is not None and armed >= stale:
-        return False
-    if WakeToken.objects.filter(Q(armed_at__isnull=True) | Q(armed_at__lt=stale),
-                                name=name).update(armed_at=now):
-        return True
-    if WakeToken.objects.filter(name=name).exists():
-        return False
+    row = WakeToken.objects.filter(name=name).values_list("armed_at").first()
+    if row is not None:  # the read says whether the row exists, and whether it is armed
+        if row[0] is not None and row[0] >= stale:
+            return False
+        return bool(WakeToken.objects.filter(
+            Q(armed_at__isnull=True) | Q(armed_at__lt=stale), name=name,
+        ).update(armed_at=now))
     try:
         with transaction.atomic():
             WakeToken.objects.create(name=name, armed_at=now)

@@ -370,21 +370,28 @@ def test_mails_stay_in_english_by_default(team, requester) -> None:
     assert message.subject == f"[Relaydesk] #{request.pk} app.example.org rejected"
 
 
+def _server_form(team, user, **fields):
+    """Post the new-server form as ``user`` with ``fields``; a function of the language
+    (``Accept-Language``) returning the page's text."""
+    client = Client()
+    client.force_login(user)
+    form = {"team": team.pk, "contact_email": "ops@example.org",
+            "sender_domains": "example.org", "expected_daily_volume": "10", **fields}
+    url = reverse("requests:create", args=["server"])
+    return lambda language: client.post(url, form, HTTP_ACCEPT_LANGUAGE=language).text
+
+
 @pytest.mark.django_db
 def test_a_rule_of_the_engine_is_explained_in_german_and_in_english_as_before(
         team, requester) -> None:
     """``rules`` has no Django: its refusal carries an English template and its values,
     translated where the form shows it (``validators.rule_message``)."""
-    client = Client()
-    client.force_login(requester)
-    form = {"team": team.pk, "contact_email": "ops@example.org", "fqdn": "not a host!!",
-            "ipv4": "81.2.69.10", "purpose": "Auftragsbestätigungen",
-            "sender_domains": "example.org", "expected_daily_volume": "10"}
-    url = reverse("requests:create", args=["server"])
-    german = client.post(url, form, HTTP_ACCEPT_LANGUAGE="de").text
+    post = _server_form(team, requester, fqdn="not a host!!", ipv4="81.2.69.10",
+                        purpose="Auftragsbestätigungen")
+    german = post("de")
     assert "Hostname &#x27;not a host!!&#x27; enthält ein Leerzeichen" in german
     assert "contains a space" not in german
-    english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
+    english = post("en")
     assert "host name &#x27;not a host!!&#x27; contains a space: a name is one word" in english
 
 
@@ -554,15 +561,11 @@ def test_the_request_page_says_an_address_refusal_in_german_and_english_as_befor
 
 @pytest.mark.django_db
 def test_a_refused_address_on_the_form_is_explained_in_bokmal(team, requester) -> None:
-    client = Client()
-    client.force_login(requester)
-    form = {"team": team.pk, "contact_email": "ops@example.org", "fqdn": "mail.example.org",
-            "ipv4": "127.0.0.1", "purpose": "Ordrebekreftelser",
-            "sender_domains": "example.org", "expected_daily_volume": "10"}
-    url = reverse("requests:create", args=["server"])
-    norwegian = client.post(url, form, HTTP_ACCEPT_LANGUAGE="nb").text
+    post = _server_form(team, requester, fqdn="mail.example.org", ipv4="127.0.0.1",
+                        purpose="Ordrebekreftelser")
+    norwegian = post("nb")
     assert f"Adressepolicy: {ADDRESS_RULINGS['127.0.0.1'][1]}." in norwegian
-    english = client.post(url, form, HTTP_ACCEPT_LANGUAGE="en").text
+    english = post("en")
     assert f"Address policy: {ADDRESS_RULINGS['127.0.0.1'][0]}." in english
 
 
